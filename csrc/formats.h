@@ -1,0 +1,270 @@
+/* csrc/formats.h: the weight formats of FORMATS.md section 1 (level tables, per-group scales,
+ * quantize/dequantize of one value, fake-quant forward and its exact BitDistiller gradient,
+ * bit packing), shared by the C kernels and the CUDA kernels. Everything here is float32 math
+ * written so that C, SIMD-vectorised C and CUDA produce bit-identical results: no FMA contraction
+ * (the build passes -ffp-contract=off / --fmad=false), IEEE division, explicit rounding. */
+#ifndef LOWBIT_FORMATS_H
+#define LOWBIT_FORMATS_H
+
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define LB_HD static __host__ __device__ __forceinline__
+#include <math.h>
+#else
+#define LB_HD static inline __attribute__((always_inline))
+#include <math.h>
+#endif
+
+/* Format kinds: the op-level encoding of (format, symmetric). */
+enum { LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2 };
+enum { LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3 };
+/* Weight dtypes as lowbit numbers them at the op boundary. */
+enum { LB_DT_F32 = 0, LB_DT_BF16 = 1, LB_DT_F16 = 2 };
+
+/* Scale floors of FORMATS.md 1.1-1.4. */
+#define LB_INT_EPS 1e-5f
+#define LB_LVL_EPS 1e-8f
+#define LB_MAX_LEVELS 16
+
+/* Normalised level tables (sorted ascending, endpoints -1 and 1), FORMATS.md 1.3. Kept as
+ * initialiser macros so the C side and CUDA's __constant__ memory are filled from one text. */
+#define LB_NF3_LEVELS { -1.0f, -0.5350227355957031f, -0.2469314038753510f, 0.0f, \
+    0.1833375245332718f, 0.3819939494132996f, 0.6229856610298157f, 1.0f }
+#define LB_NF4_LEVELS { -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, \
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f, \
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f, \
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f }
+/* FP4 E2M1 {0, +-0.5, +-1, +-1.5, +-2, +-3, +-4, +-6} / 6: 15 distinct values (+0 and -0 share). */
+#define LB_FP4_LEVELS { -1.0f, -4.0f / 6.0f, -3.0f / 6.0f, -2.0f / 6.0f, -1.5f / 6.0f, -1.0f / 6.0f, \
+    -0.5f / 6.0f, 0.0f, 0.5f / 6.0f, 1.0f / 6.0f, 1.5f / 6.0f, 2.0f / 6.0f, 3.0f / 6.0f, 4.0f / 6.0f, \
+    1.0f }
+/* FP3 E2M0 {0, +-1, +-2, +-4} / 4: 7 distinct values. */
+#define LB_FP3_LEVELS { -1.0f, -0.5f, -0.25f, 0.0f, 0.25f, 0.5f, 1.0f }
+
+#define LB_NF3_N 8
+#define LB_NF4_N 16
+#define LB_FP4_N 15
+#define LB_FP3_N 7
+
+/* A resolved format: what every kernel needs to know about (format, bits, symmetric). */
+typedef struct {
+    int kind;        /* LB_KIND_* */
+    int bits;        /* bits per code */
+    int nlev;        /* level-table size (level kinds) */
+    float qmax;      /* int asym: 2^b-1; int sym: 2^(b-1)-1 */
+    float qmin;      /* int sym: -2^(b-1) */
+    float lev[LB_MAX_LEVELS];      /* level table (level kinds) */
+    float mid[LB_MAX_LEVELS];      /* midpoints lev[k] + (lev[k+1]-lev[k])/2 ... see lb_fmt_init */
+} lb_fmt;
+
+/* Fill *f for (fmt, bits, symmetric); returns 0 on success, -1 for an unsupported combination. */
+LB_HD int lb_fmt_init(lb_fmt* f, int fmt, int bits, int symmetric) {
+    const float nf3[] = LB_NF3_LEVELS, nf4[] = LB_NF4_LEVELS, fp4[] = LB_FP4_LEVELS,
+                fp3[] = LB_FP3_LEVELS;
+    const float* src = 0;
+    int k;
+    f->bits = bits;
+    f->nlev = 0;
+    f->qmax = 0.0f;
+    f->qmin = 0.0f;
+    for (k = 0; k < LB_MAX_LEVELS; ++k) { f->lev[k] = 0.0f; f->mid[k] = 0.0f; }
+    if (fmt == LB_FMT_INT) {
+        if (bits != 2 && bits != 3 && bits != 4 && bits != 8) return -1;
+        if (symmetric) {
+            f->kind = LB_KIND_INT_SYM;
+            f->qmax = (float)((1 << (bits - 1)) - 1);
+            f->qmin = -(float)(1 << (bits - 1));
+        } else {
+            f->kind = LB_KIND_INT_ASYM;
+            f->qmax = (float)((1 << bits) - 1);
+        }
+        return 0;
+    }
+    if (fmt == LB_FMT_NF && bits == 3) { src = nf3; f->nlev = LB_NF3_N; }
+    else if (fmt == LB_FMT_NF && bits == 4) { src = nf4; f->nlev = LB_NF4_N; }
+    else if (fmt == LB_FMT_FP && bits == 3) { src = fp3; f->nlev = LB_FP3_N; }
+    else if (fmt == LB_FMT_FP && bits == 4) { src = fp4; f->nlev = LB_FP4_N; }
+    else return -1;
+    f->kind = symmetric ? LB_KIND_LVL1 : LB_KIND_LVL2;
+    for (k = 0; k < f->nlev; ++k) f->lev[k] = src[k];
+    /* Decision thresholds. (a+b)*0.5 is exact in float32 for these tables; a value exactly on a
+     * threshold goes to the lower level (FORMATS.md allows either). Unused slots stay above 1 so
+     * they never count. */
+    for (k = 0; k + 1 < f->nlev; ++k) f->mid[k] = (f->lev[k] + f->lev[k + 1]) * 0.5f;
+    for (; k < LB_MAX_LEVELS; ++k) f->mid[k] = 2.0f;
+    return 0;
+}
+
+/* Bytes of one packed row of K codes of b bits (the bitstream of lb_put_code). */
+LB_HD int64_t lb_row_bytes(int64_t K, int bits) { return (K * bits + 7) / 8; }
+
+/* R(t) = sign(t) * floor(|t| + 0.5), round half away from zero, evaluated exactly as the
+ * float32 expression of FORMATS.md (|t| + 0.5 is itself rounded to float32). */
+LB_HD float lb_round_away(float t) { return copysignf(floorf(fabsf(t) + 0.5f), t); }
+LB_HD float lb_clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* Index of the nearest level to u: the number of thresholds strictly below u. Branch-free so the
+ * element loops vectorise; NaN gives 0. */
+LB_HD int lb_nearest_index(const lb_fmt* f, float u) {
+    int idx = 0, k;
+    for (k = 0; k < LB_MAX_LEVELS - 1; ++k) idx += (u > f->mid[k]) ? 1 : 0;
+    return idx;
+}
+
+/* Per-group parameters. For INT asym: s, z. INT sym: s. LVL2: sp (s+), sn (s-). LVL1: s. */
+typedef struct {
+    float s, z, sp, sn;
+} lb_gparams;
+
+/* Statistics of one group that both directions need. */
+typedef struct {
+    float mx, mn, amax;  /* max, min, max |x| */
+    int bad;             /* NaN or Inf present */
+} lb_gstats;
+
+/* Scales of a group from its statistics (FORMATS.md 1.1-1.4). */
+LB_HD lb_gparams lb_group_params(const lb_fmt* f, lb_gstats st) {
+    lb_gparams p;
+    p.s = 0.0f; p.z = 0.0f; p.sp = 0.0f; p.sn = 0.0f;
+    switch (f->kind) {
+    case LB_KIND_INT_ASYM: {
+        float r = st.mx - st.mn;
+        p.s = (r >= LB_INT_EPS ? r : LB_INT_EPS) / f->qmax;
+        p.z = lb_clampf(rintf(-st.mn / p.s), 0.0f, f->qmax);
+        break;
+    }
+    case LB_KIND_INT_SYM:
+        p.s = (st.amax >= LB_INT_EPS ? st.amax : LB_INT_EPS) / f->qmax;
+        break;
+    case LB_KIND_LVL2:
+        p.sp = st.mx >= LB_LVL_EPS ? st.mx : LB_LVL_EPS;
+        p.sn = -st.mn >= LB_LVL_EPS ? -st.mn : LB_LVL_EPS;
+        break;
+    default:
+        p.s = st.amax >= LB_LVL_EPS ? st.amax : LB_LVL_EPS;
+        break;
+    }
+    return p;
+}
+
+/* The stored code of one value (FORMATS.md 1.6): INT asym q; INT sym q + 2^(b-1); levels: index. */
+LB_HD int lb_encode(const lb_fmt* f, lb_gparams p, float x) {
+    switch (f->kind) {
+    case LB_KIND_INT_ASYM:
+        return (int)lb_clampf(lb_round_away(x / p.s) + p.z, 0.0f, f->qmax);
+    case LB_KIND_INT_SYM:
+        return (int)lb_clampf(lb_round_away(x / p.s), f->qmin, f->qmax) - (int)f->qmin;
+    case LB_KIND_LVL2:
+        return lb_nearest_index(f, x >= 0.0f ? x / p.sp : x / p.sn);
+    default:
+        return lb_nearest_index(f, x / p.s);
+    }
+}
+
+/* The value a code stands for: Q(x) = decode(encode(x)) bit-exactly, which is what makes
+ * dequantize(quantize(W)) equal fake_quantize(W). For the two-scale kinds the sign of the level
+ * picks the scale (a negative x whose level is 0 decodes to +0 either way). */
+LB_HD float lb_decode(const lb_fmt* f, lb_gparams p, int code) {
+    switch (f->kind) {
+    case LB_KIND_INT_ASYM:
+        return ((float)code - p.z) * p.s;
+    case LB_KIND_INT_SYM:
+        return ((float)code + f->qmin) * p.s;
+    case LB_KIND_LVL2: {
+        float c = f->lev[code];
+        return c >= 0.0f ? c * p.sp : c * p.sn;
+    }
+    default:
+        return f->lev[code] * p.s;
+    }
+}
+
+/* Q(x) of one value. */
+LB_HD float lb_fake_quant_value(const lb_fmt* f, lb_gparams p, float x) {
+    return lb_decode(f, p, lb_encode(f, p, x));
+}
+
+/* Gradient pieces of one element for ste="bitdistiller" (FORMATS.md 1.5), given upstream g:
+ *   *gx    receives the direct dQ/dx * g (the clamp mask for INT, 1 for the level kinds);
+ *   returns the element's contribution to dL/d(scale) of the scale it used; for LVL2,
+ *   *to_neg says whether that was s- (x < 0) rather than s+.
+ * INT:    dL/ds += g * ((q - z) - m * x / s)          (z has zero gradient: rne)
+ * levels: dL/ds += g * (c - u)                        (identity STE through the snap) */
+LB_HD float lb_grad_elem(const lb_fmt* f, lb_gparams p, float x, float g, float* gx, int* to_neg) {
+    *to_neg = 0;
+    switch (f->kind) {
+    case LB_KIND_INT_ASYM: {
+        float t = x / p.s;
+        float v = lb_round_away(t) + p.z;
+        int m = (v >= 0.0f) && (v <= f->qmax);
+        float q = lb_clampf(v, 0.0f, f->qmax);
+        *gx = m ? g : 0.0f;
+        return g * ((q - p.z) - (m ? t : 0.0f));
+    }
+    case LB_KIND_INT_SYM: {
+        float t = x / p.s;
+        float v = lb_round_away(t);
+        int m = (v >= f->qmin) && (v <= f->qmax);
+        float q = lb_clampf(v, f->qmin, f->qmax);
+        *gx = m ? g : 0.0f;
+        return g * (q - (m ? t : 0.0f));
+    }
+    case LB_KIND_LVL2: {
+        int neg = !(x >= 0.0f);
+        float u = neg ? x / p.sn : x / p.sp;
+        float c = f->lev[lb_nearest_index(f, u)];
+        *gx = g;
+        *to_neg = neg;
+        return g * (c - u);
+    }
+    default: {
+        float u = x / p.s;
+        float c = f->lev[lb_nearest_index(f, u)];
+        *gx = g;
+        return g * (c - u);
+    }
+    }
+}
+
+/* ---- float <-> storage dtype (C side; CUDA uses its own intrinsics) ---- */
+#ifndef __CUDACC__
+#include <string.h>
+LB_HD float lb_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* Round to nearest even, NaN kept quiet: the same rounding torch uses for .to(bfloat16). */
+LB_HD uint16_t lb_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+#endif
+
+/* ---- bit packing (FORMATS.md 1.6) ----
+ * Layout (lowbit's own): codes of one row form a little-endian bitstream; code j of the row
+ * occupies bits [j*b, (j+1)*b) counting from bit 0 of byte 0; each row is padded to whole bytes
+ * (lb_row_bytes). For b = 2, 4, 8 codes never straddle bytes; for b = 3 they may straddle two. */
+LB_HD void lb_put_code(uint8_t* row, int64_t j, int bits, int code) {
+    int64_t bit = j * bits;
+    int64_t byte = bit >> 3;
+    int sh = (int)(bit & 7);
+    uint32_t v = (uint32_t)code << sh;
+    row[byte] |= (uint8_t)(v & 0xffu);
+    if (sh + bits > 8) row[byte + 1] |= (uint8_t)(v >> 8);
+}
+LB_HD int lb_get_code(const uint8_t* row, int64_t j, int bits) {
+    int64_t bit = j * bits;
+    int64_t byte = bit >> 3;
+    int sh = (int)(bit & 7);
+    uint32_t v = row[byte];
+    if (sh + bits > 8) v |= (uint32_t)row[byte + 1] << 8;
+    return (int)((v >> sh) & ((1u << bits) - 1u));
+}
+
+#endif /* LOWBIT_FORMATS_H */

@@ -1,0 +1,122 @@
+/* csrc/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares
+ * (tensor description, allocation, errors, unboxing, threads, CPU ISA detection). */
+#include "lb_torch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+lb_torch_api lb_t;
+int lb_isa = LB_ISA_SCALAR;
+
+int lb_describe(AtenTensorHandle h, const char* argname, lb_tensor* t, char* err) {
+    int64_t *sz = NULL, *st = NULL;
+    memset(t, 0, sizeof(*t));
+    t->h = h;
+    if (h == NULL) {
+        snprintf(err, LB_ERR_LEN, "%s: expected a tensor, got None", argname);
+        return -1;
+    }
+    if (lb_t.aoti_torch_get_dim(h, &t->dim) || lb_t.aoti_torch_get_numel(h, &t->numel) ||
+        lb_t.aoti_torch_get_dtype(h, &t->dtype) ||
+        lb_t.aoti_torch_get_device_type(h, &t->device_type) ||
+        lb_t.aoti_torch_get_device_index(h, &t->device_index) ||
+        lb_t.aoti_torch_is_contiguous(h, &t->contiguous) ||
+        lb_t.aoti_torch_get_data_ptr(h, &t->data)) {
+        snprintf(err, LB_ERR_LEN, "%s: could not read tensor metadata", argname);
+        return -1;
+    }
+    if (t->dim > LB_MAX_DIM) {
+        snprintf(err, LB_ERR_LEN, "%s: at most %d dimensions are supported, got %lld", argname,
+                 LB_MAX_DIM, (long long)t->dim);
+        return -1;
+    }
+    if (lb_t.aoti_torch_get_sizes(h, &sz) || lb_t.aoti_torch_get_strides(h, &st)) {
+        snprintf(err, LB_ERR_LEN, "%s: could not read sizes/strides", argname);
+        return -1;
+    }
+    for (int64_t i = 0; i < t->dim; ++i) {
+        t->sizes[i] = sz[i];
+        t->strides[i] = st[i];
+    }
+    return 0;
+}
+
+int lb_float_dtype(int32_t d) {
+    if (d == lb_t.dt_f32) return 0;
+    if (d == lb_t.dt_bf16) return 1;
+    if (d == lb_t.dt_f16) return 2;
+    return -1;
+}
+
+int32_t lb_torch_dtype(int lb_dtype) {
+    return lb_dtype == 0 ? lb_t.dt_f32 : (lb_dtype == 1 ? lb_t.dt_bf16 : lb_t.dt_f16);
+}
+
+int lb_empty(int64_t ndim, const int64_t* sizes, int32_t dtype, const lb_tensor* like,
+             AtenTensorHandle* out, char* err) {
+    int64_t strides[LB_MAX_DIM];
+    int64_t acc = 1;
+    for (int64_t i = ndim - 1; i >= 0; --i) {
+        strides[i] = acc;
+        acc *= sizes[i] > 0 ? sizes[i] : 1;
+    }
+    *out = NULL;
+    if (lb_t.aoti_torch_empty_strided(ndim, sizes, strides, dtype, like->device_type,
+                                      like->device_index, out)) {
+        snprintf(err, LB_ERR_LEN, "out of memory allocating a %lld-d tensor", (long long)ndim);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void lb_release(AtenTensorHandle* h) {
+    if (*h) lb_t.aoti_torch_delete_tensor_object(*h);
+    *h = NULL;
+}
+
+void lb_raise(const char* func, const char* msg) {
+    lb_t.aoti_torch_check(false, func, __FILE__, (uint32_t)__LINE__, msg);
+}
+
+int64_t lb_iv_int(StableIValue v) {
+    int64_t x;
+    memcpy(&x, &v, sizeof x);
+    return x;
+}
+bool lb_iv_bool(StableIValue v) { return (v & 0xffu) != 0; }
+double lb_iv_double(StableIValue v) {
+    double x;
+    memcpy(&x, &v, sizeof x);
+    return x;
+}
+
+int lb_num_threads(void) {
+    uint32_t n = 1;
+    if (lb_t.torch_get_num_threads(&n) || n == 0) n = 1;
+    return (int)n;
+}
+
+void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx) {
+    if (n <= 0) return;
+    if (n <= grain) {
+        fn(0, n, ctx);
+        return;
+    }
+    /* torch's parallel_for runs fn on its intra-op pool, sized by torch.set_num_threads. */
+    if (lb_t.torch_parallel_for(0, n, grain, fn, ctx)) fn(0, n, ctx);
+}
+
+int lb_isa_supported(int isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (isa == LB_ISA_SCALAR) return 1;
+    if (isa == LB_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == LB_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return 0;
+#else
+    return isa == LB_ISA_SCALAR;
+#endif
+}

@@ -1,0 +1,58 @@
+"""lowbit: sub-4-bit LLM quantization for PyTorch — C/CUDA ops in torch's dispatcher
+(torch.ops.lowbit.*) with thin Python wrappers."""
+import os as _os
+
+from . import _ops
+from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
+from .spec import QuantSpec
+
+__version__ = "0.1.0"
+
+_ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
+_ISA_NAMES = {v: k for k, v in _ISA_CODES.items()}
+_ISA_AUTO = _ops._C.get_isa()  # the best this CPU runs, chosen at load
+
+
+def available_cpu_isas():
+    """The CPU kernel variants this machine can run, e.g. ['scalar', 'avx2', 'avx512']."""
+    return [n for n, c in _ISA_CODES.items() if _ops._C.isa_supported(c)]
+
+
+def set_cpu_isa(name):
+    """Forces the CPU kernel variant: 'scalar' (the plain C twins), 'avx2', 'avx512', or 'auto'."""
+    if name == "auto":
+        _ops._C.set_isa(_ISA_AUTO)
+        return
+    if name not in _ISA_CODES:
+        raise ValueError(f"isa: must be 'auto' or one of {list(_ISA_CODES)}, got {name!r}")
+    if not _ops._C.isa_supported(_ISA_CODES[name]):
+        raise ValueError(f"isa: {name!r} is not supported on this CPU "
+                         f"(available: {available_cpu_isas()})")
+    _ops._C.set_isa(_ISA_CODES[name])
+
+
+def get_cpu_isa():
+    """The CPU kernel variant in use."""
+    return _ISA_NAMES[_ops._C.get_isa()]
+
+
+def build_info():
+    """Versions and build facts: lowbit and torch versions, CUDA built or not and for which
+    architectures, and the CPU ISA path in use."""
+    import torch
+
+    return {
+        "version": __version__,
+        "torch_version": torch.__version__,
+        "cuda_built": bool(_ops._C.CUDA_BUILT),
+        "cuda_archs": [a for a in _ops._C.CUDA_ARCHS.split(";") if a],
+        "cpu_isa": get_cpu_isa(),
+        "cpu_isas_available": available_cpu_isas(),
+    }
+
+
+if _os.environ.get("LOWBIT_CPU_ISA"):
+    set_cpu_isa(_os.environ["LOWBIT_CPU_ISA"])
+
+__all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
+           "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]

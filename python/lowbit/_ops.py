@@ -1,0 +1,83 @@
+"""python/lowbit/_ops.py: loads lowbit._C into PyTorch's dispatcher (torch first, then the
+extension) and registers, for every op, its fake (meta) kernel and, where differentiable, its
+autograd formula. Importing this module is what makes ``torch.ops.lowbit.*`` exist."""
+import os
+import re
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("lowbit needs PyTorch >= 2.11, and torch is not installed "
+                      "(pip install torch)") from exc
+
+MIN_TORCH = (2, 11)
+
+
+def _version_tuple(v):
+    m = re.match(r"(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+if _version_tuple(torch.__version__) < MIN_TORCH:
+    raise ImportError(f"lowbit needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (its stable C ABI); "
+                      f"found torch {torch.__version__}")
+
+from . import _C  # noqa: E402  (after torch: the extension resolves symbols from libtorch)
+
+_libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+_cuda_lib = os.path.join(_libdir, "libtorch_cuda.so")
+_C.load(os.path.join(_libdir, "libtorch_cpu.so"),
+        _cuda_lib if os.path.exists(_cuda_lib) else None, torch.__version__)
+
+# ---- fake_quant family ----
+
+
+@torch.library.register_fake("lowbit::fake_quant")
+def _fake_quant_fake(w, fmt, bits, group_size, symmetric, ste):
+    return torch.empty_like(w, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("lowbit::fake_quant_backward")
+def _fake_quant_backward_fake(grad, w, fmt, bits, group_size, symmetric):
+    return torch.empty_like(w, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("lowbit::quantize")
+def _quantize_fake(w, fmt, bits, group_size, symmetric):
+    n, k = w.shape
+    g = k // group_size
+    codes = w.new_empty((n, (k * bits + 7) // 8), dtype=torch.uint8)
+    two_scale = fmt != 0 and not symmetric
+    scales = w.new_empty((n, g, 2) if two_scale else (n, g), dtype=torch.float32)
+    zeros = w.new_empty((n, g if (fmt == 0 and not symmetric) else 0), dtype=torch.uint8)
+    return codes, scales, zeros
+
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+
+
+@torch.library.register_fake("lowbit::dequantize")
+def _dequantize_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K, dtype):
+    return codes.new_empty((codes.shape[0], K), dtype=CODE_DTYPES[dtype])
+
+
+def _fake_quant_setup(ctx, inputs, output):
+    w, fmt, bits, group_size, symmetric, ste = inputs
+    ctx.args = (fmt, bits, group_size, symmetric)
+    ctx.ste = ste
+    if ste == 0:
+        ctx.save_for_backward(w)
+
+
+def _fake_quant_backward(ctx, grad):
+    if ctx.ste == 1:  # identity STE: dQ/dw = 1
+        gw = grad
+    else:
+        (w,) = ctx.saved_tensors
+        gw = torch.ops.lowbit.fake_quant_backward(grad.to(w.dtype).contiguous(), w, *ctx.args)
+    return gw, None, None, None, None, None
+
+
+torch.library.register_autograd("lowbit::fake_quant", _fake_quant_backward,
+                                setup_context=_fake_quant_setup)

@@ -1,0 +1,264 @@
+"""Independent plain-PyTorch reference for lowbit's weight fake quantization.
+
+Written from /work/shared/FORMATS.md section 1 only; it never imports lowbit.
+
+Conventions (FORMATS.md 1.5):
+  * arithmetic is float32 (w is upcast, the result is cast back to w.dtype);
+  * R(t) = sign(t) * floor(|t| + 0.5) with identity gradient; rne = torch.round with zero gradient;
+  * amax/amin (gradient split evenly among ties), clamp with torch's usual (inclusive) mask;
+  * scales are NOT detached for ste="bitdistiller";
+  * level formats snap with an identity STE and the two-scale branch is chosen by the sign of x.
+
+Straight-through expressions are written as ``t - t.detach() + value`` rather than
+``t + (value - t).detach()``: both have exactly the same gradient (identity w.r.t. t), but the
+first one's forward value is exactly ``value`` (t - t.detach() is exactly 0), while the second one
+can be one float32 ulp away from it (u + (c - u) != c in floating point).  The forward values of a
+fake quantizer must equal dequantize(quantize(w)) bit-exactly, so the exact form is the right one.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "LEVELS",
+    "FORMAT_BITS",
+    "ALL_SPECS",
+    "STE_MODES",
+    "ref_fake_quant",
+    "ref_codes",
+    "ref_params",
+    "ref_decode",
+    "round_half_away",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Level tables (FORMATS.md 1.3), float32, sorted ascending, endpoints -1 and 1.
+# ---------------------------------------------------------------------------------------------
+_NF3 = [
+    -1.0,
+    -0.5350227355957031,
+    -0.2469314038753510,
+    0.0,
+    0.1833375245332718,
+    0.3819939494132996,
+    0.6229856610298157,
+    1.0,
+]
+_NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
+
+
+def _fp_table(magnitudes, divisor):
+    # Division done in float32 (correctly rounded), exactly like `m / divisor` in C with floats.
+    mags = torch.tensor(sorted(set(magnitudes)), dtype=torch.float32)
+    vals = torch.cat([-mags, mags]) / torch.tensor(float(divisor), dtype=torch.float32)
+    return torch.unique(vals)  # sorted; -0 and +0 collapse to one value
+
+
+LEVELS = {
+    ("nf", 3): torch.tensor(_NF3, dtype=torch.float32),
+    ("nf", 4): torch.tensor(_NF4, dtype=torch.float32),
+    ("fp", 3): _fp_table([0, 1, 2, 4], 4),  # E2M0: 7 values
+    ("fp", 4): _fp_table([0, 0.5, 1, 1.5, 2, 3, 4, 6], 6),  # E2M1: 15 values
+}
+
+FORMAT_BITS = {"int": (2, 3, 4, 8), "nf": (3, 4), "fp": (3, 4)}
+# every (format, bits, symmetric) triple of the FORMATS.md table
+ALL_SPECS = [(f, b, s) for f, bs in FORMAT_BITS.items() for b in bs for s in (False, True)]
+STE_MODES = ("bitdistiller", "identity")
+
+_INT_SCALE_FLOOR = 1e-5
+_LEVEL_SCALE_FLOOR = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+def round_half_away(t: torch.Tensor) -> torch.Tensor:
+    """R(t) = sign(t) * floor(|t| + 0.5), values only."""
+    return torch.sign(t) * torch.floor(t.abs() + 0.5)
+
+
+def _R(t: torch.Tensor) -> torch.Tensor:
+    """R with identity gradient (exact forward value)."""
+    return t - t.detach() + round_half_away(t.detach())
+
+
+def _rne(t: torch.Tensor) -> torch.Tensor:
+    """Round half to even with zero gradient."""
+    return torch.round(t.detach())
+
+
+def _snap_ste(u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Value c, gradient identity w.r.t. u (= u + (c - u).detach(), exact forward)."""
+    return u - u.detach() + c
+
+
+def _nearest_index(u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest level of `table` to each element of u (no gradient)."""
+    d = (u.detach().unsqueeze(-1) - table.to(u.device)).abs()
+    return d.argmin(dim=-1)
+
+
+def _check(w, fmt, bits, group_size, symmetric, ste="bitdistiller"):
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError("reference: w must be a 2-D tensor")
+    if fmt not in FORMAT_BITS:
+        raise ValueError(f"reference: unsupported format {fmt!r}")
+    if bits not in FORMAT_BITS[fmt]:
+        raise ValueError(f"reference: unsupported bits {bits} for format {fmt!r}")
+    if ste not in STE_MODES:
+        raise ValueError(f"reference: unknown ste {ste!r}")
+    K = w.shape[1]
+    g = K if group_size == -1 else group_size
+    if not isinstance(g, int) or g <= 0 or K % g != 0:
+        raise ValueError(f"reference: group_size {group_size} does not divide K={K}")
+    return g
+
+
+def _groups(x: torch.Tensor, g: int) -> torch.Tensor:
+    N, K = x.shape
+    return x.reshape(N, K // g, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# The quantizers, on grouped float tensors x of shape (N, G, g).
+# Each returns (Q, codes, params) where params is a dict of the per-group parameters.
+# ---------------------------------------------------------------------------------------------
+def _int_asym(x, bits):
+    qmax = 2**bits - 1
+    mx = x.amax(dim=-1, keepdim=True)
+    mn = x.amin(dim=-1, keepdim=True)
+    s = (mx - mn).clamp(min=_INT_SCALE_FLOOR) / qmax
+    z = _rne(-mn / s).clamp(0, qmax)  # detached: no gradient flows through z
+    q = torch.clamp(_R(x / s) + z, 0, qmax)
+    Q = (q - z) * s
+    return Q, q.detach(), {"scales": s.squeeze(-1), "zeros": z.squeeze(-1)}
+
+
+def _int_sym(x, bits):
+    qpos = 2 ** (bits - 1) - 1
+    qneg = -(2 ** (bits - 1))
+    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=_INT_SCALE_FLOOR) / qpos
+    q = torch.clamp(_R(x / s), qneg, qpos)
+    Q = q * s
+    return Q, (q.detach() + 2 ** (bits - 1)), {"scales": s.squeeze(-1), "zeros": None}
+
+
+def _level_two_scale(x, table):
+    sp = x.amax(dim=-1, keepdim=True).clamp(min=_LEVEL_SCALE_FLOOR)
+    sn = (-x.amin(dim=-1, keepdim=True)).clamp(min=_LEVEL_SCALE_FLOOR)
+    pos = x >= 0
+    u = torch.where(pos, x / sp, x / sn)
+    idx = _nearest_index(u, table)
+    c = table.to(x.device)[idx]
+    cst = _snap_ste(u, c)
+    Q = torch.where(pos, cst * sp, cst * sn)
+    scales = torch.stack([sp.squeeze(-1), sn.squeeze(-1)], dim=-1)  # (N, G, 2) = [s+, s-]
+    return Q, idx, {"scales": scales, "zeros": None}
+
+
+def _level_one_scale(x, table):
+    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=_LEVEL_SCALE_FLOOR)
+    u = x / s
+    idx = _nearest_index(u, table)
+    c = table.to(x.device)[idx]
+    Q = _snap_ste(u, c) * s
+    return Q, idx, {"scales": s.squeeze(-1), "zeros": None}
+
+
+def _quantize_groups(x, fmt, bits, symmetric):
+    if fmt == "int":
+        return _int_sym(x, bits) if symmetric else _int_asym(x, bits)
+    table = LEVELS[(fmt, bits)]
+    return _level_one_scale(x, table) if symmetric else _level_two_scale(x, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public reference functions
+# ---------------------------------------------------------------------------------------------
+def ref_fake_quant(
+    w: torch.Tensor,
+    fmt: str,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    ste: str = "bitdistiller",
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fake-quantize a 2-D weight (N, K) per FORMATS.md section 1.
+
+    Differentiable through plain autograd; the gradient is FORMATS.md 1.5's.
+    `compute_dtype` exists only to calibrate tolerances (float64 run); the contract is float32.
+    """
+    g = _check(w, fmt, bits, group_size, symmetric, ste)
+    N, K = w.shape
+    x = w.to(compute_dtype)
+    xg = _groups(x, g)
+    Q, _, _ = _quantize_groups(xg, fmt, bits, symmetric)
+    Q = Q.reshape(N, K)
+    if ste == "identity":
+        Q = x - x.detach() + Q.detach()
+    return Q.to(w.dtype)
+
+
+def ref_codes(w, fmt, bits, group_size, symmetric) -> torch.Tensor:
+    """Integer codes (N, K) int64: q (int asym), q + 2^(b-1) (int sym), index into LEVELS (nf/fp)."""
+    g = _check(w, fmt, bits, group_size, symmetric)
+    N, K = w.shape
+    with torch.no_grad():
+        _, codes, _ = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric)
+    return codes.reshape(N, K).to(torch.int64)
+
+
+def ref_params(w, fmt, bits, group_size, symmetric) -> dict:
+    """Per-group parameters in lowbit's documented storage layout.
+
+    scales float32: (N, G) for one-scale formats (int asym, int sym, nf/fp symmetric),
+    (N, G, 2) = [s+, s-] for two-scale nf/fp; zeros: uint8 (N, G) for int asym, else None.
+    """
+    g = _check(w, fmt, bits, group_size, symmetric)
+    with torch.no_grad():
+        _, _, p = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric)
+    zeros = p["zeros"]
+    return {
+        "scales": p["scales"].contiguous(),
+        "zeros": None if zeros is None else zeros.to(torch.uint8).contiguous(),
+    }
+
+
+def ref_decode(codes, params, fmt, bits, group_size, symmetric, dtype=torch.float32):
+    """Dequantize reference codes/params (as returned by ref_codes/ref_params) to (N, K) `dtype`."""
+    N, K = codes.shape
+    g = K if group_size == -1 else group_size
+    cg = codes.reshape(N, K // g, g).to(torch.float32)
+    s = params["scales"]
+    if fmt == "int":
+        if symmetric:
+            Q = (cg - 2 ** (bits - 1)) * s.unsqueeze(-1)
+        else:
+            Q = (cg - params["zeros"].to(torch.float32).unsqueeze(-1)) * s.unsqueeze(-1)
+    else:
+        c = LEVELS[(fmt, bits)][codes.reshape(N, K // g, g)]
+        if symmetric:
+            Q = c * s.unsqueeze(-1)
+        else:
+            Q = torch.where(c >= 0, c * s[..., 0:1], c * s[..., 1:2])
+    return Q.reshape(N, K).to(dtype)
