@@ -111,7 +111,7 @@ class BuildExt(build_ext):
                        "-DLOWBIT_WITH_CUDA=1", *gencode, "-c", src, "-o", obj]
                 if not self.force and os.path.exists(obj) and \
                         os.path.getmtime(obj) > max(os.path.getmtime(p) for p in
-                                                    [src] + glob.glob("csrc/*.h")):
+                                                    [src] + glob.glob("csrc/*.h") + glob.glob("csrc/ops/*.h")):
                     objs.append(obj)
                     continue
                 print(" ".join(cmd), flush=True)
@@ -131,7 +131,7 @@ ext = Extension(
     libraries=libraries,
     library_dirs=library_dirs,
     extra_objects=extra_objects,
-    depends=glob.glob("csrc/*.h"),
+    depends=glob.glob("csrc/*.h") + glob.glob("csrc/ops/*.h"),
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

@@ -34,10 +34,10 @@ else
   note "cuda tests: FAILED — $(tail -1 "$out/tests.log")"; grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20 | tee -a "$summary"
 fi
 
-# 3. compute-sanitizer on one small CUDA test per op family
+# 3. compute-sanitizer on the small CUDA test of each op family (test_cuda_sanitizer_small*)
 if command -v compute-sanitizer >/dev/null; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    $PY -m pytest -q -p no:cacheprovider -m cuda -x tests/test_fake_quant.py -k "sanitizer_small" \
+    $PY -m pytest -q -p no:cacheprovider -m cuda -x tests -k "sanitizer_small" \
     >"$out/sanitizer.log" 2>&1
   note "compute-sanitizer memcheck: exit $? — $(grep -E 'ERROR SUMMARY|passed|failed|not supported' "$out/sanitizer.log" | tail -2 | tr '\n' ' ')"
 else
@@ -46,7 +46,7 @@ fi
 
 # 4. GPU benchmarks
 {
-  for b in benchmarks/bench_fake_quant.py; do
+  for b in benchmarks/bench_*.py; do   # every benchmark takes --device cuda
     echo "## $b"; timeout 150 $PY "$b" --device cuda; echo
   done
 } >"$out/bench.md" 2>&1

@@ -1,6 +1,6 @@
 /* csrc/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares
  * (tensor description, allocation, errors, unboxing, threads, CPU ISA detection). */
-#include "lb_torch.h"
+#include "lb_ops.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -120,3 +120,44 @@ int lb_isa_supported(int isa) {
     return isa == LB_ISA_SCALAR;
 #endif
 }
+
+/* ---- device execution context (see lb_ops.h) ---- */
+int lb_exec_begin(const lb_tensor* t, lb_exec* e, char* err) {
+    memset(e, 0, sizeof(*e));
+    if (t->device_type == lb_t.dev_cpu) return 0;
+#ifdef LOWBIT_WITH_CUDA
+    if (t->device_type == lb_t.dev_cuda && lb_t.aoti_torch_get_current_cuda_stream) {
+        e->cuda = 1;
+        if (lb_t.aoti_torch_create_device_guard(t->device_index, &e->guard) ||
+            lb_t.aoti_torch_get_current_cuda_stream(t->device_index, &e->stream)) {
+            snprintf(err, LB_ERR_LEN, "could not set up CUDA device %d", t->device_index);
+            if (e->guard) lb_t.aoti_torch_delete_device_guard(e->guard);
+            e->guard = NULL;
+            return -1;
+        }
+        return 0;
+    }
+#endif
+    snprintf(err, LB_ERR_LEN, "unsupported device type %d (lowbit runs on CPU%s)",
+             t->device_type,
+#ifdef LOWBIT_WITH_CUDA
+             " and CUDA"
+#else
+             "; this build has no CUDA"
+#endif
+    );
+    return -1;
+}
+
+void lb_exec_end(lb_exec* e) {
+    if (e->guard) lb_t.aoti_torch_delete_device_guard(e->guard);
+    e->guard = NULL;
+}
+
+#ifdef LOWBIT_WITH_CUDA
+int lb_cuda_status(int rc, const char* what, char* err) {
+    if (rc == 0) return 0;
+    snprintf(err, LB_ERR_LEN, "CUDA error in %s: %s", what, lb_cuda_error_string(rc));
+    return -1;
+}
+#endif

@@ -15,8 +15,11 @@
 #define LOWBIT_CUDA_ARCHS ""
 #endif
 
-/* Every op family's table (csrc/ops/<stem>.c). */
-static const lb_op_def* const lb_all_ops[] = {lb_ops_fake_quant, NULL};
+/* Every op family's table (csrc/ops/<stem>.c); a family absent from this build is NULL. */
+#define LB_FAMILY_ENTRY(stem) lb_ops_##stem,
+static const lb_op_def* const lb_all_ops[] = {LB_OP_FAMILIES(LB_FAMILY_ENTRY)};
+#undef LB_FAMILY_ENTRY
+#define LB_N_FAMILIES (sizeof lb_all_ops / sizeof lb_all_ops[0])
 
 /* Library handles live for the process: deleting one would deregister its ops. */
 static TorchLibraryHandle lb_lib_def, lb_lib_cpu, lb_lib_cuda;
@@ -87,8 +90,9 @@ static PyObject* lb_py_load(PyObject* self, PyObject* args) {
         return NULL;
     }
 #endif
-    for (const lb_op_def* const* fam = lb_all_ops; *fam; ++fam) {
-        for (const lb_op_def* op = *fam; op->name; ++op) {
+    for (size_t fi = 0; fi < LB_N_FAMILIES; ++fi) {
+        if (!lb_all_ops[fi]) continue;
+        for (const lb_op_def* op = lb_all_ops[fi]; op->name; ++op) {
             if (lb_t.aoti_torch_library_def(lb_lib_def, op->schema)) {
                 PyErr_Format(PyExc_ImportError, "lowbit: could not define schema '%s'",
                              op->schema);

@@ -23,7 +23,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include "../csrc/lb_ops.h"
+#include "../csrc/ops/fake_quant.h"
 #include "../csrc/formats.h"
 
 #define FQ_THREADS 256                    /* threads per block (a multiple of 32) */
@@ -468,22 +468,6 @@ int lb_dequantize_cuda(const uint8_t* codes, const float* scales, const uint8_t*
     case LB_DT_F16: return fq_dequantize_t<__half>(codes, scales, zeros, out, N, K, g, f, s);
     default: return (int)cudaErrorInvalidValue;
     }
-}
-
-const char* lb_cuda_error_string(int err) { return cudaGetErrorString((cudaError_t)err); }
-
-int lb_cuda_memcpy_d2h(void* dst, const void* src, int64_t n, void* stream) {
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaError_t e;
-    if (n <= 0) return 0;
-    e = cudaMemcpyAsync(dst, src, (size_t)n, cudaMemcpyDeviceToHost, s);
-    if (e != cudaSuccess) return (int)e;
-    return (int)cudaStreamSynchronize(s);
-}
-
-int lb_cuda_memset(void* dst, int value, int64_t n, void* stream) {
-    if (n <= 0) return 0;
-    return (int)cudaMemsetAsync(dst, value, (size_t)n, (cudaStream_t)stream);
 }
 
 } /* extern "C" */

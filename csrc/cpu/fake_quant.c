@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../lb_ops.h"
+#include "../ops/fake_quant.h"
 
 #define LB_INLINE static inline __attribute__((always_inline))
 #define LANES 16

@@ -5,57 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../lb_ops.h"
-
-/* Which device a kernel runs on, with the CUDA stream and a device guard where needed. */
-typedef struct {
-    int cuda;
-    void* stream;
-    DeviceGuardHandle guard;
-} lb_exec;
-
-static int lb_exec_begin(const lb_tensor* t, lb_exec* e, char* err) {
-    memset(e, 0, sizeof(*e));
-    if (t->device_type == lb_t.dev_cpu) return 0;
-#ifdef LOWBIT_WITH_CUDA
-    if (t->device_type == lb_t.dev_cuda && lb_t.aoti_torch_get_current_cuda_stream) {
-        e->cuda = 1;
-        if (lb_t.aoti_torch_create_device_guard(t->device_index, &e->guard) ||
-            lb_t.aoti_torch_get_current_cuda_stream(t->device_index, &e->stream)) {
-            snprintf(err, LB_ERR_LEN, "could not set up CUDA device %d", t->device_index);
-            if (e->guard) lb_t.aoti_torch_delete_device_guard(e->guard);
-            e->guard = NULL;
-            return -1;
-        }
-        return 0;
-    }
-#endif
-    snprintf(err, LB_ERR_LEN, "unsupported device type %d (lowbit runs on CPU%s)",
-             t->device_type,
-#ifdef LOWBIT_WITH_CUDA
-             " and CUDA"
-#else
-             "; this build has no CUDA"
-#endif
-    );
-    return -1;
-}
-
-static void lb_exec_end(lb_exec* e) {
-    if (e->guard) lb_t.aoti_torch_delete_device_guard(e->guard);
-    e->guard = NULL;
-}
-
-#ifdef LOWBIT_WITH_CUDA
-static int lb_cuda_status(int rc, const char* what, char* err) {
-    if (rc == 0) return 0;
-    snprintf(err, LB_ERR_LEN, "CUDA error in %s: %s", what, lb_cuda_error_string(rc));
-    return -1;
-}
-#endif
+#include "fake_quant.h"
 
 /* Checks (fmt, bits, group_size, symmetric) against a weight of K columns and resolves f. */
-static int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_fmt* f,
+int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_fmt* f,
                          char* err) {
     if (fmt < 0 || fmt > 2) {
         snprintf(err, LB_ERR_LEN, "format: unknown format code %lld", (long long)fmt);
@@ -75,7 +28,7 @@ static int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t
 }
 
 /* A 2-D, non-empty, contiguous float weight. */
-static int lb_check_weight(const lb_tensor* t, const char* name, char* err) {
+int lb_check_weight(const lb_tensor* t, const char* name, char* err) {
     if (lb_float_dtype(t->dtype) < 0) {
         snprintf(err, LB_ERR_LEN, "%s: dtype must be float32, bfloat16 or float16", name);
         return -1;
