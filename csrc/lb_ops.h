@@ -18,7 +18,7 @@ typedef struct {
 
 /* Each op family's table, defined in csrc/ops/<stem>.c. Weak, so module.c can list every family
  * and skip the ones a build does not contain. */
-#define LB_OP_FAMILIES(X) X(fake_quant) X(kl_loss) X(qlinear) X(sparse24)
+#define LB_OP_FAMILIES(X) X(fake_quant) X(kl_loss) X(qlinear) X(sparse24) X(qat)
 #define LB_DECLARE_FAMILY(stem) extern const lb_op_def lb_ops_##stem[] __attribute__((weak));
 LB_OP_FAMILIES(LB_DECLARE_FAMILY)
 #undef LB_DECLARE_FAMILY

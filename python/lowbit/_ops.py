@@ -81,3 +81,12 @@ def _fake_quant_backward(ctx, grad):
 
 torch.library.register_autograd("lowbit::fake_quant", _fake_quant_backward,
                                 setup_context=_fake_quant_setup)
+
+
+# ---- qat family ----
+
+
+@torch.library.register_fake("lowbit::clip_search")
+def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink):
+    shape = (w.shape[0], w.shape[1] // group_size)
+    return w.new_empty(shape, dtype=torch.float32), w.new_empty(shape, dtype=torch.float32)
