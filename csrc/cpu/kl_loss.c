@@ -26,7 +26,7 @@
  *     computed as 0 * inf);
  *   - masked rows (label == ignore_index) and rows where the student or the teacher is -inf
  *     everywhere: loss 0, gradient 0;
- *   - NaN anywhere in a row: loss and gradient of the row are NaN; +inf logits give NaN;
+ *   - NaN or +inf anywhere in a row: loss and gradient of the row are NaN;
  *   - CAKLD with gamma 0 or 1 is exactly FKL or RKL (so an infinite unused term cannot turn into
  *     0 * inf); JSD with beta 0 or 1 is exactly 0 (m equals one of the two distributions).
  *
@@ -190,13 +190,13 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
                 float x = a[i + l], y = b[i + l];
                 lmT[l] = x > lmT[l] ? x : lmT[l];
                 lmS[l] = y > lmS[l] ? y : lmS[l];
-                bad[l] |= (x != x) | (y != y);
+                bad[l] |= (x != x) | (y != y) | (x == INFINITY) | (y == INFINITY);
             }
         for (int l = 0; i < n; ++i, ++l) {
             float x = a[i], y = b[i];
             lmT[l] = x > lmT[l] ? x : lmT[l];
             lmS[l] = y > lmS[l] ? y : lmS[l];
-            bad[l] |= (x != x) | (y != y);
+            bad[l] |= (x != x) | (y != y) | (x == INFINITY) | (y == INFINITY);
         }
         float bT = lmT[0], bS = lmS[0];
         for (int l = 1; l < LANES; ++l) {
