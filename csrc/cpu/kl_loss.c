@@ -53,15 +53,21 @@
 #define BLK 1024 /* elements per block: the four float blocks (16 KiB) stay in L1 */
 
 /* ---- vectorisable expf / logf (branch-free; gcc turns the selects into blends) ---- */
-LB_INLINE float kl_f32(uint32_t u) {
+/* union punning (defined in C): gcc vectorises it, where a memcpy of a float into an int can
+ * stay a memory access that blocks vectorisation */
+typedef union {
     float f;
-    memcpy(&f, &u, 4);
-    return f;
+    uint32_t u;
+} kl_pun;
+LB_INLINE float kl_f32(uint32_t u) {
+    kl_pun p;
+    p.u = u;
+    return p.f;
 }
 LB_INLINE uint32_t kl_u32(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
+    kl_pun p;
+    p.f = f;
+    return p.u;
 }
 
 /* exp(x): -inf -> 0, NaN -> NaN, overflow -> inf; denormal results via a two-factor 2^n. */
@@ -266,9 +272,11 @@ LB_INLINE void kl_jsd_sums(const lb_kl_args* A, int64_t r, float* a, float* b, c
             float p = KL_EXP(lp), q = KL_EXP(lq);
             float m = be * p + ob * q;
             float lm = KL_LOG(m);
-            int ok = m > 0.0f;
-            a[i] = (ok && p > 0.0f) ? p * (lp - lm) : 0.0f;
-            b[i] = (ok && q > 0.0f) ? q * (lq - lm) : 0.0f;
+            float tp = p * (lp - lm), tq = q * (lq - lm);
+            tp = p > 0.0f ? tp : 0.0f;
+            tq = q > 0.0f ? tq : 0.0f;
+            a[i] = m > 0.0f ? tp : 0.0f;
+            b[i] = m > 0.0f ? tq : 0.0f;
         }
         KP += kl_lane_sum(a, n);
         KQ += kl_lane_sum(b, n);
@@ -321,8 +329,9 @@ LB_INLINE void kl_grad_pass(const lb_kl_args* A, int64_t r, float* a, float* b, 
                 float p = KL_EXP(lp), q = KL_EXP(lq);
                 float m = be * p + wr * q;
                 float lm = KL_LOG(m);
-                float g = q * ((lq - lm) - c);
-                b[i] = (q > 0.0f && m > 0.0f) ? (wr * g) * sc : 0.0f;
+                float g = (wr * (q * ((lq - lm) - c))) * sc;
+                g = q > 0.0f ? g : 0.0f;
+                b[i] = m > 0.0f ? g : 0.0f;
             }
             break;
         }
