@@ -657,3 +657,18 @@ def test_cuda_fused_linear_and_extremes(gen):
     s = (torch.rand(4, 300, generator=gen) * 2 - 1) * 1e4
     check_close(lowbit.kl_div_loss(s.cuda(), s.cuda() + 1.0, kind="jsd").cpu(),
                 ref_loss(s.double(), s.double() + 1.0, kind="jsd"), 1e-5, "extreme")
+
+
+def test_fused_linear_no_grad(gen):
+    """Under no_grad (evaluation) only the loss is computed; it equals the training value."""
+    h = torch.randn(30, 16, generator=gen)
+    w = torch.randn(200, 16, generator=gen) * 0.3
+    t = torch.randn(30, 200, generator=gen)
+    with torch.no_grad():
+        a = lowbit.fused_linear_kl_loss(h, w, t, kind="cakld", gamma=0.5, chunk_size=7)
+    b = lowbit.fused_linear_kl_loss(h.clone().requires_grad_(True), w, t, kind="cakld",
+                                    gamma=0.5, chunk_size=7)
+    assert torch.equal(a, b.detach())
+    b.backward()
+    with pytest.raises(RuntimeError, match="once"):
+        b.backward()

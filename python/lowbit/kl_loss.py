@@ -185,6 +185,7 @@ class _FusedLinearKL(torch.autograd.Function):
         n, _ = h.shape
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], \
             bias is not None and ctx.needs_input_grad[2]
+        need_any = need_h or need_w or need_b  # no gradient wanted (e.g. evaluation): loss only
         denom = _denominator(reduction, n, first, lab, ign)
         scale = (1.0 / denom) if not isinstance(denom, torch.Tensor) else None
         if scale is None:
@@ -204,7 +205,7 @@ class _FusedLinearKL(torch.autograd.Function):
                 tl = torch.nn.functional.linear(t_h[s:e], t_w, t_bias).contiguous()
             lc = lab[s:e] if lab is not None else empty_lab
             loss_rows, gl = torch.ops.lowbit.kl_loss(logits, tl, lc, k, g, b, tau, ign,
-                                                     lab is not None, True, scale)
+                                                     lab is not None, need_any, scale)
             del logits, tl
             total += loss_rows.sum()
             if need_h:
