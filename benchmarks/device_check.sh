@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benchmarks/device_check.sh OUTDIR: the GPU-machine check of every CUDA kernel lowbit has —
-# builds the CUDA extension in place, runs the CUDA tests, runs compute-sanitizer (memcheck) on a
-# small CUDA test, runs the GPU benchmarks, and writes logs to OUTDIR (at most 8 files: env.log,
+# builds the CUDA extension in place, runs the CUDA tests (fake_quant, kl_loss, ...), runs
+# compute-sanitizer (memcheck) on the small CUDA test of each family (test_cuda_sanitizer_small*),
+# runs the GPU benchmarks (bench_kl_loss.py against Liger-Kernel when installable), and writes logs to OUTDIR (at most 8 files: env.log,
 # build.log, tests.log, sanitizer.log, bench.md, summary.txt). Budget: under 8 minutes.
 #   bash benchmarks/device_check.sh "$OUT"
 set -uo pipefail
@@ -44,7 +45,15 @@ else
   note "compute-sanitizer: not found"
 fi
 
-# 4. GPU benchmarks
+# 4. GPU benchmarks (bench_kl_loss.py compares with Liger-Kernel 0.8.5 when it imports: install it
+#    offline from a local wheel folder if one is there — LIGER_WHEELS, ./.whl or /opt/wheels)
+if ! $PY -c "import liger_kernel" >/dev/null 2>&1; then
+  for d in "${LIGER_WHEELS:-}" .whl /opt/wheels; do
+    [ -n "$d" ] && [ -d "$d" ] || continue
+    $PY -m pip install -q --no-index --no-deps --find-links "$d" liger-kernel==0.8.5 >/dev/null 2>&1 && break
+  done
+fi
+note "liger-kernel: $($PY -c 'import importlib.metadata as m; print(m.version("liger-kernel"))' 2>/dev/null || echo 'not installed (bench_kl_loss.py falls back to the torch composite)')"
 {
   for b in benchmarks/bench_*.py; do   # every benchmark takes --device cuda
     echo "## $b"; timeout 150 $PY "$b" --device cuda; echo

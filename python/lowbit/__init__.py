@@ -3,7 +3,9 @@
 import os as _os
 
 from . import _ops
+from . import nn
 from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
+from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
 from .spec import QuantSpec
 
 __version__ = "0.1.0"
@@ -55,4 +57,5 @@ if _os.environ.get("LOWBIT_CPU_ISA"):
     set_cpu_isa(_os.environ["LOWBIT_CPU_ISA"])
 
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
+           "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma", "nn",
            "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]

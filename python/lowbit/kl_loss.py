@@ -1,0 +1,419 @@
+"""python/lowbit/kl_loss.py: the self-distillation losses of FORMATS.md section 2 — forward KL,
+reverse KL, confidence-aware KL (CAKLD, BitDistiller) and JSD — computed per row in one fused
+kernel (torch.ops.lowbit.kl_loss, CPU and CUDA), the fused LM-head variant that never
+materialises the student logits, and the CAKLD confidence estimator.
+
+Conventions (all kinds):
+  * p = softmax(teacher / tau), q = softmax(student / tau), in float32 whatever the input dtype;
+    the gradient flows to the student only (the teacher is a constant) and has no tau^2 factor.
+  * Student and teacher may have different float dtypes; the gradient has the student's dtype;
+    the loss is a float32 tensor.
+  * Rows whose label equals ignore_index contribute 0 and get zero gradient.
+  * An entry that is -inf in both student and teacher (a masked vocabulary entry) contributes
+    nothing and gets exactly zero gradient. A row whose student or teacher logits are -inf
+    everywhere is treated like a masked row (loss 0, zero gradient) but still counts in "mean".
+    A NaN in a row makes that row's loss and gradient NaN; +inf logits give NaN.
+  * CAKLD with gamma 0 or 1 is exactly FKL or RKL; JSD with beta 0 or 1 is exactly 0.
+"""
+import math
+import numbers
+
+import torch
+
+from . import _ops  # noqa: F401  (registers torch.ops.lowbit.*)
+from .fake_quant import check_device
+
+KINDS = {"forward": 0, "reverse": 1, "cakld": 2, "jsd": 3}
+REDUCTIONS = ("mean", "sum", "batchmean", "none")
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks (each error names the argument)
+# ---------------------------------------------------------------------------------------------
+def _unit_float(name, v):
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.dtype.is_floating_point:
+        v = float(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a float in [0, 1], got {type(v).__name__}")
+    v = float(v)
+    if not (0.0 <= v <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name}: must be in [0, 1], got {v}")
+    return v
+
+
+def _check_logits(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {t.dtype}")
+    if t.dim() < 1:
+        raise ValueError(f"{name}: expected a (..., V) tensor, got a 0-d tensor")
+    if t.shape[-1] == 0:
+        raise ValueError(f"{name}: the vocabulary dimension V must be > 0, got shape "
+                         f"{tuple(t.shape)}")
+    check_device(t, name)
+
+
+def _check_args(kind, gamma, beta, temperature, ignore_index, reduction):
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    if kind == "cakld":
+        if gamma is None:
+            raise ValueError("gamma: required for kind='cakld' (the teacher's mean confidence; "
+                             "estimate it with lowbit.estimate_gamma / lowbit.GammaEstimator)")
+        gamma = _unit_float("gamma", gamma)
+    else:
+        gamma = 0.0 if gamma is None else _unit_float("gamma", gamma)
+    beta = _unit_float("beta", beta)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature: expected a float > 0, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (temperature > 0.0) or math.isinf(temperature):
+        raise ValueError(f"temperature: must be a finite number > 0, got {temperature}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    return KINDS[kind], gamma, beta, temperature, int(ignore_index)
+
+
+def _check_labels(labels, lead_shape, device):
+    if labels is None:
+        return None
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels: expected a torch.Tensor or None, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels: dtype must be an integer type (int64), got {labels.dtype}")
+    if tuple(labels.shape) != tuple(lead_shape):
+        raise ValueError(f"labels: expected shape {tuple(lead_shape)} (the logits' shape without "
+                         f"V), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels: must be on the logits' device {device}, got {labels.device}")
+    return labels.reshape(-1).to(torch.int64).contiguous()
+
+
+def _rows(t):
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def _denominator(reduction, n_rows, first_dim, lab, ignore_index):
+    """What the summed row losses are divided by (a python number or a 0-d tensor)."""
+    if reduction == "sum":
+        return 1
+    if reduction == "batchmean":
+        return max(int(first_dim), 1)
+    # mean over unmasked rows, 0 if none (sum of zeros / 1)
+    if lab is None:
+        return max(int(n_rows), 1)
+    return (lab != ignore_index).sum().clamp_min(1).to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss
+# ---------------------------------------------------------------------------------------------
+def kl_div_loss(student_logits, teacher_logits, kind="cakld", gamma=None, beta=0.5,
+                temperature=1.0, labels=None, ignore_index=-100, reduction="mean"):
+    """Distillation loss between student and teacher logits of shape (..., V), FORMATS.md 2.
+
+    kind: "forward" (KL(p||q)), "reverse" (KL(q||p)), "cakld" (gamma * RKL + (1 - gamma) * FKL;
+    ``gamma`` is required — BitDistiller estimates it once beforehand with
+    :func:`lowbit.estimate_gamma`; passing None raises ValueError rather than guessing 0.5), or
+    "jsd" (``beta`` weights the teacher: m = beta p + (1 - beta) q). ``temperature`` divides
+    both logits; no tau^2 factor. ``labels`` (shape (...), integer) masks rows equal to
+    ``ignore_index``. reduction: "mean" (over unmasked rows; 0 if there are none), "sum",
+    "batchmean" (divided by the first dimension's size, BitDistiller's convention for (B, T, V);
+    a 1-D input is one row) or "none" (per-row losses of shape (...)). Returns float32.
+
+    Differentiable with respect to ``student_logits`` only; works under torch.compile
+    (fullgraph) since the op has fake and autograd kernels.
+
+    Hugging Face ``Trainer`` drop-in (self-distillation against a frozen teacher)::
+
+        import lowbit, torch, transformers
+
+        class DistillTrainer(transformers.Trainer):
+            def __init__(self, *args, teacher, gamma, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.teacher, self.gamma = teacher.eval(), gamma
+
+            def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+                labels = inputs.pop("labels")
+                with torch.no_grad():
+                    t_logits = self.teacher(**inputs).logits
+                outputs = model(**inputs)
+                # causal LM: position i predicts token i+1 — shift the labels, not the logits
+                # (slicing the logits would copy them); the last position is masked
+                shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+                loss = lowbit.kl_div_loss(outputs.logits, t_logits, kind="cakld",
+                                          gamma=self.gamma, labels=shifted)
+                return (loss, outputs) if return_outputs else loss
+
+        gamma = lowbit.estimate_gamma(teacher, calibration_batches)   # once, before training
+    """
+    _check_logits(student_logits, "student_logits")
+    _check_logits(teacher_logits, "teacher_logits")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits: shape {tuple(teacher_logits.shape)} does not match "
+                         f"student_logits {tuple(student_logits.shape)}")
+    if teacher_logits.device != student_logits.device:
+        raise ValueError(f"teacher_logits: must be on the student's device "
+                         f"{student_logits.device}, got {teacher_logits.device}")
+    k, g, b, tau, ign = _check_args(kind, gamma, beta, temperature, ignore_index, reduction)
+    lab = _check_labels(labels, student_logits.shape[:-1], student_logits.device)
+    s2 = _rows(student_logits)
+    t2 = _rows(teacher_logits.detach())
+    lab_arg = lab if lab is not None else s2.new_empty((0,), dtype=torch.int64)
+    loss_rows, _ = torch.ops.lowbit.kl_loss(s2, t2, lab_arg, k, g, b, tau, ign, lab is not None,
+                                            False, 1.0)
+    if reduction == "none":
+        return loss_rows.reshape(student_logits.shape[:-1])
+    first = student_logits.shape[0] if student_logits.dim() >= 2 else 1
+    return loss_rows.sum() / _denominator(reduction, s2.shape[0], first, lab, ign)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused LM head + loss
+# ---------------------------------------------------------------------------------------------
+class _FusedLinearKL(torch.autograd.Function):
+    """Loss and gradients for (hidden, weight, bias) computed chunk by chunk in the forward; the
+    backward only scales them by the upstream (scalar) gradient."""
+
+    @staticmethod
+    def forward(ctx, h, w, bias, t_logits, t_h, t_w, t_bias, lab, k, g, b, tau, ign, reduction,
+                first, chunk):
+        n, _ = h.shape
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], \
+            bias is not None and ctx.needs_input_grad[2]
+        need_any = need_h or need_w or need_b  # no gradient wanted (e.g. evaluation): loss only
+        denom = _denominator(reduction, n, first, lab, ign)
+        scale = (1.0 / denom) if not isinstance(denom, torch.Tensor) else None
+        if scale is None:
+            scale = float(1.0 / denom)  # one host sync per call (mean over unmasked rows)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        empty_lab = h.new_empty((0,), dtype=torch.int64)
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            hc = h[s:e]
+            logits = torch.nn.functional.linear(hc, w, bias).contiguous()
+            if t_logits is not None:
+                tl = t_logits[s:e]
+            else:
+                tl = torch.nn.functional.linear(t_h[s:e], t_w, t_bias).contiguous()
+            lc = lab[s:e] if lab is not None else empty_lab
+            loss_rows, gl = torch.ops.lowbit.kl_loss(logits, tl, lc, k, g, b, tau, ign,
+                                                     lab is not None, need_any, scale)
+            del logits, tl
+            total += loss_rows.sum()
+            if need_h:
+                grad_h[s:e] = gl @ w
+            if need_w:
+                grad_w.addmm_(gl.t().float(), hc.float())
+            if need_b:
+                grad_b += gl.float().sum(0)
+            del gl
+        # kept on ctx, not saved: the backward scales them in place (no second weight-sized
+        # buffer) and drops them, so a second backward through the same graph is refused
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (w.dtype, None if bias is None else bias.dtype)
+        return total * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, go):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_kl_loss: backward can run only once per forward "
+                               "(its gradients are formed in the forward and consumed here)")
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
+        wdt, bdt = ctx.dtypes
+        gh = None if grad_h is None else grad_h.mul_(go.to(grad_h.dtype))
+        gw = None if grad_w is None else grad_w.mul_(go).to(wdt)
+        gb = None if grad_b is None else grad_b.mul_(go).to(bdt)
+        return (gh, gw, gb) + (None,) * 13
+
+
+def fused_linear_kl_loss(student_hidden, lm_head_weight, teacher_logits=None, *,
+                         teacher_hidden=None, teacher_weight=None, student_bias=None,
+                         teacher_bias=None, kind="cakld", gamma=None, beta=0.5, temperature=1.0,
+                         labels=None, ignore_index=-100, reduction="mean", chunk_size=None):
+    """``kl_div_loss(F.linear(student_hidden, lm_head_weight, student_bias), teacher, ...)``
+    without ever materialising the full student logits: tokens are processed ``chunk_size``
+    rows at a time (default: about 2M logits per chunk), each chunk's loss and its gradients for
+    the hidden states, the head weight (accumulated in float32) and the bias are computed in the
+    forward, and the backward scales them by the upstream gradient.
+
+    The teacher is either ``teacher_logits`` (..., V), or ``teacher_hidden`` (..., H_t) with
+    ``teacher_weight`` (V, H_t) (and optional ``teacher_bias``), whose logits are also made one
+    chunk at a time. student_hidden: (..., H); lm_head_weight: (V, H). reduction: "mean", "sum"
+    or "batchmean" ("none" is not available here: the gradients are formed in the forward).
+    Other arguments as in :func:`kl_div_loss`. Returns a float32 scalar.
+    """
+    _check_logits(student_hidden, "student_hidden")
+    _check_logits(lm_head_weight, "lm_head_weight")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(f"lm_head_weight: expected (V, {student_hidden.shape[-1]}), got "
+                         f"{tuple(lm_head_weight.shape)}")
+    V = lm_head_weight.shape[0]
+    if V == 0:
+        raise ValueError("lm_head_weight: the vocabulary dimension V must be > 0")
+    if student_bias is not None:
+        _check_logits(student_bias, "student_bias")
+        if tuple(student_bias.shape) != (V,):
+            raise ValueError(f"student_bias: expected shape ({V},), got "
+                             f"{tuple(student_bias.shape)}")
+    lead = student_hidden.shape[:-1]
+    if (teacher_logits is None) == (teacher_hidden is None):
+        raise ValueError("teacher_logits: give either teacher_logits or teacher_hidden + "
+                         "teacher_weight (exactly one)")
+    if teacher_logits is not None:
+        _check_logits(teacher_logits, "teacher_logits")
+        if tuple(teacher_logits.shape) != tuple(lead) + (V,):
+            raise ValueError(f"teacher_logits: expected shape {tuple(lead) + (V,)}, got "
+                             f"{tuple(teacher_logits.shape)}")
+        t_logits, t_h, t_w, t_b = _rows(teacher_logits.detach()), None, None, None
+    else:
+        _check_logits(teacher_hidden, "teacher_hidden")
+        if teacher_weight is None:
+            raise ValueError("teacher_weight: required with teacher_hidden")
+        _check_logits(teacher_weight, "teacher_weight")
+        if tuple(teacher_hidden.shape[:-1]) != tuple(lead):
+            raise ValueError(f"teacher_hidden: expected leading shape {tuple(lead)}, got "
+                             f"{tuple(teacher_hidden.shape)}")
+        if teacher_weight.dim() != 2 or tuple(teacher_weight.shape) != \
+                (V, teacher_hidden.shape[-1]):
+            raise ValueError(f"teacher_weight: expected ({V}, {teacher_hidden.shape[-1]}), got "
+                             f"{tuple(teacher_weight.shape)}")
+        if teacher_bias is not None:
+            _check_logits(teacher_bias, "teacher_bias")
+        t_logits = None
+        t_h = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+        t_w = teacher_weight.detach()
+        t_b = None if teacher_bias is None else teacher_bias.detach()
+    k, g, b, tau, ign = _check_args(kind, gamma, beta, temperature, ignore_index, reduction)
+    if reduction == "none":
+        raise ValueError("reduction: 'none' is not supported by fused_linear_kl_loss "
+                         "(use 'mean', 'sum' or 'batchmean')")
+    lab = _check_labels(labels, lead, student_hidden.device)
+    if chunk_size is None:
+        chunk_size = max(16, (1 << 21) // V)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or \
+            chunk_size <= 0:
+        raise ValueError(f"chunk_size: must be a positive int, got {chunk_size!r}")
+    h2 = student_hidden.reshape(-1, student_hidden.shape[-1])
+    first = student_hidden.shape[0] if student_hidden.dim() >= 2 else 1
+    return _FusedLinearKL.apply(h2, lm_head_weight, student_bias, t_logits, t_h, t_w, t_b, lab,
+                                k, g, b, tau, ign, reduction, first, int(chunk_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# CAKLD confidence
+# ---------------------------------------------------------------------------------------------
+class GammaEstimator:
+    """Streaming estimate of the CAKLD confidence gamma (FORMATS.md section 2).
+
+    ``update(teacher_logits, labels)`` per batch ((..., V) logits; labels (...) already aligned
+    with the logits, positions equal to ``ignore_index`` excluded); ``value`` is the mean over
+    every unmasked position seen of p_T(label) (method "target", the paper's definition) or of
+    max_v p_T(v) (method "max"; labels optional then). When torch.distributed is initialised,
+    ``value`` all-reduces the sum and the count over the ranks first, so every rank gets the
+    global mean over the true number of positions (not a mean of per-rank means).
+    """
+
+    def __init__(self, method="target", ignore_index=-100, chunk_rows=4096):
+        if method not in ("target", "max"):
+            raise ValueError(f"method: must be 'target' or 'max', got {method!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        self.method = method
+        self.ignore_index = int(ignore_index)
+        self.chunk_rows = int(chunk_rows)
+        self.reset()
+
+    def reset(self):
+        self._sum = None
+        self._count = None
+
+    @torch.no_grad()
+    def update(self, teacher_logits, labels=None):
+        _check_logits(teacher_logits, "teacher_logits")
+        if labels is None and self.method == "target":
+            raise ValueError("labels: required for method='target'")
+        V = teacher_logits.shape[-1]
+        t2 = teacher_logits.detach().reshape(-1, V)
+        lab = _check_labels(labels, teacher_logits.shape[:-1], teacher_logits.device)
+        if self._sum is None:
+            self._sum = torch.zeros((), dtype=torch.float64, device=t2.device)
+            self._count = torch.zeros((), dtype=torch.float64, device=t2.device)
+        for s in range(0, t2.shape[0], self.chunk_rows):
+            tc = t2[s:s + self.chunk_rows].float()
+            lse = torch.logsumexp(tc, dim=-1)
+            if lab is not None:
+                lc = lab[s:s + self.chunk_rows]
+                keep = lc != self.ignore_index
+                if self.method == "target":
+                    bad = keep & ((lc < 0) | (lc >= V))
+                    if bool(bad.any()):
+                        raise ValueError(f"labels: values must be in [0, {V}) or ignore_index")
+            else:
+                keep = torch.ones(tc.shape[0], dtype=torch.bool, device=tc.device)
+            if self.method == "target":
+                top = tc.gather(1, lc.clamp(0, V - 1).unsqueeze(1)).squeeze(1)
+            else:
+                top = tc.amax(dim=-1)
+            conf = torch.exp(top - lse).double()
+            self._sum += torch.where(keep, conf, torch.zeros_like(conf)).sum()
+            self._count += keep.sum().double()
+        return self
+
+    @property
+    def count(self):
+        """Unmasked positions seen (on this rank)."""
+        return 0 if self._count is None else int(self._count.item())
+
+    @property
+    def value(self):
+        s = torch.zeros((), dtype=torch.float64) if self._sum is None else self._sum
+        c = torch.zeros((), dtype=torch.float64) if self._count is None else self._count
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dev = s.device
+            if dist.get_backend() == "nccl":
+                dev = torch.device("cuda", torch.cuda.current_device())
+            buf = torch.stack([s, c]).to(dev)
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            s, c = buf[0], buf[1]
+        if float(c) == 0:
+            raise ValueError("GammaEstimator: no unmasked positions seen; call update() first")
+        return float(s / c)
+
+
+@torch.no_grad()
+def estimate_gamma(model, batches, method="target", ignore_index=-100, shift_labels=True):
+    """gamma for CAKLD from a teacher and some batches: for each batch (a dict of model inputs
+    holding "labels", or an (inputs_dict, labels) pair), runs ``model(**inputs)`` (labels not
+    passed), takes ``.logits`` (or the output itself / its first element), aligns the labels for
+    a causal LM when ``shift_labels`` (logits[:, :-1] predict labels[:, 1:]), and feeds a
+    :class:`GammaEstimator`. Returns the float; averaged across ranks under torch.distributed."""
+    est = GammaEstimator(method=method, ignore_index=ignore_index)
+    for batch in batches:
+        if isinstance(batch, dict):
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            labels = batch.get("labels")
+        else:
+            inputs, labels = batch
+        out = model(**inputs)
+        logits = getattr(out, "logits", None)
+        if logits is None:
+            logits = out[0] if isinstance(out, (tuple, list)) else out
+        if shift_labels and labels is not None:
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        est.update(logits, labels)
+    return est.value
+
+
+__all__ = ["kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma"]

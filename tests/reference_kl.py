@@ -1,0 +1,88 @@
+"""Independent plain-PyTorch reference of the distillation losses of FORMATS.md section 2 (the
+composite way: log_softmax / softmax / elementwise KL terms), evaluated in float64 so that it is
+the oracle for lowbit's float32 kernels. Never imports lowbit.
+
+Gradients come from torch.autograd through these expressions (the teacher is detached). Terms
+with a zero probability are selected away with torch.where before any multiplication (so an
+entry that is -inf in both student and teacher contributes 0 and gets exactly zero gradient,
+never 0 * inf = NaN).
+"""
+import torch
+
+KINDS = ("forward", "reverse", "cakld", "jsd")
+REDUCTIONS = ("mean", "sum", "batchmean", "none")
+
+
+def _xlogratio(x, lx, ly):
+    """sum-able x * (lx - ly) with x == 0 -> 0 (also when lx - ly is inf or NaN)."""
+    pos = x > 0
+    d = torch.where(pos, lx - ly, torch.zeros_like(lx))
+    return torch.where(pos, x * d, torch.zeros_like(x))
+
+
+def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0):
+    """Per-row losses, float64, shape (...). Rows all -inf in student or teacher -> 0."""
+    s = student.double() / temperature
+    t = teacher.detach().double() / temperature
+    s_dead = torch.isneginf(s).all(-1, keepdim=True)
+    t_dead = torch.isneginf(t).all(-1, keepdim=True)
+    dead = s_dead | t_dead
+    # keep dead rows finite so no NaN reaches the (selected-away) values or their gradients
+    s = torch.where(dead, torch.zeros_like(s), s)
+    t = torch.where(dead, torch.zeros_like(t), t)
+    lq = torch.log_softmax(s, -1)
+    lp = torch.log_softmax(t, -1)
+    q = lq.exp()
+    p = lp.exp()
+    if kind == "forward":
+        rows = _xlogratio(p, lp, lq).sum(-1)
+    elif kind == "reverse":
+        rows = _xlogratio(q, lq, lp).sum(-1)
+    elif kind == "cakld":
+        fkl = _xlogratio(p, lp, lq).sum(-1)
+        rkl = _xlogratio(q, lq, lp).sum(-1)
+        rows = gamma * rkl + (1 - gamma) * fkl
+    elif kind == "jsd":
+        m = beta * p + (1 - beta) * q
+        lm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))  # m = 0 only where p = q = 0
+        rows = beta * _xlogratio(p, lp, lm).sum(-1) + (1 - beta) * _xlogratio(q, lq, lm).sum(-1)
+    else:
+        raise ValueError(kind)
+    return torch.where(dead.squeeze(-1), torch.zeros_like(rows), rows)
+
+
+def ref_loss(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, labels=None,
+             ignore_index=-100, reduction="mean"):
+    rows = ref_rows(student, teacher, kind, gamma, beta, temperature)
+    if labels is not None:
+        keep = labels != ignore_index
+        rows = torch.where(keep, rows, torch.zeros_like(rows))
+        n_keep = int(keep.sum())
+    else:
+        n_keep = rows.numel()
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / max(n_keep, 1)
+    if reduction == "batchmean":
+        return total / max(student.shape[0] if student.dim() >= 2 else 1, 1)
+    raise ValueError(reduction)
+
+
+def ref_gamma(teacher_logits, labels, method="target", ignore_index=-100):
+    """Mean over unmasked positions of p_T(label) ("target") or max_v p_T(v) ("max")."""
+    V = teacher_logits.shape[-1]
+    p = torch.softmax(teacher_logits.double().reshape(-1, V), -1)
+    if labels is None:
+        keep = torch.ones(p.shape[0], dtype=torch.bool)
+    else:
+        keep = labels.reshape(-1) != ignore_index
+    if method == "target":
+        lab = labels.reshape(-1)[keep]
+        vals = p[keep].gather(1, lab.unsqueeze(1)).squeeze(1)
+    else:
+        vals = p[keep].amax(-1)
+    return float(vals.sum() / keep.sum())
