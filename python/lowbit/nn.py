@@ -1,0 +1,4 @@
+"""lowbit.nn: lowbit's nn.Module layers."""
+from .sparse24 import SparseLinear24
+
+__all__ = ["SparseLinear24"]
