@@ -30,9 +30,15 @@
 #define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
 #define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
-#define LB24_SMALL_M 4   /* M at or below this takes the gather path */
+#ifndef LB24_SMALL_M
+#define LB24_SMALL_M 8   /* M at or below this takes the gather path */
+#endif
+#ifndef LB24_NB
 #define LB24_NB 64       /* output rows per task in the large-M path */
-#define LB24_QB 32       /* groups (of 4 K-elements) per K-block in the large-M path: 128 K */
+#endif
+#ifndef LB24_QB
+#define LB24_QB 16       /* groups (of 4 K-elements) per K-block in the large-M path: 64 K */
+#endif
 #define LB24_ROWS_SMALL 16 /* output rows per task in the small-M path */
 
 typedef struct {
@@ -80,6 +86,26 @@ LB_INLINE void ldn(const void* p, int dt, int64_t off, int64_t n, float* dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = ld1(p, dt, off + i);
 }
 
+/* 4-bit codes [0, g) (g even, byte-aligned start) through a 16-entry table: 32 codes per step. */
+LB_AVX512_ATTR __attribute__((noinline)) static void decode4_avx512(const uint8_t* b, int64_t g,
+                                                                     const float* lut, float* out) {
+    const __m512 t = _mm512_loadu_ps(lut);
+    const __m128i lowmask = _mm_set1_epi8(15);
+    int64_t i = 0;
+    for (; i + 32 <= g; i += 32) {
+        const __m128i by = _mm_loadu_si128((const __m128i*)(b + i / 2));
+        const __m128i lo = _mm_and_si128(by, lowmask);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), lowmask);
+        _mm512_storeu_ps(out + i, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), t));
+        _mm512_storeu_ps(out + i + 16,
+                         _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)), t));
+    }
+    for (; i + 2 <= g; i += 2) {
+        out[i] = lut[b[i / 2] & 15];
+        out[i + 1] = lut[b[i / 2] >> 4];
+    }
+}
+
 /* Kept values of row n as float32: a pointer into the weight when it is float32, else expanded
  * into buf (K/2 floats). */
 LB_INLINE const float* row_values(const s24_ctx* c, int64_t n, float* buf) {
@@ -113,7 +139,10 @@ LB_INLINE const float* row_values(const s24_ctx* c, int64_t n, float* buf) {
                 continue;
             }
             for (int k = 0; k < ncode; ++k) lut[k] = lb_decode(f, p, k);
-            if (f->bits == 4 && ((gi * g) & 1) == 0) {
+            if (f->bits == 4 && ((gi * g) & 1) == 0 && (g & 1) == 0 && lb_isa == LB_ISA_AVX512) {
+                for (int k = ncode; k < 16; ++k) lut[k] = 0.0f;
+                decode4_avx512(row + (gi * g) / 2, g, lut, out);
+            } else if (f->bits == 4 && ((gi * g) & 1) == 0) {
                 const uint8_t* b = row + (gi * g) / 2;
                 int64_t i = 0;
                 for (; i + 2 <= g; i += 2) {
@@ -189,6 +218,9 @@ LB_AVX512_ATTR LB_INLINE void dot16_avx512(const float* v, const uint8_t* mrow, 
         const __m512i i1 = _mm512_add_epi32(
             _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w1), sh), three), off);
         const __m512 v0 = _mm512_loadu_ps(v + 16 * t), v1 = _mm512_loadu_ps(v + 16 * t + 16);
+#ifdef LB24_PF
+        _mm_prefetch((const char*)(v + 16 * t) + LB24_PF, _MM_HINT_T0);
+#endif
         for (int m = 0; m < M; ++m) {
             const float* xr = x + m * K + 32 * t;
             const __m512 g0 = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), i0,
@@ -235,7 +267,11 @@ LB_AVX512_ATTR static void small_avx512(int64_t r0, int64_t r1, void* ctx) {
         case 1: dot16_avx512(v, mrow, c->x, K, 1, acc); break;
         case 2: dot16_avx512(v, mrow, c->x, K, 2, acc); break;
         case 3: dot16_avx512(v, mrow, c->x, K, 3, acc); break;
-        default: dot16_avx512(v, mrow, c->x, K, 4, acc); break;
+        case 4: dot16_avx512(v, mrow, c->x, K, 4, acc); break;
+        case 5: dot16_avx512(v, mrow, c->x, K, 5, acc); break;
+        case 6: dot16_avx512(v, mrow, c->x, K, 6, acc); break;
+        case 7: dot16_avx512(v, mrow, c->x, K, 7, acc); break;
+        default: dot16_avx512(v, mrow, c->x, K, 8, acc); break;
         }
         for (int m = 0; m < M; ++m)
             st1(c->y, c->ydt, (int64_t)m * N + n, acc[m] + (c->bias ? c->bias[n] : 0.0f));
@@ -295,7 +331,11 @@ LB_AVX2_ATTR static void small_avx2(int64_t r0, int64_t r1, void* ctx) {
         case 1: dot8_avx2(v, mrow, c->x, K, 1, acc); break;
         case 2: dot8_avx2(v, mrow, c->x, K, 2, acc); break;
         case 3: dot8_avx2(v, mrow, c->x, K, 3, acc); break;
-        default: dot8_avx2(v, mrow, c->x, K, 4, acc); break;
+        case 4: dot8_avx2(v, mrow, c->x, K, 4, acc); break;
+        case 5: dot8_avx2(v, mrow, c->x, K, 5, acc); break;
+        case 6: dot8_avx2(v, mrow, c->x, K, 6, acc); break;
+        case 7: dot8_avx2(v, mrow, c->x, K, 7, acc); break;
+        default: dot8_avx2(v, mrow, c->x, K, 8, acc); break;
         }
         for (int m = 0; m < M; ++m)
             st1(c->y, c->ydt, (int64_t)m * N + n, acc[m] + (c->bias ? c->bias[n] : 0.0f));
@@ -306,10 +346,10 @@ LB_AVX2_ATTR static void small_avx2(int64_t r0, int64_t r1, void* ctx) {
 /* ================= large M ================= */
 /* One output row n, groups [q0, q1), one m-block: acc[0..MBLK) += v * xt[k][..].
  * xt points at the m-block's tile (row k at xt + k * MBLK). */
-LB_SCALAR_ATTR static void rowblk_ref(float* acc, const float* v, const uint8_t* mrow, int64_t q0,
-                                      int64_t q1, const float* xt, int64_t mblk) {
-    for (int64_t q = q0; q < q1; ++q) {
-        const int b = nib(mrow, q);
+LB_SCALAR_ATTR static void rowblk_ref(float* acc, const float* v, const uint8_t* m, int64_t nq,
+                                      const float* xt, int64_t mblk) {
+    for (int64_t q = 0; q < nq; ++q) {
+        const int b = nib(m, q);
         const float v0 = v[2 * q], v1 = v[2 * q + 1];
         const float* p0 = xt + (4 * q + (b & 3)) * mblk;
         const float* p1 = xt + (4 * q + (b >> 2)) * mblk;
@@ -317,59 +357,64 @@ LB_SCALAR_ATTR static void rowblk_ref(float* acc, const float* v, const uint8_t*
     }
 }
 
-LB_AVX512_ATTR LB_INLINE void rowblk_avx512(float* acc, const float* v, const uint8_t* mrow,
-                                            int64_t q0, int64_t q1, const float* xt) {
-    /* MBLK = 64: 4 accumulators per chain, two chains (even / odd kept value) */
-    __m512 a0 = _mm512_loadu_ps(acc), a1 = _mm512_loadu_ps(acc + 16);
-    __m512 a2 = _mm512_loadu_ps(acc + 32), a3 = _mm512_loadu_ps(acc + 48);
-    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    for (int64_t q = q0; q < q1; ++q) {
-        const int b = nib(mrow, q);
-        const float* p0 = xt + (4 * q + (b & 3)) * 64;
-        const float* p1 = xt + (4 * q + (b >> 2)) * 64;
+/* One output row, nq groups of one K-block, one m-block: v its kept values, m its meta bytes
+ * (group 0 of the block in the low nibble of m[0]), xt the block's tile (row k at xt + k * 16R).
+ * R: zmm registers per m-block; two chains of R accumulators (even / odd kept value). */
+LB_AVX512_ATTR LB_INLINE void rowblk_avx512_r(float* acc, const float* v, const uint8_t* m,
+                                              int64_t nq, const float* xt, const int R) {
+    __m512 a[4], c[4];
+    for (int r = 0; r < R; ++r) {
+        a[r] = _mm512_loadu_ps(acc + 16 * r);
+        c[r] = _mm512_setzero_ps();
+    }
+    for (int64_t q = 0; q < nq; ++q) {
+        const int b = nib(m, q);
+        const float* p0 = xt + (4 * q + (b & 3)) * (16 * R);
+        const float* p1 = xt + (4 * q + (b >> 2)) * (16 * R);
         const __m512 b0 = _mm512_set1_ps(v[2 * q]), b1 = _mm512_set1_ps(v[2 * q + 1]);
-        a0 = _mm512_fmadd_ps(b0, _mm512_load_ps(p0), a0);
-        a1 = _mm512_fmadd_ps(b0, _mm512_load_ps(p0 + 16), a1);
-        a2 = _mm512_fmadd_ps(b0, _mm512_load_ps(p0 + 32), a2);
-        a3 = _mm512_fmadd_ps(b0, _mm512_load_ps(p0 + 48), a3);
-        c0 = _mm512_fmadd_ps(b1, _mm512_load_ps(p1), c0);
-        c1 = _mm512_fmadd_ps(b1, _mm512_load_ps(p1 + 16), c1);
-        c2 = _mm512_fmadd_ps(b1, _mm512_load_ps(p1 + 32), c2);
-        c3 = _mm512_fmadd_ps(b1, _mm512_load_ps(p1 + 48), c3);
+        for (int r = 0; r < R; ++r) {
+            a[r] = _mm512_fmadd_ps(b0, _mm512_load_ps(p0 + 16 * r), a[r]);
+            c[r] = _mm512_fmadd_ps(b1, _mm512_load_ps(p1 + 16 * r), c[r]);
+        }
     }
-    _mm512_storeu_ps(acc, _mm512_add_ps(a0, c0));
-    _mm512_storeu_ps(acc + 16, _mm512_add_ps(a1, c1));
-    _mm512_storeu_ps(acc + 32, _mm512_add_ps(a2, c2));
-    _mm512_storeu_ps(acc + 48, _mm512_add_ps(a3, c3));
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + 16 * r, _mm512_add_ps(a[r], c[r]));
 }
 
-LB_AVX2_ATTR LB_INLINE void rowblk_avx2(float* acc, const float* v, const uint8_t* mrow,
-                                        int64_t q0, int64_t q1, const float* xt) {
-    /* MBLK = 32 */
-    __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + 8);
-    __m256 a2 = _mm256_loadu_ps(acc + 16), a3 = _mm256_loadu_ps(acc + 24);
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    for (int64_t q = q0; q < q1; ++q) {
-        const int b = nib(mrow, q);
-        const float* p0 = xt + (4 * q + (b & 3)) * 32;
-        const float* p1 = xt + (4 * q + (b >> 2)) * 32;
+LB_AVX512_ATTR LB_INLINE void rowblk_avx512(float* acc, const float* v, const uint8_t* off,
+                                            int64_t nq, const float* xt, int64_t mblk) {
+    if (mblk == 64) rowblk_avx512_r(acc, v, off, nq, xt, 4);
+    else if (mblk == 32) rowblk_avx512_r(acc, v, off, nq, xt, 2);
+    else rowblk_avx512_r(acc, v, off, nq, xt, 1);
+}
+
+LB_AVX2_ATTR LB_INLINE void rowblk_avx2_r(float* acc, const float* v, const uint8_t* m,
+                                          int64_t nq, const float* xt, const int R) {
+    __m256 a[4], c[4];
+    for (int r = 0; r < R; ++r) {
+        a[r] = _mm256_loadu_ps(acc + 8 * r);
+        c[r] = _mm256_setzero_ps();
+    }
+    for (int64_t q = 0; q < nq; ++q) {
+        const int b = nib(m, q);
+        const float* p0 = xt + (4 * q + (b & 3)) * (8 * R);
+        const float* p1 = xt + (4 * q + (b >> 2)) * (8 * R);
         const __m256 b0 = _mm256_set1_ps(v[2 * q]), b1 = _mm256_set1_ps(v[2 * q + 1]);
-        a0 = _mm256_fmadd_ps(b0, _mm256_load_ps(p0), a0);
-        a1 = _mm256_fmadd_ps(b0, _mm256_load_ps(p0 + 8), a1);
-        a2 = _mm256_fmadd_ps(b0, _mm256_load_ps(p0 + 16), a2);
-        a3 = _mm256_fmadd_ps(b0, _mm256_load_ps(p0 + 24), a3);
-        c0 = _mm256_fmadd_ps(b1, _mm256_load_ps(p1), c0);
-        c1 = _mm256_fmadd_ps(b1, _mm256_load_ps(p1 + 8), c1);
-        c2 = _mm256_fmadd_ps(b1, _mm256_load_ps(p1 + 16), c2);
-        c3 = _mm256_fmadd_ps(b1, _mm256_load_ps(p1 + 24), c3);
+        for (int r = 0; r < R; ++r) {
+            a[r] = _mm256_fmadd_ps(b0, _mm256_load_ps(p0 + 8 * r), a[r]);
+            c[r] = _mm256_fmadd_ps(b1, _mm256_load_ps(p1 + 8 * r), c[r]);
+        }
     }
-    _mm256_storeu_ps(acc, _mm256_add_ps(a0, c0));
-    _mm256_storeu_ps(acc + 8, _mm256_add_ps(a1, c1));
-    _mm256_storeu_ps(acc + 16, _mm256_add_ps(a2, c2));
-    _mm256_storeu_ps(acc + 24, _mm256_add_ps(a3, c3));
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(acc + 8 * r, _mm256_add_ps(a[r], c[r]));
 }
 
-/* The large-M body: chunk [r0, r1) of LB24_NB rows each; ISA = 0 scalar, 1 avx2, 2 avx512. */
+LB_AVX2_ATTR LB_INLINE void rowblk_avx2(float* acc, const float* v, const uint8_t* off,
+                                        int64_t nq, const float* xt, int64_t mblk) {
+    if (mblk == 32) rowblk_avx2_r(acc, v, off, nq, xt, 4);
+    else rowblk_avx2_r(acc, v, off, nq, xt, 2);
+}
+
+/* The large-M body over chunks [r0, r1) of LB24_NB rows: per (m-block, K-block of QB groups)
+ * the working set is the xt tile (4*QB*mblk floats), yt (NB*mblk) and the rows' kept values. */
 #define LB24_LARGE_BODY(ROWBLK)                                                                 \
     s24_ctx* c = (s24_ctx*)ctx;                                                                 \
     const int64_t K = c->K, N = c->N, M = c->M, K2 = K / 2, G = K / 4, mblk = c->mblk;           \
@@ -388,13 +433,17 @@ LB_AVX2_ATTR LB_INLINE void rowblk_avx2(float* acc, const float* v, const uint8_
         for (int64_t n = cb; n < ce; ++n)                                                       \
             vrows[n - cb] = row_values(c, n, vbuf ? vbuf + (n - cb) * K2 : NULL);               \
         for (int64_t mb = 0; mb < nmb; ++mb) {                                                  \
-            const float* xtile = c->xt + mb * K * mblk;                                         \
             const int64_t mlen = M - mb * mblk < mblk ? M - mb * mblk : mblk;                   \
             memset(yt, 0, (size_t)LB24_NB * (size_t)mblk * sizeof(float));                      \
             for (int64_t q0 = 0; q0 < G; q0 += LB24_QB) {                                       \
-                const int64_t q1 = q0 + LB24_QB < G ? q0 + LB24_QB : G;                          \
-                for (int64_t n = cb; n < ce; ++n)                                               \
+                const int64_t nq = G - q0 < LB24_QB ? G - q0 : LB24_QB;                         \
+                const float* xtile = c->xt + mb * K * mblk + 4 * q0 * mblk;                     \
+                for (int64_t n = cb; n < ce; ++n) {                                             \
+                    float* acc = yt + (n - cb) * mblk;                                          \
+                    const float* v = vrows[n - cb] + 2 * q0;                                    \
+                    const uint8_t* m = c->meta + n * c->mbytes + q0 / 2;                        \
                     ROWBLK;                                                                     \
+                }                                                                               \
             }                                                                                   \
             for (int64_t n = cb; n < ce; ++n) {                                                 \
                 const float bn = c->bias ? c->bias[n] : 0.0f;                                   \
@@ -408,16 +457,13 @@ LB_AVX2_ATTR LB_INLINE void rowblk_avx2(float* acc, const float* v, const uint8_
     free(yt);
 
 LB_SCALAR_ATTR static void large_ref(int64_t r0, int64_t r1, void* ctx) {
-    LB24_LARGE_BODY(rowblk_ref(yt + (n - cb) * mblk, vrows[n - cb], c->meta + n * c->mbytes, q0,
-                               q1, xtile, mblk))
+    LB24_LARGE_BODY(rowblk_ref(acc, v, m, nq, xtile, mblk))
 }
 LB_AVX2_ATTR static void large_avx2(int64_t r0, int64_t r1, void* ctx) {
-    LB24_LARGE_BODY(rowblk_avx2(yt + (n - cb) * mblk, vrows[n - cb], c->meta + n * c->mbytes, q0,
-                                q1, xtile))
+    LB24_LARGE_BODY(rowblk_avx2(acc, v, m, nq, xtile, mblk))
 }
 LB_AVX512_ATTR static void large_avx512(int64_t r0, int64_t r1, void* ctx) {
-    LB24_LARGE_BODY(rowblk_avx512(yt + (n - cb) * mblk, vrows[n - cb], c->meta + n * c->mbytes,
-                                  q0, q1, xtile))
+    LB24_LARGE_BODY(rowblk_avx512(acc, v, m, nq, xtile, mblk))
 }
 
 /* ================= drivers ================= */
@@ -450,24 +496,27 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
         lb_parallel_fn fn = lb_isa == LB_ISA_AVX512 ? large_avx512
                             : lb_isa == LB_ISA_AVX2 ? large_avx2
                                                     : large_ref;
-        const int64_t mblk = lb_isa == LB_ISA_AVX512 ? 64 : 32;
+        /* m-block width: no more zero padding of a short batch than needed */
+        const int64_t mblk = M <= 16 ? 16 : (M <= 32 || lb_isa != LB_ISA_AVX512 ? 32 : 64);
         const int64_t nmb = (M + mblk - 1) / mblk;
         xf = (float*)aligned_alloc(64, (size_t)(nmb * K * mblk) * sizeof(float));
         if (!xf) { rc = -1; goto done; }
-        /* xt[mb][k][i] = x[mb*mblk + i][k], zero past M */
+        /* xt[mb][k][i] = x[mb*mblk + i][k], zero past M; in blocks of 16 k so the 16 rows of
+         * xt being written stay in L1 */
+        memset(xf, 0, (size_t)(nmb * K * mblk) * sizeof(float));
         for (int64_t mb = 0; mb < nmb; ++mb) {
             float* t = xf + mb * K * mblk;
-            for (int64_t i = 0; i < mblk; ++i) {
-                const int64_t m = mb * mblk + i;
-                if (m < M) {
+            const int64_t mlen = M - mb * mblk < mblk ? M - mb * mblk : mblk;
+            for (int64_t k0 = 0; k0 < K; k0 += 16) {
+                const int64_t kl = K - k0 < 16 ? K - k0 : 16;
+                for (int64_t i = 0; i < mlen; ++i) {
+                    const int64_t o = (mb * mblk + i) * K + k0;
                     if (xdt == LB_DT_F32) {
-                        const float* xr = (const float*)x + m * K;
-                        for (int64_t k = 0; k < K; ++k) t[k * mblk + i] = xr[k];
+                        const float* xr = (const float*)x + o;
+                        for (int64_t j = 0; j < kl; ++j) t[(k0 + j) * mblk + i] = xr[j];
                     } else {
-                        for (int64_t k = 0; k < K; ++k) t[k * mblk + i] = ld1(x, xdt, m * K + k);
+                        for (int64_t j = 0; j < kl; ++j) t[(k0 + j) * mblk + i] = ld1(x, xdt, o + j);
                     }
-                } else {
-                    for (int64_t k = 0; k < K; ++k) t[k * mblk + i] = 0.0f;
                 }
             }
         }
