@@ -561,20 +561,27 @@ typedef struct {
     void* out;
 } dec_ctx;
 
+#define LB24_DECOMP_ROWS(T)                                                                     \
+    for (int64_t n = r0; n < r1; ++n) {                                                         \
+        const uint8_t* mrow = d->meta + n * mb;                                                 \
+        T* o = (T*)d->out + n * K;                                                              \
+        const T* v = (const T*)d->v + n * (K / 2);                                              \
+        memset(o, 0, (size_t)K * sizeof(T));                                                    \
+        for (int64_t q = 0; q < G; ++q) {                                                       \
+            const int b = nib(mrow, q);                                                         \
+            o[4 * q + (b & 3)] = v[2 * q];                                                      \
+            o[4 * q + (b >> 2)] = v[2 * q + 1];                                                 \
+        }                                                                                       \
+    }
+
 static void decompress_rows(int64_t r0, int64_t r1, void* ctx) {
     dec_ctx* d = (dec_ctx*)ctx;
     const int64_t K = d->K, G = K / 4, mb = lb24_meta_bytes(K);
-    const size_t es = d->dt == LB_DT_F32 ? 4 : 2;
-    for (int64_t n = r0; n < r1; ++n) {
-        const uint8_t* mrow = d->meta + n * mb;
-        char* orow = (char*)d->out + (size_t)(n * K) * es;
-        const char* vrow = (const char*)d->v + (size_t)(n * (K / 2)) * es;
-        memset(orow, 0, (size_t)K * es);
-        for (int64_t q = 0; q < G; ++q) {
-            const int b = nib(mrow, q);
-            memcpy(orow + (size_t)(4 * q + (b & 3)) * es, vrow + (size_t)(2 * q) * es, es);
-            memcpy(orow + (size_t)(4 * q + (b >> 2)) * es, vrow + (size_t)(2 * q + 1) * es, es);
-        }
+    /* raw element copies (bit patterns kept: -0.0 and NaN payloads survive) */
+    if (d->dt == LB_DT_F32) {
+        LB24_DECOMP_ROWS(uint32_t)
+    } else {
+        LB24_DECOMP_ROWS(uint16_t)
     }
 }
 

@@ -268,7 +268,7 @@ class _CsltLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        gx = g @ decompress_24(ctx.sw) if ctx.needs_input_grad[0] else None
+        gx = _grad_x(g, ctx.sw.kept_values(), ctx.sw.meta) if ctx.needs_input_grad[0] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return gx, gb, None
 
@@ -372,11 +372,30 @@ def _linear_setup(ctx, inputs, output):
     ctx.save_for_backward(x if values.requires_grad else None, values, meta)
 
 
+_GRAD_CHUNK_BYTES = 16 << 20
+
+
+def _grad_x(g, values, meta):
+    """grad_y @ W_pruned. On CPU the weight is decompressed in row chunks of <= 16 MB, so the
+    scratch is reused by the allocator instead of a fresh (page-faulting) N x K buffer per call;
+    measured in benchmarks/bench_sparse24.py."""
+    n, k2 = values.shape
+    rows = max(1, _GRAD_CHUNK_BYTES // (2 * k2 * values.element_size()))
+    if values.device.type != "cpu" or rows >= n:
+        return g @ torch.ops.lowbit.sparse24_decompress(values, meta)
+    gx = None
+    for r0 in range(0, n, rows):
+        wd = torch.ops.lowbit.sparse24_decompress(values[r0:r0 + rows], meta[r0:r0 + rows])
+        part = g[:, r0:r0 + rows] @ wd
+        gx = part if gx is None else gx.add_(part)
+    return gx
+
+
 def _linear_backward(ctx, g):
     x, values, meta = ctx.saved_tensors
     gx = gv = gb = None
     if ctx.needs_input_grad[0]:
-        gx = g @ torch.ops.lowbit.sparse24_decompress(values, meta)
+        gx = _grad_x(g, values, meta)
     if ctx.needs_input_grad[1]:
         n, k2 = values.shape
         gw = (g.t() @ x).reshape(n, k2 // 2, 4)
@@ -405,7 +424,7 @@ def _qlinear_backward(ctx, g):
     if ctx.needs_input_grad[0]:
         vals = torch.ops.lowbit.dequantize(codes, scales, zeros, fmt, bits, group_size, symmetric,
                                            ctx.k2, _ops.DTYPE_CODES[dtype])
-        gx = g @ torch.ops.lowbit.sparse24_decompress(vals, meta)
+        gx = _grad_x(g, vals, meta)
     if ctx.has_bias and ctx.needs_input_grad[5]:
         gb = g.sum(0)
     return gx, None, None, None, None, gb, None, None, None, None
