@@ -119,7 +119,6 @@ enum { CSLT_R_16F = 2, CSLT_R_16BF = 14 };          /* cudaDataType CUDA_R_16F, 
 
 #define CSLT_FUNCS(X)                                                                           \
     X(cusparseLtInit, cslt_status, (cslt_handle_t*))                                            \
-    X(cusparseLtGetErrorString, const char*, (cslt_status))                                     \
     X(cusparseLtDenseDescriptorInit, cslt_status,                                               \
       (const cslt_handle_t*, cslt_mat_t*, int64_t, int64_t, int64_t, uint32_t, int, int))       \
     X(cusparseLtStructuredDescriptorInit, cslt_status,                                          \
@@ -151,6 +150,7 @@ static struct {
 #define CSLT_FIELD(name, ret, params) ret(*name) params;
     CSLT_FUNCS(CSLT_FIELD)
 #undef CSLT_FIELD
+    const char* (*cusparseLtGetErrorString)(cslt_status); /* optional */
     int loaded;           /* 1 ok, -1 failed */
     char why[400];
 } cslt;
@@ -187,6 +187,7 @@ static int cslt_load(char* err) {
     }
             CSLT_FUNCS(CSLT_RESOLVE)
 #undef CSLT_RESOLVE
+            *(void**)(&cslt.cusparseLtGetErrorString) = dlsym(h, "cusparseLtGetErrorString");
         }
     }
     if (cslt.loaded < 0) {
@@ -194,6 +195,10 @@ static int cslt_load(char* err) {
         return -1;
     }
     return 0;
+}
+
+static const char* cslt_errstr(cslt_status st) {
+    return cslt.cusparseLtGetErrorString ? cslt.cusparseLtGetErrorString(st) : "error";
 }
 
 /* The handle of the current device (the glue set the device guard). */
@@ -207,7 +212,7 @@ static const cslt_handle_t* cslt_handle(int device, char* err) {
             if (!cslt_handle_ok[device]) {
                 cslt_status st = cslt.cusparseLtInit(&cslt_handles[device]);
                 if (st == 0) cslt_handle_ok[device] = 1;
-                else snprintf(err, LB_ERR_LEN, "cusparseLtInit: %s", cslt.cusparseLtGetErrorString(st));
+                else snprintf(err, LB_ERR_LEN, "cusparseLtInit: %s (status %d)", cslt_errstr(st), st);
             }
             if (cslt_handle_ok[device]) h = &cslt_handles[device];
         }
@@ -221,7 +226,7 @@ static const cslt_handle_t* cslt_handle(int device, char* err) {
         cslt_status st_ = (call);                                                              \
         if (st_ != 0) {                                                                        \
             snprintf(err, LB_ERR_LEN, "cuSPARSELt %s: %s (status %d)", what,                   \
-                     cslt.cusparseLtGetErrorString(st_), st_);                                 \
+                     cslt_errstr(st_), st_);                                 \
             goto done;                                                                         \
         }                                                                                      \
     } while (0)

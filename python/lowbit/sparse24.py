@@ -244,10 +244,12 @@ def cusparselt_available():
     return _cslt_state["ok"]
 
 
-def _cslt_shape_ok(m, n, k):
+def _cslt_shape_ok(x2, n, k):
     # cuSPARSELt's 16-bit sizes: structured dims multiples of 32/64 here (conservative), dense
-    # leading dims multiples of 8; smaller or odd batches take lowbit's kernel (no padding)
-    return n % 32 == 0 and k % 64 == 0 and m % 8 == 0 and m >= 8
+    # leading dims multiples of 8, 16-byte aligned pointers; smaller or odd batches take
+    # lowbit's kernel (no padding)
+    m = x2.shape[0]
+    return n % 32 == 0 and k % 64 == 0 and m % 8 == 0 and m >= 8 and x2.data_ptr() % 16 == 0
 
 
 def _cslt_packed(sw):
@@ -264,7 +266,11 @@ class _CsltLinear(torch.autograd.Function):
     def forward(ctx, x2, b, sw):
         ctx.sw = sw
         ctx.has_bias = b.numel() > 0
-        return torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), b, sw.shape[0])
+        # the bias is added here rather than through cuSPARSELt's bias pointer (whose dtype rules
+        # vary across versions); the op supports it too
+        y = torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), x2.new_empty(0),
+                                                  sw.shape[0])
+        return y.add_(b) if ctx.has_bias else y
 
     @staticmethod
     def backward(ctx, g):
@@ -309,7 +315,6 @@ def sparse24_linear(x, sw, bias=None, backend="auto"):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     b = bias.contiguous() if bias is not None else x.new_empty(0)
-    m = x2.shape[0]
     if sw.qvalues is not None:
         q = sw.qvalues
         if x.device.type == "cpu":
@@ -329,7 +334,7 @@ def sparse24_linear(x, sw, bias=None, backend="auto"):
                                    "LOWBIT_CUSPARSELT_LIB to the library's path")
             use_cslt = True
         else:
-            use_cslt = _cslt_shape_ok(m, n, k) and cusparselt_available()
+            use_cslt = _cslt_shape_ok(x2, n, k) and cusparselt_available()
     elif backend == "cusparselt":
         raise ValueError("backend: 'cusparselt' needs a float16/bfloat16 CUDA x")
     if use_cslt:
