@@ -194,6 +194,28 @@ def test_linear_backward(gen):
         sw.values.grad = None
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_backward_to_x_paths(dtype, gen, restore_isa):
+    """grad_x = grad_y @ W_pruned: the op over the compressed weight (M <= 8) and the chunked
+    decompress + matmul (larger M, and weights over the 16 MB chunk), every ISA."""
+    from lowbit.sparse24 import _grad_x
+    for (N, K) in [(37, 20), (64, 256), (2100, 2048)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(p)
+        for M in (1, 3, 8, 9):
+            g = torch.randn(M, N, generator=gen).to(dtype)
+            for isa in lowbit.available_cpu_isas():
+                lowbit.set_cpu_isa(isa)
+                got = _grad_x(g, sw.values, sw.meta)
+                assert got.shape == (M, K) and got.dtype == dtype
+                check_close(got, g.double() @ p.double(), dtype, N, f"{isa} {N}x{K} M={M}")
+    x = torch.randn(2, 8, generator=gen)
+    torch.library.opcheck(torch.ops.lowbit.sparse24_grad_x.default,
+                          (x, compress_24(prune_24(torch.randn(8, 16))[0]).values,
+                           compress_24(prune_24(torch.randn(8, 16))[0]).meta))
+
+
 def test_linear_opcheck_and_compile(gen):
     w = torch.randn(32, 64, generator=gen)
     sw = compress_24(prune_24(w)[0])

@@ -591,3 +591,134 @@ int lb24_decompress_cpu(const void* values, int vdt, const uint8_t* meta, int64_
     lb_parallel(N, K >= 16384 ? 1 : 16384 / (K > 0 ? K : 1), decompress_rows, &d);
     return 0;
 }
+
+/* ---- backward to x over the compressed weight: gx (M, K) = g (M, N) @ W_pruned (N, K) ----
+ * For small M. The N rows are split into P parts (P = threads), each accumulating a private
+ * float32 (M, K) sum; the parts are then added in order. AVX-512: for 16 K-positions (4 groups,
+ * 2 meta bytes) the kept values are placed with one masked expand-load (mask = the kept
+ * positions, from a 256-entry table over a meta byte), then one FMA per row of g. */
+typedef struct {
+    s24_ctx* c;       /* vals, vdt, meta, mbytes, K, N, M */
+    const float* g;   /* (M, N) float32 */
+    float* part;      /* P x (M, K) */
+    int64_t P;
+} gx_ctx;
+
+static uint8_t lb24_kept_mask8[256]; /* meta byte -> bits of the kept positions of its 2 groups */
+
+static void gx_init_table(void) {
+    for (int b = 0; b < 256; ++b) {
+        const int lo = b & 15, hi = b >> 4;
+        lb24_kept_mask8[b] = (uint8_t)(((1 << (lo & 3)) | (1 << (lo >> 2))) |
+                                       (((1 << (hi & 3)) | (1 << (hi >> 2))) << 4));
+    }
+}
+
+LB_INLINE void gx_part_bounds(const gx_ctx* x, int64_t p, int64_t* a, int64_t* b) {
+    *a = x->c->N * p / x->P;
+    *b = x->c->N * (p + 1) / x->P;
+}
+
+LB_SCALAR_ATTR static void gx_ref(int64_t p0, int64_t p1, void* ctx) {
+    gx_ctx* x = (gx_ctx*)ctx;
+    s24_ctx* c = x->c;
+    const int64_t K = c->K, N = c->N, G = K / 4;
+    const int M = (int)c->M;
+    float* buf = NULL;
+    if (needs_rowbuf(c) && !(buf = (float*)malloc((size_t)(K / 2) * sizeof(float)))) {
+        c->oom = 1;
+        return;
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+        int64_t a, b;
+        float* acc = x->part + p * M * K;
+        gx_part_bounds(x, p, &a, &b);
+        for (int64_t n = a; n < b; ++n) {
+            const float* v = row_values(c, n, buf);
+            const uint8_t* mrow = c->meta + n * c->mbytes;
+            for (int64_t q = 0; q < G; ++q) {
+                const int bb = nib(mrow, q);
+                for (int m = 0; m < M; ++m) {
+                    const float gm = x->g[m * N + n];
+                    acc[m * K + 4 * q + (bb & 3)] += gm * v[2 * q];
+                    acc[m * K + 4 * q + (bb >> 2)] += gm * v[2 * q + 1];
+                }
+            }
+        }
+    }
+    free(buf);
+}
+
+LB_AVX512_ATTR static void gx_avx512(int64_t p0, int64_t p1, void* ctx) {
+    gx_ctx* x = (gx_ctx*)ctx;
+    s24_ctx* c = x->c;
+    const int64_t K = c->K, N = c->N, G = K / 4, nb = K / 16;
+    const int M = (int)c->M;
+    float* buf = NULL;
+    if (needs_rowbuf(c) && !(buf = (float*)malloc((size_t)(K / 2) * sizeof(float)))) {
+        c->oom = 1;
+        return;
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+        int64_t a, b;
+        float* acc = x->part + p * M * K;
+        gx_part_bounds(x, p, &a, &b);
+        for (int64_t n = a; n < b; ++n) {
+            const float* v = row_values(c, n, buf);
+            const uint8_t* mrow = c->meta + n * c->mbytes;
+            __m512 gm[LB24_SMALL_M];
+            for (int m = 0; m < M; ++m) gm[m] = _mm512_set1_ps(x->g[m * N + n]);
+            for (int64_t t = 0; t < nb; ++t) { /* K positions 16t.., kept values 8t.. */
+                const __mmask16 k = (__mmask16)(lb24_kept_mask8[mrow[2 * t]] |
+                                                 (lb24_kept_mask8[mrow[2 * t + 1]] << 8));
+                const __m512 d = _mm512_maskz_expandloadu_ps(k, v + 8 * t);
+                for (int m = 0; m < M; ++m) {
+                    float* o = acc + m * K + 16 * t;
+                    _mm512_storeu_ps(o, _mm512_fmadd_ps(gm[m], d, _mm512_loadu_ps(o)));
+                }
+            }
+            for (int64_t q = nb * 4; q < G; ++q) { /* tail groups */
+                const int bb = nib(mrow, q);
+                for (int m = 0; m < M; ++m) {
+                    const float g1 = x->g[m * N + n];
+                    acc[m * K + 4 * q + (bb & 3)] += g1 * v[2 * q];
+                    acc[m * K + 4 * q + (bb >> 2)] += g1 * v[2 * q + 1];
+                }
+            }
+        }
+    }
+    free(buf);
+}
+
+int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* values, int vdt,
+                    const uint8_t* meta, int64_t K, void* gx) {
+    s24_ctx c;
+    gx_ctx x;
+    float *gf = NULL, *sum = NULL;
+    int rc = 0;
+    memset(&c, 0, sizeof c);
+    if (M == 0 || K == 0) return 0;
+    if (M > LB24_SMALL_M) return -2;
+    if (!lb24_kept_mask8[1]) gx_init_table();
+    c.M = M; c.N = N; c.K = K; c.vals = values; c.vdt = vdt; c.meta = meta;
+    c.mbytes = lb24_meta_bytes(K);
+    x.c = &c;
+    x.P = lb_num_threads();
+    if (x.P > (N + 255) / 256) x.P = (N + 255) / 256;
+    if (x.P < 1) x.P = 1;
+    gf = (float*)malloc((size_t)(M * N > 0 ? M * N : 1) * sizeof(float));
+    x.part = (float*)calloc((size_t)(x.P * M * K), sizeof(float));
+    if (!gf || !x.part) { rc = -1; goto done; }
+    ldn(g, gdt, 0, M * N, gf);
+    x.g = gf;
+    lb_parallel(x.P, 1, lb_isa == LB_ISA_AVX512 ? gx_avx512 : gx_ref, &x);
+    if (c.oom) { rc = -1; goto done; }
+    sum = x.part; /* parts added in order into part 0 */
+    for (int64_t p = 1; p < x.P; ++p)
+        for (int64_t i = 0; i < M * K; ++i) sum[i] += x.part[p * M * K + i];
+    for (int64_t i = 0; i < M * K; ++i) st1(gx, gdt, i, sum[i]);
+done:
+    free(gf);
+    free(x.part);
+    return rc;
+}

@@ -361,6 +361,65 @@ fail:
     lb_raise("lowbit::sparse24_cslt_linear", err);
 }
 
+/* sparse24_grad_x(Tensor g, Tensor values, Tensor meta) -> Tensor (M, K): g (M, N) @ the pruned
+ * weight, on the compressed form; CPU, M <= 8 (larger M: decompress + matmul in Python). */
+static void lb_boxed_sparse24_grad_x(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+    char err[LB_ERR_LEN] = {0};
+    lb24_handles hs = {{(AtenTensorHandle)(uintptr_t)stack[0], (AtenTensorHandle)(uintptr_t)stack[1],
+                        (AtenTensorHandle)(uintptr_t)stack[2]},
+                       3};
+    AtenTensorHandle out = NULL;
+    lb_tensor g, v, m;
+    int64_t M, N, K;
+    void* po = NULL;
+    int rc;
+    (void)nargs;
+    (void)nouts;
+    if (lb_describe(hs.h[0], "g", &g, err) || lb_describe(hs.h[1], "values", &v, err) ||
+        lb_describe(hs.h[2], "meta", &m, err))
+        goto fail;
+    if (lb_float_dtype(g.dtype) < 0 || g.dim != 2 || !g.contiguous || g.device_type != lb_t.dev_cpu) {
+        snprintf(err, LB_ERR_LEN, "g: expected a contiguous 2-D float CPU tensor");
+        goto fail;
+    }
+    M = g.sizes[0];
+    N = g.sizes[1];
+    if (lb_float_dtype(v.dtype) < 0 || v.dim != 2 || !v.contiguous || v.sizes[0] != N ||
+        !same_device(&v, &g)) {
+        snprintf(err, LB_ERR_LEN, "values: expected a contiguous float (%lld, K/2) CPU tensor",
+                 (long long)N);
+        goto fail;
+    }
+    K = 2 * v.sizes[1];
+    if (K % 4 != 0) {
+        snprintf(err, LB_ERR_LEN, "values: K = %lld is not a multiple of 4", (long long)K);
+        goto fail;
+    }
+    if (M > 8) {
+        snprintf(err, LB_ERR_LEN, "g: at most 8 rows (got %lld)", (long long)M);
+        goto fail;
+    }
+    if (check_meta(&m, &g, N, K, err)) goto fail;
+    {
+        int64_t osz[2] = {M, K};
+        if (lb_empty(2, osz, g.dtype, &g, &out, err)) goto fail;
+        lb_t.aoti_torch_get_data_ptr(out, &po);
+    }
+    rc = lb24_grad_x_cpu(g.data, lb_float_dtype(g.dtype), M, N, v.data, lb_float_dtype(v.dtype),
+                         (const uint8_t*)m.data, K, po);
+    if (rc) {
+        snprintf(err, LB_ERR_LEN, "out of memory for sparse24_grad_x scratch");
+        goto fail;
+    }
+    lb24_release_all(&hs);
+    stack[0] = (StableIValue)(uintptr_t)out;
+    return;
+fail:
+    lb24_release_all(&hs);
+    lb_release(&out);
+    lb_raise("lowbit::sparse24_grad_x", err);
+}
+
 const lb_op_def lb_ops_sparse24[] = {
     {"sparse24_linear", "sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor bias) -> Tensor",
      lb_boxed_sparse24_linear, 1},
@@ -368,6 +427,8 @@ const lb_op_def lb_ops_sparse24[] = {
      "sparse24_qlinear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor meta, "
      "Tensor bias, int fmt, int bits, int group_size, bool symmetric) -> Tensor",
      lb_boxed_sparse24_qlinear, 0},
+    {"sparse24_grad_x", "sparse24_grad_x(Tensor g, Tensor values, Tensor meta) -> Tensor",
+     lb_boxed_sparse24_grad_x, 0},
     {"sparse24_decompress", "sparse24_decompress(Tensor values, Tensor meta) -> Tensor",
      lb_boxed_sparse24_decompress, 1},
     {"sparse24_cslt_compress", "sparse24_cslt_compress(Tensor dense) -> Tensor",

@@ -33,6 +33,9 @@ int lb24_linear_cpu(const void* x, int xdt, int64_t M, int64_t K, const void* va
 int lb24_qlinear_cpu(const void* x, int xdt, int64_t M, int64_t K, const uint8_t* codes,
                      const float* scales, const uint8_t* zeros, const lb_fmt* f, int64_t g,
                      const uint8_t* meta, int64_t N, const void* bias, void* y);
+/* gx (M, K) of dtype gdt = g (M, N) @ W_pruned, M <= 8 (returns -2 above). */
+int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* values, int vdt,
+                    const uint8_t* meta, int64_t K, void* gx);
 /* Dense (N, K) of dtype vdt from the compressed form (zeros where pruned). */
 int lb24_decompress_cpu(const void* values, int vdt, const uint8_t* meta, int64_t N, int64_t K,
                         void* out);

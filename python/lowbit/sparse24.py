@@ -355,6 +355,11 @@ def _qlinear_fake(x, codes, scales, zeros, meta, bias, fmt, bits, group_size, sy
     return x.new_empty((x.shape[0], codes.shape[0]))
 
 
+@torch.library.register_fake("lowbit::sparse24_grad_x")
+def _grad_x_fake(g, values, meta):
+    return g.new_empty((g.shape[0], 2 * values.shape[1]))
+
+
 @torch.library.register_fake("lowbit::sparse24_decompress")
 def _decompress_fake(values, meta):
     return values.new_empty((values.shape[0], 2 * values.shape[1]))
@@ -378,13 +383,17 @@ def _linear_setup(ctx, inputs, output):
 
 
 _GRAD_CHUNK_BYTES = 16 << 20
+_GRAD_X_OP_MAX_M = 8  # M at or below: lowbit::sparse24_grad_x over the compressed weight
 
 
 def _grad_x(g, values, meta):
-    """grad_y @ W_pruned. On CPU the weight is decompressed in row chunks of <= 16 MB, so the
+    """grad_y @ W_pruned. On CPU with M <= 8 rows: an op over the compressed weight. Else the
+    weight is decompressed (on CPU in row chunks of <= 16 MB, so the
     scratch is reused by the allocator instead of a fresh (page-faulting) N x K buffer per call;
     measured in benchmarks/bench_sparse24.py."""
     n, k2 = values.shape
+    if values.device.type == "cpu" and g.shape[0] <= _GRAD_X_OP_MAX_M:
+        return torch.ops.lowbit.sparse24_grad_x(g.to(values.dtype).contiguous(), values, meta)
     rows = max(1, _GRAD_CHUNK_BYTES // (2 * k2 * values.element_size()))
     if values.device.type != "cpu" or rows >= n:
         return g @ torch.ops.lowbit.sparse24_decompress(values, meta)
