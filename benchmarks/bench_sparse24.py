@@ -5,7 +5,8 @@ dense F.linear of the same pruned weight, same process, same inputs, interleaved
 
 CPU (float32, the issue's shapes): M = 1 and M = 256 rows of x through 4096 -> 11008 (plus M = 8
 and 64 for the crossover), the 2:4 + int4-g128 kernel (kept values quantized, ~3.2 bits per
-weight), and the backward to x (decompress + matmul) against the dense backward.
+weight), and the backward to x (M=1: an op over the compressed weight; M=256: decompress in
+row chunks + matmul) against the dense backward.
 CUDA (float16): M = 4096 (and 1, 16) through 4096 -> 11008: dense F.linear, lowbit
 (cuSPARSELt when installed, else lowbit's gather kernel), the gather kernel itself, and
 torch.sparse.to_sparse_semi_structured.
@@ -81,17 +82,20 @@ def run_cpu(quick):
                                   lambda: sparse24_linear(x, sq)], min_run, rounds)
         print(f"| {m} | {td * 1e3:.2f} | {ts * 1e3:.2f} | {td / ts:.2f}x | {tq * 1e3:.2f} | "
               f"{td / tq:.2f}x | {targets.get(m, 'report')} |", flush=True)
-    # backward to x: grad_x = grad_y @ W_pruned (lowbit: decompress + matmul)
-    m = 256
-    g = torch.randn(m, N)
-    td, ts = interleaved([lambda: g @ p, lambda: _grad_x(g, sw.values, sw.meta)],
-                         min_run, rounds)
+    # backward to x: grad_y @ W_pruned (lowbit: the op over the compressed weight for M <= 8,
+    # chunked decompress + matmul above)
     tdec = cpu_time(lambda: torch.ops.lowbit.sparse24_decompress(sw.values, sw.meta), min_run)
     print()
-    print("| backward to x, M=256 | dense g @ W ms | lowbit chunked decompress + matmul ms | ratio | "
-          "full decompress alone ms |")
+    print("| backward to x | dense g @ W ms | lowbit ms | ratio | path |")
     print("|---|---|---|---|---|")
-    print(f"| {N}x{K} | {td * 1e3:.2f} | {ts * 1e3:.2f} | {td / ts:.2f}x | {tdec * 1e3:.2f} |")
+    for m in (1, 256):
+        g = torch.randn(m, N)
+        td, ts = interleaved([lambda: g @ p, lambda: _grad_x(g, sw.values, sw.meta)],
+                             min_run, rounds)
+        path = ("sparse24_grad_x (compressed)" if m <= 8 else
+                "decompress in 16 MB row chunks + matmul")
+        print(f"| M={m} | {td * 1e3:.2f} | {ts * 1e3:.2f} | {td / ts:.2f}x | {path} |", flush=True)
+    print(f"\n(one full {N}x{K} decompress into a fresh tensor: {tdec * 1e3:.1f} ms)")
 
 
 def run_cuda(quick):
