@@ -1,23 +1,26 @@
 /* csrc/cpu/sparse24.c: CPU kernels of the sparse24 family: y = x @ W^T for a 2:4-compressed W
- * (the lb24 layout of csrc/ops/sparse24.h), with float or low-bit kept values, and decompress.
+ * (the lb24 layout of csrc/ops/sparse24.h), with float or low-bit kept values; decompress; and
+ * the backward to x for small batches.
  *
- * Two paths, both split over N on torch's intra-op pool (lb_parallel):
- *   small M (M <= LB24_SMALL_M): for each output row n, walk its kept values and gather x at
+ * Two forward paths, both split over N on torch's intra-op pool (lb_parallel):
+ *   small M (M <= LB24_SMALL_M = 8): for each output row n, walk its kept values and gather x at
  *     k = 4*(j/2) + idx(j). AVX-512: 16 kept values (32 K-elements) per step, the 16 2-bit
  *     indices of one 32-bit meta word expanded with one variable shift into lane offsets and
  *     the x elements picked with vpermt2ps from two registers of x; AVX2: 8 kept values per
- *     step with two vpermps and a blend. No padding of the batch.
- *   large M: x is transposed once into blocks xt[m-block][k][MBLK] (zero-padded past M); for
- *     each chunk of NB output rows, each m-block and each block of KB K-elements (the xt tile
- *     stays in L1) every kept value v at k does acc[0..MBLK) += v * xt[k][0..MBLK): half the
- *     multiply-adds of a dense GEMM, one broadcast + MBLK/16 loads + MBLK/16 FMAs per value.
+ *     step with two vpermps and a blend. No padding of the batch. Memory-bound at M = 1.
+ *   large M: x is transposed once into blocks xt[m-block][k][mblk] (mblk = 16, 32 or 64 rows,
+ *     the smallest that holds M, zero-padded past M); for each chunk of NB output rows, each
+ *     m-block and each block of 4*QB K-elements (the xt tile stays in L1) every kept value v at
+ *     k does acc[0..mblk) += v * xt[k][0..mblk): half the multiply-adds of a dense GEMM, but one
+ *     load of x per FMA (rows of W keep different columns, so loads are not shared across rows).
  * Kept values that are not float32 (bf16/f16 weights, or low-bit codes) are first expanded
  * into a float32 row buffer (per row in the small path, per chunk in the large path): the
- * low-bit path thus reads ~3 bits per original weight from memory.
+ * low-bit path thus reads ~3 bits per original weight from memory (AVX-512: 4-bit codes go
+ * through a 16-entry table with vpermps, 32 codes per step).
  * Every kernel has a scalar twin (*_ref, vectorisation off) and AVX2 / AVX-512 variants picked
- * by lb_isa. Unlike the fake_quant family, results are not bit-identical across variants (the
- * sums run in different orders); each equals the dense product of the pruned weight within
- * float32 rounding (FORMATS.md 3). */
+ * by lb_isa (the backward-to-x kernel: scalar and AVX-512). Unlike the fake_quant family,
+ * results are not bit-identical across variants (the sums run in different orders); each equals
+ * the dense product of the pruned weight within float32 rounding (FORMATS.md 3). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>

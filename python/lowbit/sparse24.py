@@ -427,30 +427,25 @@ torch.library.register_autograd("lowbit::sparse24_linear", _linear_backward,
 def _qlinear_setup(ctx, inputs, output):
     x, codes, scales, zeros, meta, bias, fmt, bits, group_size, symmetric = inputs
     ctx.has_bias = bias.numel() > 0
-    ctx.qargs = (fmt, bits, group_size, symmetric, x.dtype)
+    ctx.qargs = (fmt, bits, group_size, symmetric, x.shape[1] // 2, x.dtype)
     ctx.save_for_backward(codes, scales, zeros, meta)
 
 
 def _qlinear_backward(ctx, g):
     codes, scales, zeros, meta = ctx.saved_tensors
-    fmt, bits, group_size, symmetric, dtype = ctx.qargs
+    fmt, bits, group_size, symmetric, k2, dtype = ctx.qargs
     gx = gb = None
     if ctx.needs_input_grad[0]:
         vals = torch.ops.lowbit.dequantize(codes, scales, zeros, fmt, bits, group_size, symmetric,
-                                           ctx.k2, _ops.DTYPE_CODES[dtype])
+                                           k2, _ops.DTYPE_CODES[dtype])
         gx = _grad_x(g, vals, meta)
     if ctx.has_bias and ctx.needs_input_grad[5]:
         gb = g.sum(0)
     return gx, None, None, None, None, gb, None, None, None, None
 
 
-def _qlinear_setup_k(ctx, inputs, output):
-    _qlinear_setup(ctx, inputs, output)
-    ctx.k2 = inputs[0].shape[1] // 2
-
-
 torch.library.register_autograd("lowbit::sparse24_qlinear", _qlinear_backward,
-                                setup_context=_qlinear_setup_k)
+                                setup_context=_qlinear_setup)
 
 
 # ---------------------------------------------------------------------------------------------
