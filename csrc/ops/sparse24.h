@@ -16,7 +16,8 @@
  *   The element kept as value j sits at k = 4 * (j / 2) + idx(j).
  * 2:4 + low bits: the kept values (N, K/2) are quantized with a QuantSpec exactly as
  *   lowbit.quantize packs any (N, K/2) weight (formats.h bitstream, groups of g kept values);
- *   meta is unchanged. int4 g128: 2 + 1 (meta) + 32/128*... about 3.1-3.3 bits per weight. */
+ *   meta is unchanged. int4 g128 (asymmetric): per 256 original weights, 128 4-bit codes +
+ *   a float32 scale + a uint8 zero point, and 256 2-bit indices: 2 + 1 + 40/256 = 3.16 bits. */
 #ifndef LOWBIT_OPS_SPARSE24_H
 #define LOWBIT_OPS_SPARSE24_H
 
