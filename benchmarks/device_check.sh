@@ -28,6 +28,13 @@ fi
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import lowbit, json; print(json.dumps(lowbit.build_info()))" 2>&1 | tee -a "$summary"
 
+# 1b. cuSPARSELt for the sparse24 family (dlopen'ed at run time): torch's CUDA wheels bring it
+#     (nvidia-cusparselt-*); else try the wheel, if an index is reachable. Without it, sparse24
+#     falls back to lowbit's own gather kernel and its cuSPARSELt test checks the error message.
+$PY -c 'import lowbit.sparse as s; raise SystemExit(0 if s.cusparselt_available() else 1)' 2>/dev/null ||
+  timeout 60 $PY -m pip install -q nvidia-cusparselt-cu13 >/dev/null 2>&1 || true
+note "cuSPARSELt: $($PY -c 'import lowbit.sparse as s; print("available" if s.cusparselt_available() else "absent")' 2>&1 | tail -1)"
+
 # 2. CUDA tests (and the CPU tests of the same files for the CUDA build on this torch)
 if timeout 300 $PY -m pytest -q -p no:cacheprovider -m cuda tests -rf >"$out/tests.log" 2>&1; then
   note "cuda tests: ok — $(tail -1 "$out/tests.log")"

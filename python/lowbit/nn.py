@@ -32,4 +32,6 @@ class DistillLoss(torch.nn.Module):
                 f"reduction={self.reduction!r}")
 
 
-__all__ = ["DistillLoss"]
+from .sparse24 import SparseLinear24  # noqa: E402
+
+__all__ = ["DistillLoss", "SparseLinear24"]

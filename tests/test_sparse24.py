@@ -1,0 +1,544 @@
+"""lowbit's 2:4 structured sparsity (FORMATS.md section 3) against an independent reference.
+
+The reference here never calls lowbit: pruning by a stable sort of -|w| in each group of 4
+(so ties keep the lower index), and the product as a float64 dense matmul of the pruned weight.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+lowbit = pytest.importorskip("lowbit")
+from lowbit.sparse import (Sparse24Weight, SparseLinear24, compress_24, decompress_24,  # noqa: E402
+                           prune_24, sparse24_linear)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPE_IDS = ["f32", "bf16", "f16"]
+
+
+# ---- reference (independent of lowbit) ----
+def ref_mask_24(w):
+    n, k = w.shape
+    a = w.detach().abs().double().reshape(n, k // 4, 4)
+    a = torch.where(torch.isnan(a), torch.full_like(a, float("inf")), a)
+    order = torch.sort(-a, dim=-1, stable=True).indices[..., :2]
+    mask = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, order, True)
+    return mask.reshape(n, k)
+
+
+def ref_prune_24(w):
+    m = ref_mask_24(w)
+    return w * m, m
+
+
+def ref_linear(x, wp, b=None):
+    y = x.double() @ wp.double().t()
+    if b is not None:
+        y = y + b.double()
+    return y
+
+
+def tol(dtype, K):
+    # float32: reassociated sums of K/2 products; 16-bit: one rounding of the output
+    return {torch.float32: 1e-5 * (1 + K ** 0.5), torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
+
+
+def check_close(y, ref, dtype, K, what):
+    scale = ref.abs().max().clamp(min=1.0)
+    err = ((y.double() - ref).abs().max() / scale).item()
+    assert err <= tol(dtype, K), f"{what}: relative error {err:.3g}"
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    lowbit.set_cpu_isa("auto")
+
+
+# ---------------------------------------------------------------------------------------------
+# prune / compress / decompress
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(1, 4), (7, 12), (33, 96), (16, 1028)])
+def test_prune_matches_reference(shape, dtype, gen):
+    w = torch.randn(shape, generator=gen).to(dtype)
+    # plenty of ties: integer values in a small range, with zeros and both signs
+    wt = torch.randint(-2, 3, shape, generator=gen).to(dtype)
+    for ww in (w, wt):
+        p, m = prune_24(ww)
+        pr, mr = ref_prune_24(ww)
+        assert m.dtype == torch.bool and torch.equal(m, mr)
+        assert p.dtype == dtype and torch.equal(p, pr)
+        assert torch.equal(m.reshape(shape[0], -1, 4).sum(-1), torch.full((shape[0], shape[1] // 4), 2))
+
+
+def test_prune_ties_keep_lower_index():
+    rows = [[1, 1, 1, 1], [0, 0, 0, 0], [-2, 2, 1, -2], [1, 3, 3, 3], [0, 0, 5, 0],
+            [-1, 0.5, -0.5, 1], [float("nan"), 1, 2, float("nan")]]
+    keep = [[0, 1], [0, 1], [0, 1], [1, 2], [0, 2], [0, 3], [0, 3]]
+    w = torch.tensor(rows)
+    _, m = prune_24(w)
+    for r, k in enumerate(keep):
+        assert m[r].nonzero().flatten().tolist() == k, rows[r]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(1, 4), (5, 12), (17, 100), (32, 256)])
+def test_compress_round_trip(shape, dtype, gen):
+    w = torch.randn(shape, generator=gen).to(dtype)
+    p, m = prune_24(w)
+    sw = compress_24(p)
+    n, k = shape
+    assert isinstance(sw, Sparse24Weight)
+    assert sw.values.shape == (n, k // 2) and sw.values.dtype == dtype
+    assert sw.meta.shape == (n, (k // 4 + 1) // 2) and sw.meta.dtype == torch.uint8
+    assert torch.equal(sw.values, p[m].reshape(n, k // 2))  # kept values in order along K
+    assert torch.equal(decompress_24(sw), p)
+    # a weight with fewer than 2 nonzeros in some groups is 2:4-sparse too
+    z = p.clone()
+    z[:, 0:4] = 0
+    z[:, -3] = 0
+    assert torch.equal(decompress_24(compress_24(z)), z)
+
+
+def test_meta_layout_documented():
+    # group 0 keeps indices (1, 3), group 1 keeps (0, 2), group 2 keeps (2, 3)
+    w = torch.tensor([[0, 5, 0, 6, 7, 0, 8, 0, 0, 0, 9, 10.0]])
+    sw = compress_24(w)
+    assert sw.values.tolist() == [[5, 6, 7, 8, 9, 10]]
+    nib = [1 | (3 << 2), 0 | (2 << 2), 2 | (3 << 2)]
+    assert sw.meta.tolist() == [[nib[0] | (nib[1] << 4), nib[2]]]
+
+
+def test_compress_rejects_dense_weight():
+    w = torch.ones(4, 8)
+    w[2, 4:8] = torch.tensor([1.0, 0, 0, 0])
+    p, _ = prune_24(w)
+    p[3, 6] = 0.5  # a third nonzero in row 3, columns 4..7
+    with pytest.raises(ValueError, match=r"^w: is not 2:4-sparse: row 3, columns 4"):
+        compress_24(p)
+
+
+@pytest.mark.parametrize("fn", [prune_24, compress_24])
+def test_bad_weights(fn):
+    with pytest.raises(ValueError, match=r"^w: .*multiple of 4"):
+        fn(torch.randn(3, 10))
+    with pytest.raises(ValueError, match=r"^w: expected a 2-D"):
+        fn(torch.randn(16))
+    with pytest.raises(TypeError, match=r"^w: dtype"):
+        fn(torch.ones(4, 8, dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"^w: expected a torch.Tensor"):
+        fn([[1.0, 2.0, 3.0, 4.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse24_linear
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("M", [1, 5, 64, 300])
+def test_linear_matches_dense_of_pruned(M, dtype, gen, restore_isa):
+    for (N, K) in [(48, 256), (19, 36), (8, 100)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(prune_24(w)[0])
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            for bias in (None, b):
+                y = sparse24_linear(x, sw, bias)
+                assert y.shape == (M, N) and y.dtype == dtype
+                check_close(y, ref_linear(x, p, bias), dtype, K, f"{isa} M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("M", [2, 3, 4, 7, 65])
+def test_linear_batch_shapes_and_paths(M, gen, restore_isa):
+    """Both CPU paths (small M <= 4 and large M) and the m-block tails, with a 3-D x."""
+    w = torch.randn(40, 160, generator=gen)
+    x = torch.randn(2, M, 160, generator=gen)
+    p, _ = prune_24(w)
+    sw = compress_24(p)
+    for isa in lowbit.available_cpu_isas():
+        lowbit.set_cpu_isa(isa)
+        y = sparse24_linear(x, sw)
+        assert y.shape == (2, M, 40)
+        check_close(y, ref_linear(x, p), torch.float32, 160, isa)
+
+
+def test_linear_non_contiguous_x(gen):
+    w = torch.randn(16, 64, generator=gen)
+    sw = compress_24(prune_24(w)[0])
+    x = torch.randn(64, 10, generator=gen).t()
+    check_close(sparse24_linear(x, sw), ref_linear(x, decompress_24(sw)), torch.float32, 64, "t")
+
+
+def test_linear_backward(gen):
+    w = torch.randn(24, 64, generator=gen)
+    p, _ = prune_24(w)
+    sw = compress_24(p)
+    sw.values.requires_grad_(True)
+    for M in (1, 9):
+        x = torch.randn(M, 64, generator=gen, requires_grad=True)
+        b = torch.randn(24, generator=gen, requires_grad=True)
+        up = torch.randn(M, 24, generator=gen)
+        (sparse24_linear(x, sw, b) * up).sum().backward()
+        xr = x.detach().double().requires_grad_(True)
+        wr = p.double().requires_grad_(True)
+        br = b.detach().double().requires_grad_(True)
+        (F.linear(xr, wr, br) * up.double()).sum().backward()
+        torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.grad.double(), br.grad, rtol=1e-5, atol=1e-5)
+        _, m = prune_24(w)
+        torch.testing.assert_close(sw.values.grad.double(), wr.grad[m].reshape(24, 32),
+                                   rtol=1e-5, atol=1e-5)
+        sw.values.grad = None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_backward_to_x_paths(dtype, gen, restore_isa):
+    """grad_x = grad_y @ W_pruned: the op over the compressed weight (M <= 8) and the chunked
+    decompress + matmul (larger M, and weights over the 16 MB chunk), every ISA."""
+    from lowbit.sparse24 import _grad_x
+    for (N, K) in [(37, 20), (64, 256), (2100, 2048)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(p)
+        for M in (1, 3, 8, 9):
+            g = torch.randn(M, N, generator=gen).to(dtype)
+            for isa in lowbit.available_cpu_isas():
+                lowbit.set_cpu_isa(isa)
+                got = _grad_x(g, sw.values, sw.meta)
+                assert got.shape == (M, K) and got.dtype == dtype
+                check_close(got, g.double() @ p.double(), dtype, N, f"{isa} {N}x{K} M={M}")
+    x = torch.randn(2, 8, generator=gen)
+    torch.library.opcheck(torch.ops.lowbit.sparse24_grad_x.default,
+                          (x, compress_24(prune_24(torch.randn(8, 16))[0]).values,
+                           compress_24(prune_24(torch.randn(8, 16))[0]).meta))
+
+
+def test_linear_opcheck_and_compile(gen):
+    w = torch.randn(32, 64, generator=gen)
+    sw = compress_24(prune_24(w)[0])
+    x = torch.randn(5, 64, generator=gen, requires_grad=True)
+    b = torch.randn(32, generator=gen)
+    torch.library.opcheck(torch.ops.lowbit.sparse24_linear.default, (x, sw.values, sw.meta, b))
+    torch.library.opcheck(torch.ops.lowbit.sparse24_decompress.default, (sw.values, sw.meta))
+    q = sw.quantize(lowbit.QuantSpec("int", 4, 16))
+    qz = q.qvalues
+    torch.library.opcheck(torch.ops.lowbit.sparse24_qlinear.default,
+                          (x, qz.codes, qz.scales, qz.zeros, q.meta, b, 0, 4, 16, False))
+
+    def f(x):
+        return torch.relu(sparse24_linear(x, sw, b)).sum()
+
+    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out = cf(x)
+    out.backward()
+    g1 = x.grad.clone()
+    x.grad = None
+    f(x).backward()
+    torch.testing.assert_close(out, f(x))
+    torch.testing.assert_close(g1, x.grad)
+
+
+def test_linear_bad_inputs(gen):
+    w = torch.randn(8, 16, generator=gen)
+    sw = compress_24(prune_24(w)[0])
+    with pytest.raises(TypeError, match=r"^sw: "):
+        sparse24_linear(torch.randn(2, 16), w)
+    with pytest.raises(TypeError, match=r"^x: dtype"):
+        sparse24_linear(torch.randn(2, 16, dtype=torch.float64), sw)
+    with pytest.raises(TypeError, match=r"^x: dtype .* differs"):
+        sparse24_linear(torch.randn(2, 16, dtype=torch.bfloat16), sw)
+    with pytest.raises(ValueError, match=r"^x: last dimension"):
+        sparse24_linear(torch.randn(2, 12), sw)
+    with pytest.raises(ValueError, match=r"^bias: "):
+        sparse24_linear(torch.randn(2, 16), sw, torch.randn(7))
+    with pytest.raises(TypeError, match=r"^bias: "):
+        sparse24_linear(torch.randn(2, 16), sw, torch.randn(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^backend: "):
+        sparse24_linear(torch.randn(2, 16), sw, backend="magic")
+    with pytest.raises(ValueError, match=r"^backend: "):
+        sparse24_linear(torch.randn(2, 16), sw, backend="cusparselt")
+    # the C glue checks again, naming the argument
+    with pytest.raises(RuntimeError, match=r"meta: expected"):
+        torch.ops.lowbit.sparse24_linear(torch.randn(2, 16), sw.values, sw.meta[:, :1].clone(),
+                                         torch.empty(0))
+    with pytest.raises(RuntimeError, match=r"x: in_features"):
+        torch.ops.lowbit.sparse24_linear(torch.randn(2, 18), sw.values, sw.meta, torch.empty(0))
+    with pytest.raises(RuntimeError, match=r"values: expected"):
+        torch.ops.lowbit.sparse24_linear(torch.randn(2, 16), sw.values.double(), sw.meta,
+                                         torch.empty(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2:4 + low bits
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("fmt,bits,g,sym", [("int", 4, 128, False), ("int", 3, 64, False),
+                                            ("nf", 4, 32, False), ("int", 2, -1, True),
+                                            ("fp", 4, 16, False), ("int", 8, 64, False)])
+def test_quantized_kept_values(fmt, bits, g, sym, dtype, gen, restore_isa):
+    spec = lowbit.QuantSpec(fmt, bits, g, sym)
+    N, K = 24, 512
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    sw = compress_24(prune_24(w)[0])
+    sq = sw.quantize(spec)
+    q = lowbit.quantize(sw.values, spec)
+    wd = decompress_24(Sparse24Weight(lowbit.dequantize(q), sw.meta, sw.shape, dtype))
+    assert torch.equal(decompress_24(sq), wd)
+    b = torch.randn(N, generator=gen).to(dtype)
+    for M in (1, 5, 64, 300):
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            y = sparse24_linear(x, sq, b)
+            check_close(y, ref_linear(x, wd, b), dtype, K, f"{spec.name} {isa} M={M}")
+
+
+def test_quantized_bits_per_weight_and_backward(gen):
+    w = torch.randn(64, 1024, generator=gen)
+    sq = compress_24(prune_24(w)[0]).quantize(lowbit.QuantSpec("int", 4, 128))
+    # 4 bits per kept value (2 per weight) + 1 bit of indices + scale and zero per 128 kept
+    assert abs(sq.bits_per_weight - (2 + 1 + 40 / 256)) < 1e-9
+    x = torch.randn(3, 1024, generator=gen, requires_grad=True)
+    sparse24_linear(x, sq).sum().backward()
+    torch.testing.assert_close(x.grad, decompress_24(sq).sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"self: already quantized"):
+        sq.quantize(lowbit.QuantSpec("int", 4, 128))
+    with pytest.raises(TypeError, match=r"^spec: "):
+        compress_24(prune_24(w)[0]).quantize("int4")
+
+
+# ---------------------------------------------------------------------------------------------
+# SparseLinear24
+# ---------------------------------------------------------------------------------------------
+def _lin(gen, n=16, k=32, bias=True):
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=gen))
+        if bias:
+            lin.bias.copy_(torch.randn(n, generator=gen))
+    return lin
+
+
+def test_train_mode_forward_and_masked_grads(gen):
+    lin = _lin(gen)
+    m = SparseLinear24.from_linear(lin, ste=False, mask_update_interval=0)
+    x = torch.randn(6, 32, generator=gen, requires_grad=True)
+    up = torch.randn(6, 16, generator=gen)
+    (m(x) * up).sum().backward()
+    w = lin.weight.detach().clone().requires_grad_(True)
+    mask = ref_mask_24(w)
+    xr = x.detach().clone().requires_grad_(True)
+    b = lin.bias.detach().clone().requires_grad_(True)
+    (F.linear(xr, w * mask, b) * up).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(m.weight.grad, w.grad)  # zero at pruned positions
+    torch.testing.assert_close(m.bias.grad, b.grad)
+    assert torch.equal(m.mask, mask)
+
+
+def test_train_mode_ste_and_srste(gen):
+    lin = _lin(gen)
+    lam = 0.1
+    m = SparseLinear24.from_linear(lin, srste_decay=lam)
+    x = torch.randn(6, 32, generator=gen)
+    up = torch.randn(6, 16, generator=gen)
+    (m(x) * up).sum().backward()
+    w = lin.weight.detach()
+    mask = ref_mask_24(w)
+    dense_grad = up.t() @ x  # straight through: the gradient of the dense product
+    torch.testing.assert_close(m.weight.grad, dense_grad + lam * (~mask) * w)
+
+
+def test_mask_update_interval(gen):
+    lin = _lin(gen)
+    m = SparseLinear24.from_linear(lin, mask_update_interval=3)
+    x = torch.randn(2, 32, generator=gen)
+    m.train()
+    masks = []
+    for step in range(7):
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(16, 32, generator=gen))
+        w_now = m.weight.detach().clone()
+        y = m(x)
+        masks.append(m.mask.clone())
+        if step % 3 == 0:  # recomputed from this step's weight, before the product
+            assert torch.equal(m.mask, ref_mask_24(w_now))
+            torch.testing.assert_close(y, F.linear(x, w_now * ref_mask_24(w_now), m.bias))
+        else:
+            assert torch.equal(masks[-1], masks[-2])
+    assert int(m.step) == 7
+    m.eval()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(16, 32, generator=gen))
+    before = m.mask.clone()
+    m(x)
+    assert torch.equal(m.mask, before) and int(m.step) == 7
+
+
+@pytest.mark.parametrize("spec", [None, lowbit.QuantSpec("int", 4, 16)], ids=["float", "int4"])
+def test_inference_mode_and_state_dict(spec, gen):
+    lin = _lin(gen, n=16, k=64)
+    m = SparseLinear24.from_linear(lin, mode="inference", spec=spec)
+    x = torch.randn(3, 5, 64, generator=gen)
+    p, _ = ref_prune_24(lin.weight.detach())
+    if spec is None:
+        check_close(m(x), ref_linear(x, p, lin.bias.detach()), torch.float32, 64, "inference")
+        assert torch.equal(m.pruned_weight(), p)
+    else:
+        check_close(m(x), ref_linear(x, m.pruned_weight(), lin.bias.detach()), torch.float32, 64, "q")
+    sd = m.state_dict()
+    assert "meta" in sd and ("values" in sd if spec is None else "codes" in sd)
+    fresh = SparseLinear24(64, 16, mode="inference", spec=spec)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh(x), m(x))
+    assert all(not t.requires_grad for t in m.buffers())
+
+
+def test_to_inference_after_training(gen):
+    lin = _lin(gen)
+    m = SparseLinear24.from_linear(lin)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(4, 32, generator=gen)
+    for _ in range(3):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    m.eval()
+    inf = m.to_inference()
+    torch.testing.assert_close(inf(x), m(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m(x), F.linear(x, m.pruned_weight(), m.bias))
+
+
+def test_module_bad_arguments(gen):
+    with pytest.raises(ValueError, match=r"^mode: "):
+        SparseLinear24.from_linear(_lin(gen), mode="fast")
+    with pytest.raises(TypeError, match=r"^linear: "):
+        SparseLinear24.from_linear(nn.Conv1d(4, 4, 1))
+    with pytest.raises(ValueError, match=r"^linear.weight: .*multiple of 4"):
+        SparseLinear24.from_linear(nn.Linear(10, 4))
+    with pytest.raises(ValueError, match=r"^spec: "):
+        SparseLinear24.from_linear(_lin(gen), spec=lowbit.QuantSpec())
+    with pytest.raises(ValueError, match=r"^srste_decay: "):
+        SparseLinear24.from_linear(_lin(gen), srste_decay=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsify_
+# ---------------------------------------------------------------------------------------------
+def test_sparsify_sequential(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Sequential(nn.Linear(64, 32)),
+                          nn.Linear(32, 8))
+    x = torch.randn(4, 32, generator=gen)
+    ws = [model[0].weight.detach().clone(), model[2][0].weight.detach().clone()]
+    out = lowbit.sparsify_(model, skip=("3",), mode="inference")
+    assert out is model
+    assert isinstance(model[0], SparseLinear24) and isinstance(model[2][0], SparseLinear24)
+    assert type(model[3]) is nn.Linear
+    h = F.relu(F.linear(x, ref_prune_24(ws[0])[0], model[0].bias))
+    ref = model[3](F.linear(h, ref_prune_24(ws[1])[0], model[2][0].bias))
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^model: already"):
+        lowbit.sparsify_(model)
+    with pytest.raises(ValueError, match=r"^model: layer '0'"):
+        lowbit.sparsify_(nn.Sequential(nn.Linear(6, 4)))
+    with pytest.raises(ValueError, match=r"^mode: "):
+        lowbit.sparsify_(nn.Sequential(nn.Linear(8, 4)), mode="x")
+
+
+def test_sparsify_llama_mlp_only():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    lowbit.sparsify_(model, skip=("lm_head",), include=("mlp.*",), mode="train")
+    names = [n for n, m in model.named_modules() if isinstance(m, SparseLinear24)]
+    assert sorted(names) == sorted(f"model.layers.{i}.mlp.{p}" for i in range(2)
+                                   for p in ("gate_proj", "up_proj", "down_proj"))
+    assert type(model.lm_head) is nn.Linear
+    assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+    model.train()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+    # the inference form computes the same function
+    model.eval()
+    with torch.no_grad():
+        ref = model(ids).logits
+    model2 = transformers.LlamaForCausalLM(cfg).eval()
+    model2.load_state_dict({k: v for k, v in model.state_dict().items()
+                            if not k.endswith((".mask", ".step"))})
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, SparseLinear24):
+                model2.get_submodule(name).weight.copy_(mod.pruned_weight())
+    lowbit.sparsify_(model2, include=("mlp.*",), mode="inference")
+    with torch.no_grad():
+        torch.testing.assert_close(model2(ids).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cusparselt_probe_is_bool():
+    assert isinstance(lowbit.sparse.cusparselt_available(), bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_linear_matches_cpu(dtype, gen):
+    for (N, K), M in [((64, 256), 1), ((64, 256), 64), ((19, 36), 5), ((128, 512), 300)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(prune_24(w.cuda())[0])
+        assert torch.equal(decompress_24(sw).cpu(), p)
+        for backend in ("lowbit", "auto"):
+            y = sparse24_linear(x.cuda(), sw, b.cuda(), backend=backend)
+            check_close(y.cpu(), ref_linear(x, p, b), dtype, K, f"cuda {backend} M={M}")
+        xg = x.cuda().requires_grad_(True)
+        sparse24_linear(xg, sw).sum().backward()
+        torch.testing.assert_close(xg.grad.cpu().float(), p.float().sum(0).expand(M, -1),
+                                   rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_cuda_cusparselt(dtype, gen):
+    if not lowbit.sparse.cusparselt_available():
+        with pytest.raises(RuntimeError, match="cuSPARSELt"):
+            sw = compress_24(prune_24(torch.randn(64, 128, device="cuda", dtype=dtype))[0])
+            sparse24_linear(torch.randn(8, 128, device="cuda", dtype=dtype), sw,
+                            backend="cusparselt")
+        pytest.skip("cuSPARSELt not installed")
+    N, K, M = 256, 512, 64
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    p, _ = ref_prune_24(w)
+    sw = compress_24(p.cuda())
+    y = sparse24_linear(x.cuda(), sw, b.cuda(), backend="cusparselt")
+    check_close(y.cpu(), ref_linear(x, p, b), dtype, K, "cusparselt")
+
+
+@pytest.mark.cuda
+def test_cuda_sanitizer_small_sparse24(gen):
+    """Small odd shapes through every CUDA kernel of the family (device_check.sh runs this under
+    compute-sanitizer): an odd number of groups, M not a multiple of 4, all dtypes."""
+    for dtype in DTYPES:
+        for (N, K), M in [((3, 12), 1), ((5, 20), 3), ((9, 36), 7)]:
+            w = torch.randn(N, K, generator=gen).to(dtype)
+            x = torch.randn(M, K, generator=gen).to(dtype)
+            p, _ = ref_prune_24(w)
+            sw = compress_24(p.cuda())
+            assert torch.equal(decompress_24(sw).cpu(), p)
+            y = sparse24_linear(x.cuda(), sw, backend="lowbit")
+            torch.cuda.synchronize()
+            check_close(y.cpu(), ref_linear(x, p), dtype, K, f"cuda small {N}x{K} M={M}")
