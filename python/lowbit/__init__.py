@@ -5,6 +5,8 @@ import os as _os
 from . import _ops
 from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
 from .spec import QuantSpec
+from .qlinear import quant_linear
+from . import nn  # noqa: E402  (lowbit.nn.QuantLinear)
 
 __version__ = "0.1.0"
 
@@ -55,4 +57,5 @@ if _os.environ.get("LOWBIT_CPU_ISA"):
     set_cpu_isa(_os.environ["LOWBIT_CPU_ISA"])
 
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
+           "quant_linear", "nn",
            "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]

@@ -81,3 +81,47 @@ def _fake_quant_backward(ctx, grad):
 
 torch.library.register_autograd("lowbit::fake_quant", _fake_quant_backward,
                                 setup_context=_fake_quant_setup)
+
+# ---- qlinear family ----
+
+
+@torch.library.register_fake("lowbit::qlinear_pack")
+def _qlinear_pack_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K):
+    n = codes.shape[0]
+    nt, kb, g = (n + 15) // 16, (K + 31) // 32, K // group_size
+    return (codes.new_empty((nt, kb * bits * 16), dtype=torch.int32),
+            codes.new_empty((nt, g * 32), dtype=torch.float32))
+
+
+@torch.library.register_fake("lowbit::quant_linear")
+def _quant_linear_fake(x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size,
+                       symmetric):
+    return x.new_empty((*x.shape[:-1], codes.shape[0]))
+
+
+def _quant_linear_setup(ctx, inputs, output):
+    x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size, symmetric = inputs
+    ctx.args = (fmt, bits, group_size, symmetric, x.shape[-1])
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias.numel() > 0
+    ctx.save_for_backward(codes, scales, zeros)
+
+
+def _quant_linear_backward(ctx, grad):
+    """grad_x = grad_y @ dequantize(W) in float32 (the frozen weight gets no gradient);
+    grad_bias = grad_y summed over the leading dimensions."""
+    codes, scales, zeros = ctx.saved_tensors
+    fmt, bits, g, sym, k = ctx.args
+    gx = gb = None
+    n = codes.shape[0]
+    g2 = grad.reshape(-1, n)
+    if ctx.needs_input_grad[0]:
+        w = torch.ops.lowbit.dequantize(codes, scales, zeros, fmt, bits, g, sym, k, 0)
+        gx = (g2.float() @ w).to(ctx.x_dtype).reshape(*grad.shape[:-1], k)
+    if ctx.has_bias and ctx.needs_input_grad[6]:
+        gb = g2.float().sum(0).to(ctx.x_dtype)
+    return gx, None, None, None, None, None, gb, None, None, None, None
+
+
+torch.library.register_autograd("lowbit::quant_linear", _quant_linear_backward,
+                                setup_context=_quant_linear_setup)
