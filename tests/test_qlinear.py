@@ -147,6 +147,17 @@ def test_grad_x_and_bias(fmt, bits, sym, dtype, gen):
     assert x.grad.dtype == dtype and bias.grad.dtype == dtype
 
 
+def test_grad_x_in_k_chunks(gen, monkeypatch):
+    monkeypatch.setattr(lowbit._ops, "GRAD_CHUNK_BYTES", 32 * 4 * 48)  # one 32-block per chunk
+    for spec in (qspec("int", 4, 32, False), qspec("nf", 3, -1, False)):
+        qw = make(40, 200 if spec.group_size == -1 else 160, spec, gen)
+        K = qw.shape[1]
+        x = torch.randn(3, K, generator=gen, requires_grad=True)
+        up = torch.randn(3, 40, generator=gen)
+        (gx,) = torch.autograd.grad(lowbit.quant_linear(x, qw), x, up)
+        torch.testing.assert_close(gx, up @ dequant_f32(qw), rtol=1e-5, atol=1e-5)
+
+
 def test_gradcheck_float64_free_path(gen):
     """torch.autograd.gradcheck-style check in float32 with a loose tolerance (the op is linear
     in x, so finite differences are exact up to rounding)."""
@@ -323,3 +334,22 @@ def test_cuda_sanitizer_small_qlinear(gen):
                 torch.cuda.synchronize()
                 check(y.detach(), x.detach(), qw, None, f"{spec.name} {dtype} M={M}") \
                     if dtype == torch.float32 else None
+
+
+@pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS, ids=SPEC_IDS)
+def test_packed_layout_dequantizes_exactly(fmt, bits, sym, gen, restore_isa):
+    """The input-gradient path dequantises W^T from the packed layout: bit-identical to
+    dequantize (float32) on every ISA, padding aside."""
+    for g, K in ((32, 128), (-1, 72)):
+        qw = make(21, K, qspec(fmt, bits, g, sym), gen)
+        f, b, gg, s = qw.spec.op_args(K)
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            nb = (K + 31) // 32
+            wt = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.params, f, b, gg, s, 21, K, 0, nb)
+            assert wt.shape == (nb * 32, 32)
+            assert torch.equal(wt[:K, :21].t(), dequant_f32(qw)), isa
+            if nb > 1:
+                part = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.params, f, b, gg, s, 21, K,
+                                                          1, nb)
+                assert torch.equal(part, wt[32:]), isa

@@ -23,7 +23,7 @@
 
 typedef struct {
     int kind, bits, two, M, dt;
-    int64_t N, K, Kp, KB, G, g, NT, kbpg;
+    int64_t N, K, Kp, KB, G, g, NT, kbpg, kb0;
     const int32_t* P;
     const float* prm;
     const float* xf;   /* x as float32, (M, Kp), zero padded */
@@ -350,6 +350,36 @@ void lb_ql_pack_cpu(const uint8_t* codes, const float* scales, const uint8_t* ze
     }
 }
 
+/* The 16-entry decode tables (entries replicated for 2/3-bit codes, see csrc/ops/qlinear.h). */
+static void ql_tables(ql_ctx* c, const lb_fmt* f) {
+    const int mask = f->bits == 2 ? 3 : (f->bits == 3 ? 7 : 15);
+    for (int t = 0; t < 16; ++t) {
+        const int code = t & mask;
+        const float v = (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM) ? (float)code
+                                                                                    : f->lev[code];
+        c->tbl[t] = v;
+        c->tblp[t] = v > 0.0f ? v : 0.0f;
+        c->tbln[t] = v < 0.0f ? v : 0.0f;
+    }
+}
+
+void lb_ql_dequant_t_cpu(const int32_t* packed, const float* params, int64_t N, int64_t K,
+                         int64_t g, const lb_fmt* f, int64_t kb0, int64_t kb1, float* wt) {
+    ql_ctx c;
+    lb_parallel_fn fn = deqt_worker_ref;
+    memset(&c, 0, sizeof c);
+    c.kind = f->kind; c.bits = f->bits; c.two = f->kind == LB_KIND_LVL2;
+    c.N = N; c.K = K; c.g = g; c.G = K / g; c.KB = (K + 31) / 32; c.Kp = c.KB * 32;
+    c.NT = (N + 15) / 16; c.kbpg = c.G == 1 ? c.KB : g / 32;
+    c.P = packed; c.prm = params; c.y = wt; c.kb0 = kb0;
+    ql_tables(&c, f);
+#if defined(__x86_64__)
+    if (lb_isa == LB_ISA_AVX512) fn = deqt_worker_avx512;
+    else if (lb_isa == LB_ISA_AVX2) fn = deqt_worker_avx2;
+#endif
+    lb_parallel(kb1, 1, fn, &c); /* [0, kb1): workers skip blocks below kb0 */
+}
+
 static lb_parallel_fn ql_pick(int gemm) {
 #if defined(__x86_64__)
     if (lb_isa == LB_ISA_AVX512) return gemm ? gemm_worker_avx512 : gemv_worker_avx512;
@@ -392,19 +422,7 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
     if (bf)
         for (int64_t n = 0; n < N; ++n) bf[n] = ql_load1(bias, dt, n);
     c.xf = xf; c.xs = xs; c.bias = bf;
-    {
-        const int kcode = f->kind;
-        int64_t t;
-        const int mask = f->bits == 2 ? 3 : (f->bits == 3 ? 7 : 15);
-        for (t = 0; t < 16; ++t) {
-            int code = (int)t & mask;
-            float v = (kcode == LB_KIND_INT_ASYM || kcode == LB_KIND_INT_SYM) ? (float)code
-                                                                              : f->lev[code];
-            c.tbl[t] = v;
-            c.tblp[t] = v > 0.0f ? v : 0.0f;
-            c.tbln[t] = v < 0.0f ? v : 0.0f;
-        }
-    }
+    ql_tables(&c, f);
     if (!fast) {
         lb_parallel(N, K >= 4096 ? 1 : 4096 / K, ql_generic_rows, &c);
     } else if (M <= 4) {

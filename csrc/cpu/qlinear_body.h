@@ -91,9 +91,9 @@ LB_INLINE void QL(gemv_tile)(const ql_ctx* c, int64_t nt, const int M, const int
 }
 
 /* Exact values (bit-identical to lb_decode) of one tile for K-blocks [kb0, kb1) into
- * B[(k - kb0*32) * 32 + col0 + lane]. */
+ * B[(k - kb0*32) * ldb + lane]. */
 LB_INLINE void QL(deq_tile)(const ql_ctx* c, int64_t nt, int64_t kb0, int64_t kb1, float* B,
-                            const int BITS, const int TWO) {
+                            const int64_t ldb, const int BITS, const int TWO) {
     const vt T = VT_MAKE(c->tbl);
     const int32_t* W = c->P + nt * c->KB * BITS * 16;
     const float* prm = c->prm + nt * c->G * 32;
@@ -101,12 +101,12 @@ LB_INLINE void QL(deq_tile)(const ql_ctx* c, int64_t nt, int64_t kb0, int64_t kb
         const int64_t gi = c->G == 1 ? 0 : kb / c->kbpg;
         const vf p0 = VF_LOAD(prm + gi * 32), p1 = VF_LOAD(prm + gi * 32 + 16);
         const int32_t* wb = W + kb * BITS * 16;
-        float* bk = B + (kb - kb0) * 32 * 32;
+        float* bk = B + (kb - kb0) * 32 * ldb;
 #define QL_DEQ_STEP(cc, kk)                                                                   \
     do {                                                                                      \
         vf w_ = (BITS) == 8 ? VI_CVT(cc) : VT_LOOK(cc, T);                                    \
         vf v_ = TWO ? VF_MUL(w_, VF_SELGE0(w_, p0, p1)) : VF_MUL(VF_SUB(w_, p1), p0);         \
-        VF_STORE(bk + (kk) * 32, v_);                                                         \
+        VF_STORE(bk + (kk) * ldb, v_);                                                         \
     } while (0)
         QL_BLOCK(BITS, wb, QL_DEQ_STEP);
 #undef QL_DEQ_STEP
@@ -156,9 +156,9 @@ LB_INLINE void QL(gemm_pairs)(ql_ctx* c, int64_t p0, int64_t p1, const int BITS,
         for (int64_t kb0 = 0; kb0 < c->KB; kb0 += QL_KC_BLOCKS) {
             const int64_t kb1 = kb0 + QL_KC_BLOCKS < c->KB ? kb0 + QL_KC_BLOCKS : c->KB;
             const int64_t kc = (kb1 - kb0) * 32;
-            QL(deq_tile)(c, nt0, kb0, kb1, B, BITS, TWO);
+            QL(deq_tile)(c, nt0, kb0, kb1, B, 32, BITS, TWO);
             if (nt0 + 1 < c->NT)
-                QL(deq_tile)(c, nt0 + 1, kb0, kb1, B + 16, BITS, TWO);
+                QL(deq_tile)(c, nt0 + 1, kb0, kb1, B + 16, 32, BITS, TWO);
             else
                 for (int64_t k = 0; k < kc; ++k) memset(B + k * 32 + 16, 0, 16 * sizeof(float));
             for (int64_t m0 = 0; m0 < c->M; m0 += QL_MR) {
@@ -217,3 +217,22 @@ QL_ATTR static void QL(gemm_worker)(int64_t a, int64_t b, void* ctx) {
     }
 }
 #undef QL_GM_CASE
+
+/* Rows [kb0*32, kb1*32) of W^T as float32 (., NT*16), K-blocks [a, b) of them (the input-gradient path, grad_x = grad_y W):
+ * tiles innermost, so each of the 32 output rows of a K-block is written sequentially. */
+#define QL_DT_CASE(BB, TT) \
+    case BB * 10 + TT: \
+        for (int64_t kb = a < c->kb0 ? c->kb0 : a; kb < b; ++kb) \
+            for (int64_t nt = 0; nt < c->NT; ++nt) \
+                QL(deq_tile)(c, nt, kb, kb + 1, (float*)c->y + (kb - c->kb0) * 32 * ld + nt * 16, ld, BB, TT); \
+        break;
+QL_ATTR static void QL(deqt_worker)(int64_t a, int64_t b, void* ctx) {
+    const ql_ctx* c = (const ql_ctx*)ctx;
+    const int64_t ld = c->NT * 16;
+    switch (c->bits * 10 + c->two) {
+        QL_DT_CASE(2, 0) QL_DT_CASE(2, 1) QL_DT_CASE(3, 0) QL_DT_CASE(3, 1) QL_DT_CASE(4, 0)
+        QL_DT_CASE(4, 1) QL_DT_CASE(8, 0)
+        default: break;
+    }
+}
+#undef QL_DT_CASE

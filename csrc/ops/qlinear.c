@@ -206,7 +206,70 @@ fail:
     lb_raise("lowbit::quant_linear", err);
 }
 
+/* qlinear_dequant_t(Tensor packed, Tensor params, int fmt, int bits, int group_size,
+ * bool symmetric, int N, int K, int kb0, int kb1) -> Tensor float32 ((kb1-kb0)*32, NT*16):
+ * rows [32*kb0, 32*kb1) of W^T, padded (CPU). */
+static void lb_boxed_qlinear_dequant_t(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+    char err[LB_ERR_LEN] = {0};
+    AtenTensorHandle hp = (AtenTensorHandle)(uintptr_t)stack[0];
+    AtenTensorHandle hq = (AtenTensorHandle)(uintptr_t)stack[1], out = NULL;
+    lb_tensor p, q;
+    lb_fmt f;
+    int64_t fmt = lb_iv_int(stack[2]), bits = lb_iv_int(stack[3]), g = lb_iv_int(stack[4]);
+    bool sym = lb_iv_bool(stack[5]);
+    int64_t N = lb_iv_int(stack[6]), K = lb_iv_int(stack[7]);
+    int64_t kb0 = lb_iv_int(stack[8]), kb1 = lb_iv_int(stack[9]);
+    (void)nargs;
+    (void)nouts;
+    if (lb_describe(hp, "packed", &p, err) || lb_describe(hq, "params", &q, err)) goto fail;
+    if (N <= 0 || K <= 0) {
+        snprintf(err, LB_ERR_LEN, "N, K: must be positive");
+        goto fail;
+    }
+    if (lb_check_spec(fmt, bits, g, sym, K, &f, err)) goto fail;
+    if (kb0 < 0 || kb1 <= kb0 || kb1 > (K + 31) / 32) {
+        snprintf(err, LB_ERR_LEN, "kb0, kb1: need 0 <= kb0 < kb1 <= %lld", (long long)((K + 31) / 32));
+        goto fail;
+    }
+    if (!lb_ql_packable(K, g)) {
+        snprintf(err, LB_ERR_LEN, "group_size: %lld has no packed CPU layout", (long long)g);
+        goto fail;
+    }
+    if (p.device_type != lb_t.dev_cpu || q.device_type != lb_t.dev_cpu || p.dtype != lb_t.dt_i32 ||
+        !p.contiguous || p.numel != lb_ql_packed_words(N, K, (int)bits)) {
+        snprintf(err, LB_ERR_LEN, "packed: expected %lld contiguous int32 words on the CPU",
+                 (long long)lb_ql_packed_words(N, K, (int)bits));
+        goto fail;
+    }
+    if (q.dtype != lb_t.dt_f32 || !q.contiguous || q.numel != lb_ql_params_floats(N, K / g)) {
+        snprintf(err, LB_ERR_LEN, "params: expected %lld contiguous float32 values",
+                 (long long)lb_ql_params_floats(N, K / g));
+        goto fail;
+    }
+    {
+        int64_t osz[2] = {(kb1 - kb0) * 32, (N + 15) / 16 * 16};
+        void* po = NULL;
+        if (lb_empty(2, osz, lb_t.dt_f32, &p, &out, err)) goto fail;
+        lb_t.aoti_torch_get_data_ptr(out, &po);
+        lb_ql_dequant_t_cpu((const int32_t*)p.data, (const float*)q.data, N, K, g, &f,
+                            kb0, kb1, (float*)po);
+    }
+    lb_release(&hp);
+    lb_release(&hq);
+    stack[0] = (StableIValue)(uintptr_t)out;
+    return;
+fail:
+    lb_release(&hp);
+    lb_release(&hq);
+    lb_release(&out);
+    lb_raise("lowbit::qlinear_dequant_t", err);
+}
+
 const lb_op_def lb_ops_qlinear[] = {
+    {"qlinear_dequant_t",
+     "qlinear_dequant_t(Tensor packed, Tensor params, int fmt, int bits, int group_size, "
+     "bool symmetric, int N, int K, int kb0, int kb1) -> Tensor",
+     lb_boxed_qlinear_dequant_t, 0},
     {"qlinear_pack",
      "qlinear_pack(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size, "
      "bool symmetric, int K) -> (Tensor, Tensor)",

@@ -52,6 +52,12 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
                       const uint8_t* zeros, const int32_t* packed, const float* params,
                       const void* bias, void* y);
 
+/* Rows [kb0*32, kb1*32) of W^T as float32 ((kb1-kb0)*32, NT*16) (rows k >= K and columns
+ * n >= N are padding) from the packed layout: the input-gradient path (grad_x = grad_y @ W, done
+ * in K-chunks so no full float copy of W is ever allocated). Requires lb_ql_packable(K, g). */
+void lb_ql_dequant_t_cpu(const int32_t* packed, const float* params, int64_t N, int64_t K,
+                         int64_t g, const lb_fmt* f, int64_t kb0, int64_t kb1, float* wt);
+
 /* ---- CUDA (cuda/qlinear.cu); returns 0 or a cudaError_t ---- */
 #ifdef LOWBIT_WITH_CUDA
 #ifdef __cplusplus
