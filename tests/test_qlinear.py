@@ -354,3 +354,38 @@ def test_packed_layout_dequantizes_exactly(fmt, bits, sym, gen, restore_isa):
                 part = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.params, f, b, gg, s, 21, K,
                                                           1, nb)
                 assert torch.equal(part, wt[32:]), isa
+
+
+try:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @st.composite
+    def ql_cases(draw):
+        fmt, bits, sym = draw(st.sampled_from(ALL_SPECS))
+        g = draw(st.sampled_from([32, 64, -1, 16]))
+        K = draw(st.integers(1, 6)) * (64 if g != -1 else 1) + (draw(st.integers(0, 40)) if g == -1 else 0)
+        N = draw(st.integers(1, 50))
+        M = draw(st.integers(0, 40))
+        isa = draw(st.sampled_from(lowbit.available_cpu_isas()))
+        dtype = draw(st.sampled_from(DTYPES))
+        return fmt, bits, sym, g, K, N, M, isa, dtype, draw(st.booleans()), draw(st.integers(0, 2**31 - 1))
+
+    @given(ql_cases())
+    def test_property_quant_linear(case):
+        fmt, bits, sym, g, K, N, M, isa, dtype, use_bias, seed = case
+        gen = torch.Generator().manual_seed(seed)
+        qw = make(N, K, qspec(fmt, bits, g, sym), gen)
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        bias = torch.randn(N, generator=gen).to(dtype) if use_bias else None
+        try:
+            lowbit.set_cpu_isa(isa)
+            y = lowbit.quant_linear(x, qw, bias)
+        finally:
+            lowbit.set_cpu_isa("auto")
+        if M:
+            check(y, x, qw, bias, str(case))
+        else:
+            assert y.shape == (0, N)
+except ImportError:  # hypothesis is optional
+    pass
