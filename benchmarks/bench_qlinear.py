@@ -84,14 +84,17 @@ def main():
         w = (torch.randn(N, K, generator=gen) * 0.02).to(dev)
         w16 = w.to(act)
         qws = {s: lowbit.quantize(w, lowbit.QuantSpec(*s)) for s in specs}
+        # torch's int4 kernels take bf16 activations and scales (tinygemm on CUDA: bf16 only)
+        x4dt = torch.bfloat16
         try:
-            t4 = torch_int4(w.cpu(), 128, dev, act)
+            t4 = torch_int4(w.cpu(), 128, dev, x4dt)
         except Exception as e:  # noqa: BLE001 - report and go on
             t4 = None
             print(f"<!-- torch int4 unavailable: {type(e).__name__}: {e} -->")
         for M in ms:
             x = torch.randn(M, K, generator=gen).to(dev)
             x16 = x.to(act)
+            x4 = x.to(x4dt)
             rows = []
             base32 = timeit(lambda: F.linear(x, w), dev) if dev == "cpu" else None
             base16 = timeit(lambda: F.linear(x16, w16), dev)
@@ -103,9 +106,9 @@ def main():
                 fn = (torch.ops.aten._weight_int4pack_mm_for_cpu if dev == "cpu"
                       else torch.ops.aten._weight_int4pack_mm)
                 try:
-                    ti4 = timeit(lambda: fn(x16, t4[0], 128, t4[1]), dev)
+                    ti4 = timeit(lambda: fn(x4, t4[0], 128, t4[1]), dev)
                     rows.append(("torch int4 g128 (bf16)" if dev == "cpu" else
-                                 "torch int4 tinygemm g128", 4 + 2 * 16 / 128, ti4))
+                                 "torch int4 tinygemm g128 (bf16)", 4 + 2 * 16 / 128, ti4))
                 except Exception as e:  # noqa: BLE001
                     print(f"<!-- torch int4 mm failed: {type(e).__name__}: {e} -->")
             for s, qw in qws.items():
