@@ -131,7 +131,7 @@ ext = Extension(
     libraries=libraries,
     library_dirs=library_dirs,
     extra_objects=extra_objects,
-    depends=glob.glob("csrc/*.h") + glob.glob("csrc/ops/*.h"),
+    depends=glob.glob("csrc/*.h") + glob.glob("csrc/ops/*.h") + glob.glob("csrc/cpu/*.h"),
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

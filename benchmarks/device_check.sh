@@ -42,7 +42,8 @@ else
   note "cuda tests: FAILED — $(tail -1 "$out/tests.log")"; grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20 | tee -a "$summary"
 fi
 
-# 3. compute-sanitizer on the small CUDA test of each op family (test_cuda_sanitizer_small*)
+# 3. compute-sanitizer on the small CUDA test of each op family (test_cuda_sanitizer_small*:
+#    fake_quant's, test_cuda_sanitizer_small_qlinear for quant_linear's GEMV + WMMA kernels)
 if command -v compute-sanitizer >/dev/null; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
     $PY -m pytest -q -p no:cacheprovider -m cuda -x tests -k "sanitizer_small" \
@@ -62,7 +63,8 @@ if ! $PY -c "import liger_kernel" >/dev/null 2>&1; then
 fi
 note "liger-kernel: $($PY -c 'import importlib.metadata as m; print(m.version("liger-kernel"))' 2>/dev/null || echo 'not installed (bench_kl_loss.py falls back to the torch composite)')"
 {
-  for b in benchmarks/bench_*.py; do   # every benchmark takes --device cuda
+  # every benchmark takes --device cuda (bench_qlinear: W{2,3,4}A16 vs torch fp16 and int4 tinygemm)
+  for b in benchmarks/bench_*.py; do
     echo "## $b"; timeout 150 $PY "$b" --device cuda; echo
   done
 } >"$out/bench.md" 2>&1

@@ -8,6 +8,7 @@ from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
 from .spec import QuantSpec
 from . import nn, sparse  # noqa: E402  (lowbit.nn, lowbit.sparse namespaces)
+from .qlinear import quant_linear
 from .sparse24 import sparsify_
 
 __version__ = "0.1.0"
@@ -60,5 +61,5 @@ if _os.environ.get("LOWBIT_CPU_ISA"):
 
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
            "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma", "nn",
-           "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info",
-           "sparsify_", "sparse"]
+           "quant_linear", "sparsify_", "sparse",
+           "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]

@@ -132,3 +132,71 @@ torch.library.register_autograd("lowbit::kl_loss", _kl_loss_backward,
 def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink):
     shape = (w.shape[0], w.shape[1] // group_size)
     return w.new_empty(shape, dtype=torch.float32), w.new_empty(shape, dtype=torch.float32)
+
+# ---- qlinear family ----
+
+
+@torch.library.register_fake("lowbit::qlinear_pack")
+def _qlinear_pack_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K):
+    n = codes.shape[0]
+    nt, kb, g = (n + 15) // 16, (K + 31) // 32, K // group_size
+    return (codes.new_empty((nt, kb * bits * 16), dtype=torch.int32),
+            codes.new_empty((nt, g * 32), dtype=torch.float32))
+
+
+@torch.library.register_fake("lowbit::qlinear_dequant_t")
+def _qlinear_dequant_t_fake(packed, params, fmt, bits, group_size, symmetric, N, K, kb0, kb1):
+    return packed.new_empty(((kb1 - kb0) * 32, (N + 15) // 16 * 16), dtype=torch.float32)
+
+
+@torch.library.register_fake("lowbit::quant_linear")
+def _quant_linear_fake(x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size,
+                       symmetric):
+    return x.new_empty((*x.shape[:-1], codes.shape[0]))
+
+
+GRAD_CHUNK_BYTES = 8 << 20  # W^T chunk of the CPU input-gradient path
+
+
+def _quant_linear_setup(ctx, inputs, output):
+    x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size, symmetric = inputs
+    ctx.args = (fmt, bits, group_size, symmetric, x.shape[-1])
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias.numel() > 0
+    ctx.save_for_backward(codes, scales, zeros, packed, params)
+
+
+def _quant_linear_backward(ctx, grad):
+    """grad_x = grad_y @ W in float32 (the frozen weight gets no gradient), W from the packed CPU
+    layout (SIMD dequantisation of W^T) when there is one, else from dequantize;
+    grad_bias = grad_y summed over the leading dimensions."""
+    codes, scales, zeros, packed, params = ctx.saved_tensors
+    fmt, bits, g, sym, k = ctx.args
+    gx = gb = None
+    n = codes.shape[0]
+    g2 = grad.reshape(-1, n)
+    if ctx.needs_input_grad[0]:
+        gf = g2.float()
+        if packed.numel() > 0 and packed.device.type == "cpu":
+            # K-chunks of about 8 MB of W^T: never a full float copy of W (a fresh 64 MB buffer
+            # costs more in page faults than the whole product), chunks reused by the allocator
+            nb = (k + 31) // 32
+            step = max(1, GRAD_CHUNK_BYTES // (32 * 4 * ((n + 15) // 16 * 16)))
+            parts = []
+            for kb0 in range(0, nb, step):
+                kb1 = min(nb, kb0 + step)
+                wt = torch.ops.lowbit.qlinear_dequant_t(packed, params, fmt, bits, g, sym, n, k,
+                                                        kb0, kb1)
+                parts.append(gf @ wt[:min(k, kb1 * 32) - kb0 * 32, :n].t())
+            gx = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        else:
+            w = torch.ops.lowbit.dequantize(codes, scales, zeros, fmt, bits, g, sym, k, 0)
+            gx = gf @ w
+        gx = gx.to(ctx.x_dtype).reshape(*grad.shape[:-1], k)
+    if ctx.has_bias and ctx.needs_input_grad[6]:
+        gb = g2.float().sum(0).to(ctx.x_dtype)
+    return gx, None, None, None, None, None, gb, None, None, None, None
+
+
+torch.library.register_autograd("lowbit::quant_linear", _quant_linear_backward,
+                                setup_context=_quant_linear_setup)

@@ -52,9 +52,13 @@ class QuantizedWeight:
     """A packed weight: ``codes`` (uint8, per row a little-endian bitstream of ``bits``-bit codes,
     see csrc/formats.h), ``scales`` (float32 (N, G), or (N, G, 2) = [s+, s-] for two-scale
     NF/FP), ``zeros`` (uint8 (N, G) zero points for asymmetric INT, else None), the ``spec``, the
-    original ``shape`` (N, K) and ``dtype``."""
+    original ``shape`` (N, K) and ``dtype``. ``packed`` / ``params``: the CPU kernel layout of
+    lowbit.quant_linear (csrc/ops/qlinear.h), built from the codes at quantize time (None where
+    not built; quant_linear builds it on first use)."""
 
-    def __init__(self, codes, scales, zeros, spec, shape, dtype):
+    def __init__(self, codes, scales, zeros, spec, shape, dtype, packed=None, params=None):
+        self.packed = packed
+        self.params = params
         self.codes = codes
         self.scales = scales
         self.zeros = zeros
@@ -72,8 +76,10 @@ class QuantizedWeight:
     def to(self, device):
         """A copy of the packed tensors on ``device`` (dtype of the dequantized output kept)."""
         z = None if self.zeros is None else self.zeros.to(device)
+        p = None if self.packed is None else self.packed.to(device)
+        q = None if self.params is None else self.params.to(device)
         return QuantizedWeight(self.codes.to(device), self.scales.to(device), z, self.spec,
-                               self.shape, self.dtype)
+                               self.shape, self.dtype, p, q)
 
     @property
     def nbytes(self):
@@ -102,7 +108,11 @@ def quantize(w, spec):
         codes, scales, zeros = torch.ops.lowbit.quantize(w.contiguous(), fmt, bits, g, sym)
     if not (fmt == 0 and not sym):
         zeros = None
-    return QuantizedWeight(codes, scales, zeros, spec, w.shape, w.dtype)
+    qw = QuantizedWeight(codes, scales, zeros, spec, w.shape, w.dtype)
+    if w.device.type == "cpu":  # the CPU kernel layout of quant_linear (see qlinear.py)
+        from .qlinear import ensure_kernel_layout
+        ensure_kernel_layout(qw)
+    return qw
 
 
 def dequantize(qw):

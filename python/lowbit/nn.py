@@ -32,6 +32,7 @@ class DistillLoss(torch.nn.Module):
                 f"reduction={self.reduction!r}")
 
 
+from .qlinear import QuantLinear  # noqa: E402
 from .sparse24 import SparseLinear24  # noqa: E402
 
-__all__ = ["DistillLoss", "SparseLinear24"]
+__all__ = ["DistillLoss", "QuantLinear", "SparseLinear24"]
