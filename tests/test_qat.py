@@ -1,0 +1,209 @@
+"""QAT workflow: QATLinear, QATConfig/quantize_, convert_, calibrate_clip_ (against a brute-force
+search written here), the distillation trainer and save/load, on plain modules and a tiny
+Llama built from a config (no downloads)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reference import ref_fake_quant
+
+lowbit = pytest.importorskip("lowbit")
+from lowbit.qat import QATLinear  # noqa: E402
+
+
+def tiny_mlp(gen):
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
+def tiny_llama(seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("fmt,bits,g", [("int", 2, 32), ("nf", 3, 64), ("fp", 4, -1)])
+@pytest.mark.parametrize("ste", ["bitdistiller", "identity"])
+def test_qatlinear_forward_backward_matches_reference(fmt, bits, g, ste, gen):
+    lin = nn.Linear(128, 48)
+    spec = lowbit.QuantSpec(fmt, bits, g)
+    m = QATLinear.from_linear(copy.deepcopy(lin), spec, ste=ste)
+    x = torch.randn(5, 7, 128, generator=gen)
+    y = m(x)
+    w = lin.weight.detach().clone().requires_grad_(True)
+    y_ref = F.linear(x, ref_fake_quant(w, fmt, bits, g, False, ste), lin.bias.detach())
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn(y.shape, generator=gen)
+    y.backward(up)
+    y_ref.backward(up)
+    torch.testing.assert_close(m.weight.grad, w.grad, rtol=1e-4, atol=1e-5)
+    assert spec.name in repr(m) and ste in repr(m)
+
+
+def test_qatlinear_from_linear_keeps_parameters():
+    lin = nn.Linear(128, 32, dtype=torch.bfloat16)
+    m = QATLinear.from_linear(lin, lowbit.QuantSpec())
+    assert m.weight is lin.weight and m.bias is lin.bias
+    assert m.weight.dtype == torch.bfloat16 and m.weight.device == lin.weight.device
+    with pytest.raises(TypeError, match="linear"):
+        QATLinear.from_linear(nn.Conv1d(3, 3, 1), lowbit.QuantSpec())
+    with pytest.raises(ValueError, match="group_size"):
+        QATLinear.from_linear(nn.Linear(48, 8), lowbit.QuantSpec(group_size=32))
+
+
+def test_quantize_swaps_skips_and_overrides(gen):
+    model = tiny_mlp(gen)
+    cfg = lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32), skip=("4",),
+                           overrides={"2": lowbit.QuantSpec("nf", 4, 64)})
+    out = lowbit.quantize_(model, cfg)
+    assert out is model
+    assert isinstance(model[0], QATLinear) and model[0].spec.name == "int2-g32-asym"
+    assert isinstance(model[2], QATLinear) and model[2].spec.name == "nf4-g64"
+    assert type(model[4]) is nn.Linear
+    with pytest.raises(ValueError, match="already quantized"):
+        lowbit.quantize_(model, cfg)
+
+
+def test_quantize_bad_arguments(gen):
+    with pytest.raises(TypeError, match="config"):
+        lowbit.quantize_(tiny_mlp(gen), lowbit.QuantSpec())
+    with pytest.raises(TypeError, match="model"):
+        lowbit.quantize_("model", lowbit.QATConfig())
+    with pytest.raises(TypeError, match="spec"):
+        lowbit.QATConfig(spec="int4")
+    with pytest.raises(ValueError, match="group_size"):
+        lowbit.quantize_(nn.Sequential(nn.Linear(48, 8)), lowbit.QATConfig(lowbit.QuantSpec(group_size=32)))
+
+
+def test_quantize_llama_and_convert(gen):
+    model = tiny_llama()
+    ids = torch.randint(0, 97, (2, 16), generator=gen)
+    cfg = lowbit.QATConfig(lowbit.QuantSpec("int", 3, 32))
+    lowbit.quantize_(model, cfg)
+    names = [n for n, m in model.named_modules() if isinstance(m, QATLinear)]
+    assert len(names) == 2 * 7 and not any("lm_head" in n for n in names)
+    with torch.no_grad():
+        y_qat = model(ids).logits
+    lowbit.convert_(model)
+    assert not any(isinstance(m, QATLinear) for m in model.modules())
+    with torch.no_grad():
+        y_packed = model(ids).logits
+    torch.testing.assert_close(y_packed, y_qat, rtol=1e-4, atol=1e-4)
+
+
+def _brute_force_clip(w, x, spec, n_grid=20, shrink=10):
+    """Per (row, group): try every (i, j), quantize the clamped group, score the group's partial
+    output error on the tokens x directly (no Gram matrix), keep the best; return clamped w."""
+    n, k = w.shape
+    g = k if spec.group_size == -1 else spec.group_size
+    G = k // g
+    best = w.clone()
+    wg = w.reshape(n, G, g)
+    xg = x.reshape(-1, G, g)
+    best_err = torch.full((n, G), float("inf"), dtype=torch.float64)
+    for i in range(shrink):
+        for j in range(shrink):
+            hi = wg.amax(-1, keepdim=True) * (1 - i / n_grid)
+            lo = wg.amin(-1, keepdim=True) * (1 - j / n_grid)
+            c = torch.minimum(torch.maximum(wg, lo), hi).reshape(n, k)
+            q = ref_fake_quant(c, spec.format, spec.bits, spec.group_size, spec.symmetric)
+            d = (q - w).reshape(n, G, g).double()
+            err = torch.einsum("tgi,ngi->ntg", xg.double(), d).pow(2).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better.repeat_interleave(g, 1), c, best)
+    return best
+
+
+@pytest.mark.parametrize("fmt,bits,g", [("int", 2, 16), ("nf", 3, 16)])
+def test_calibrate_clip_matches_brute_force(fmt, bits, g, gen):
+    lin = nn.Linear(32, 12, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(12, 32, generator=gen) * 0.1)
+    spec = lowbit.QuantSpec(fmt, bits, g)
+    x = torch.randn(40, 32, generator=gen) * torch.linspace(0.2, 3.0, 32)
+    expected = _brute_force_clip(lin.weight.detach(), x, spec)
+    model = lowbit.quantize_(nn.Sequential(lin), lowbit.QATConfig(spec, skip=()))
+    lowbit.calibrate_clip_(model, [x[:20], x[20:]], progress=False)
+    got = model[0].weight.detach()
+    # the same choice in (almost) every group: ties between candidates may break differently
+    same = torch.isclose(got, expected, rtol=0, atol=1e-7).reshape(12, -1, g).all(-1)
+    assert same.float().mean() >= 0.95, same
+    # and the output error never exceeds the unclipped one
+    q0 = ref_fake_quant(lin.weight.detach(), fmt, bits, g, False)
+    qc = ref_fake_quant(got, fmt, bits, g, False)
+    e_clip = (x @ (qc - lin.weight.detach()).T).pow(2).sum()
+    e_none = (x @ (q0 - lin.weight.detach()).T).pow(2).sum()
+    assert e_clip <= e_none * (1 + 1e-6)
+
+
+def _lm_batches(gen, n=3):
+    return [torch.randint(0, 97, (2, 16), generator=gen) for _ in range(n)]
+
+
+def test_distill_trainer_reduces_loss_and_resumes(gen, tmp_path):
+    model = tiny_llama()
+    student, teacher = lowbit.distill.prepare(model, lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32)),
+                                              calibration_batches=_lm_batches(gen, 1),
+                                              progress=False)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert not set(map(id, teacher.parameters())) & set(map(id, student.parameters()))
+    batches = _lm_batches(gen)
+    tr = lowbit.distill.DistillTrainer(student, teacher, lr=1e-3, kind="cakld", gamma="auto")
+    first = tr.loss(batches[0]).item()
+    hist = tr.fit(batches, steps=12, eval_batches=batches[:1], out_dir=str(tmp_path),
+                  progress=False)
+    assert len(hist) == 12 and 0.0 <= tr.gamma <= 1.0
+    assert tr.loss(batches[0]).item() < first
+    assert (tmp_path / "log.csv").exists() and (tmp_path / "checkpoint.pt").exists()
+    # resume: a fresh trainer continues from step 12
+    tr2 = lowbit.distill.DistillTrainer(student, teacher, lr=1e-3)
+    tr2.fit(batches, steps=14, out_dir=str(tmp_path), progress=False)
+    assert tr2.step_count == 14 and len(tr2.history) == 14
+
+
+def test_perplexity_matches_cross_entropy(gen):
+    model = tiny_llama()
+    b = _lm_batches(gen, 2)
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x).logits[:, :-1].reshape(-1, 97), x[:, 1:].reshape(-1))
+                  for x in b]
+    expected = torch.exp(torch.stack(losses).mean()).item()
+    assert lowbit.distill.perplexity(model, b) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_load_quantized_roundtrip_onto_from_config(tied, gen, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("nf", 3, 32),
+                                             overrides={"*mlp.down_proj": lowbit.QuantSpec("int", 2, 64)}))
+    lowbit.convert_(model)
+    ids = torch.randint(0, 97, (2, 12), generator=gen)
+    with torch.no_grad():
+        ref = model(ids).logits
+    lowbit.save_quantized(model, str(tmp_path))
+    skeleton = transformers.LlamaForCausalLM(cfg)   # fresh random weights
+    back = lowbit.load_quantized(skeleton, str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, ref)
+    assert back.model.layers[0].mlp.down_proj.spec.name == "int2-g64-asym"
+    assert (back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()) == tied
+    with pytest.raises(ValueError, match="model"):
+        lowbit.save_quantized(nn.Sequential(nn.Linear(4, 4)), str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="directory"):
+        lowbit.load_quantized(transformers.LlamaForCausalLM(cfg), str(tmp_path / "nothing"))
