@@ -5,7 +5,7 @@ for the full-precision model, round-to-nearest quantization, RTN after asymmetri
 calibration, and QAT after N steps; then packs the model, saves it, reloads it onto a plain
 skeleton and generates a sample.
 
-    python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 60
+    python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 100
 """
 import argparse
 import copy
@@ -28,7 +28,7 @@ def main(argv=None):
     ap.add_argument("--bits", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true")
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps of QAT")
+    ap.add_argument("--steps", type=int, default=100, help="optimizer steps of QAT")
     ap.add_argument("--loss", default="cakld", choices=["cakld", "forward", "reverse", "jsd"])
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seq-len", type=int, default=128)
