@@ -63,11 +63,14 @@ def main(argv=None):
     rows.append(("full precision (fp32)", ppl_fp, "-"))
     print(f"FP perplexity {ppl_fp:.2f}")
 
-    config = lowbit.QATConfig(spec, skip=("lm_head",))
+    # SmolLM2's hidden size 576 is not a multiple of 128: there g128 layers use g64 (gcd)
+    config = lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd")
     rtn = lowbit.quantize_(copy.deepcopy(model), config)
     ppl_rtn = distill.perplexity(rtn, held)
     rows.append((f"RTN {spec.name}", ppl_rtn, "-"))
     print(f"RTN perplexity {ppl_rtn:.2f}")
+    groups = sorted({m.spec.group_size for m in rtn.modules() if isinstance(m, lowbit.nn.QATLinear)})
+    print(f"group sizes used: {groups}")
     del rtn
 
     t0 = time.time()

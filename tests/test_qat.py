@@ -81,6 +81,11 @@ def test_quantize_bad_arguments(gen):
         lowbit.QATConfig(spec="int4")
     with pytest.raises(ValueError, match="group_size"):
         lowbit.quantize_(nn.Sequential(nn.Linear(48, 8)), lowbit.QATConfig(lowbit.QuantSpec(group_size=32)))
+    with pytest.raises(ValueError, match="indivisible"):
+        lowbit.QATConfig(indivisible="round")
+    m = lowbit.quantize_(nn.Sequential(nn.Linear(576, 8), nn.Linear(8, 1536), nn.Linear(1536, 4)),
+                         lowbit.QATConfig(lowbit.QuantSpec(group_size=128), skip=(), indivisible="gcd"))
+    assert [m[0].spec.group_size, m[1].spec.group_size, m[2].spec.group_size] == [64, 8, 128]
 
 
 def test_quantize_llama_and_convert(gen):

@@ -2,7 +2,9 @@
 fake-quant in forward), QATConfig, quantize_ (nn.Linear -> QATLinear in place), convert_
 (QATLinear -> packed QuantLinear) and calibrate_clip_ (BitDistiller's asymmetric clipping
 initialisation, searched on a per-group Gram matrix of calibration activations)."""
+import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -70,12 +72,15 @@ class QATLinear(nn.Linear):
 class QATConfig:
     """What quantize_ does: ``spec`` for every nn.Linear whose qualified name matches no pattern
     of ``skip``; ``overrides`` maps name patterns (fnmatch, e.g. "*.mlp.down_proj") to their own
-    QuantSpec (first match wins; a value of None skips the layer)."""
+    QuantSpec (first match wins; a value of None skips the layer). ``indivisible``: what to do
+    with a layer whose in_features the group size does not divide — "error" (default) or "gcd"
+    (use group size gcd(in_features, group_size) for that layer, e.g. 64 for K=576 at g128)."""
 
     spec: QuantSpec = field(default_factory=QuantSpec)
     skip: tuple = ("lm_head",)
     overrides: dict = field(default_factory=dict)
     ste: str = "bitdistiller"
+    indivisible: str = "error"
 
     def __post_init__(self):
         check_spec(self.spec, "spec")
@@ -90,6 +95,8 @@ class QATConfig:
                 check_spec(sp, f"overrides[{pat!r}]")
         if self.ste not in STE_CODES:
             raise ValueError(f"ste: must be one of {sorted(STE_CODES)}, got {self.ste!r}")
+        if self.indivisible not in ("error", "gcd"):
+            raise ValueError(f"indivisible: must be 'error' or 'gcd', got {self.indivisible!r}")
 
     def spec_for(self, name):
         """The spec for the layer called ``name``, or None to leave it alone."""
@@ -131,10 +138,13 @@ def quantize_(model, config):
         if type(mod) is nn.Linear:
             spec = config.spec_for(name)
             if spec is not None:
-                if mod.in_features % (mod.in_features if spec.group_size == -1
-                                      else spec.group_size):
-                    raise ValueError(f"group_size: {spec.group_size} does not divide "
-                                     f"in_features {mod.in_features} of {name}")
+                k = mod.in_features
+                if spec.group_size != -1 and k % spec.group_size:
+                    if config.indivisible != "gcd":
+                        raise ValueError(f"group_size: {spec.group_size} does not divide "
+                                         f"in_features {k} of {name} (QATConfig(indivisible="
+                                         f"'gcd') uses gcd(in_features, group_size) there)")
+                    spec = dataclasses.replace(spec, group_size=math.gcd(k, spec.group_size))
                 todo.append((name, mod, spec))
     for name, mod, spec in todo:
         _swap(model, name, QATLinear.from_linear(mod, spec, ste=config.ste))
