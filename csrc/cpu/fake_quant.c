@@ -9,9 +9,8 @@
 #include <string.h>
 
 #include "../ops/fake_quant.h"
+#include "lb_cpu.h"
 
-#define LB_INLINE static inline __attribute__((always_inline))
-#define LANES 16
 
 typedef struct {
     const void* w;
@@ -344,9 +343,6 @@ LB_INLINE void dequant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
 }
 
 /* ---- the three ISA variants of each worker ---- */
-#define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
-#define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
-#define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
 #define LB_VARIANTS(name)                                                                 \
     LB_SCALAR_ATTR static void name##_ref(int64_t a, int64_t b, void* c) {                \

@@ -42,14 +42,13 @@
 #include <string.h>
 
 #include "../ops/kl_loss.h"
+#include "lb_cpu.h"
 
 /* Without this gcc will not if-convert `cond ? 0 : x * y` (the multiply might raise an FP
  * exception it must not speculate), and every select below would block vectorisation. Nothing
  * here reads the FP exception flags; results are unchanged. */
 #pragma GCC optimize("no-trapping-math")
 
-#define LB_INLINE static inline __attribute__((always_inline))
-#define LANES 16
 #define BLK 1024 /* elements per block: the four float blocks (16 KiB) stay in L1 */
 
 /* ---- vectorisable expf / logf (branch-free; gcc turns the selects into blends) ---- */
@@ -427,9 +426,6 @@ LB_INLINE void kl_rows(const lb_kl_args* A, int64_t r0, int64_t r1, int libm) {
 }
 
 /* ---- the three ISA variants ---- */
-#define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
-#define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
-#define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
 LB_SCALAR_ATTR static void kl_rows_ref(int64_t r0, int64_t r1, void* c) {
     kl_rows((const lb_kl_args*)c, r0, r1, 1);

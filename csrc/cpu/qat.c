@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "../ops/qat.h"
+#include "lb_cpu.h"
 
-#define LB_INLINE static inline __attribute__((always_inline))
 
 typedef struct {
     const float* w;
@@ -94,9 +94,6 @@ LB_INLINE void clip_rows(clip_ctx* c, int64_t r0, int64_t r1) {
     free(buf);
 }
 
-#define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
-#define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
-#define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 LB_SCALAR_ATTR static void clip_rows_ref(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }
 LB_AVX2_ATTR static void clip_rows_avx2(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }
 LB_AVX512_ATTR static void clip_rows_avx512(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }

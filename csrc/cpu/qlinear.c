@@ -18,8 +18,8 @@
 #include <string.h>
 
 #include "../ops/qlinear.h"
+#include "lb_cpu.h"
 
-#define LB_INLINE static inline __attribute__((always_inline))
 
 typedef struct {
     int kind, bits, two, M, dt;

@@ -27,11 +27,8 @@
 #include <string.h>
 
 #include "../ops/sparse24.h"
+#include "lb_cpu.h"
 
-#define LB_INLINE static inline __attribute__((always_inline))
-#define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
-#define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
-#define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
 #ifndef LB24_SMALL_M
 #define LB24_SMALL_M 8   /* M at or below this takes the gather path */
