@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 import torch
+
+from _mem import reset_peak_rss, rss_kb  # noqa: F401  (children use b.rss_kb)
 import torch.utils.benchmark as tbench
 
 import lowbit
@@ -65,20 +67,6 @@ def step(impl, w, up, fmt, bits, g):
         q = baseline_fake_quant(w, fmt, bits, g)
     q.backward(up)
     return q
-
-
-def rss_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def reset_peak_rss():
-    """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def peak_extra_mb(impl, n, k, fmt, bits, g, device):

@@ -20,6 +20,8 @@ import sys
 import time
 
 import torch
+
+from _mem import reset_peak_rss, rss_kb  # noqa: F401  (children use b.rss_kb)
 import torch.nn.functional as F
 
 import lowbit
@@ -134,20 +136,6 @@ def head_step(variant, hid, w, thid, tw, labels, chunk=None):
 # ---------------------------------------------------------------------------------------------
 # measurement
 # ---------------------------------------------------------------------------------------------
-def rss_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def reset_peak_rss():
-    """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def child_peak_mb(setup, call):
     """Peak RSS growth (MB) of `call` in a fresh process after `setup` (both code strings)."""
     code = f"""

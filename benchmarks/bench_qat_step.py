@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from _mem import reset_peak_rss, rss_kb  # noqa: E402
 
 
 def composite_cakld(s, t, gamma):
@@ -94,25 +95,16 @@ def child(variant, steps, batch, seq, device):
         return loss.item()
 
     step()  # warm-up: allocator, thread pool, optimizer state
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kb("VmRSS")
+    reset_peak_rss()
+    base = rss_kb("VmRSS")
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = (_status_kb("VmHWM") - base) / 1024
+    peak = (rss_kb("VmHWM") - base) / 1024
     times.sort()
     print(json.dumps({"median_s": times[len(times) // 2], "peak_mb": peak}))
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def main():

@@ -1,7 +1,7 @@
 /* csrc/cpu/lb_cpu.h: what every CPU kernel file shares — the always-inline body marker, the
  * fixed reduction width, and the three ISA variants each kernel body is compiled into (scalar
  * twin with vectorisation off, AVX2, AVX-512) via function attributes, picked at run time by
- * lb_isa (never -march=native). */
+ * lb_isa (no host-specific -march flag). */
 #ifndef LOWBIT_CPU_H
 #define LOWBIT_CPU_H
 
