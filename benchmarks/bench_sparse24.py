@@ -21,7 +21,7 @@ import torch.utils.benchmark as tbench
 
 import lowbit
 from lowbit.sparse import compress_24, prune_24, sparse24_linear
-from lowbit.sparse24 import _grad_x
+from lowbit.sparse.sparse24 import _grad_x
 
 N, K = 11008, 4096
 

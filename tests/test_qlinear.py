@@ -67,7 +67,7 @@ def make(N, K, spec, gen, dtype=torch.float32):
 def test_matches_dequant_linear_every_isa(fmt, bits, sym, group_size, gen, restore_isa):
     K = 256 if group_size != -1 else 200  # -1 with K not a multiple of 32: padded blocks
     qw = make(40, K, qspec(fmt, bits, group_size, sym), gen)  # 40 rows: a partial 16-row tile
-    assert qw.packed is not None
+    assert qw.packed is None  # quantize does not build the kernel layout; quant_linear does
     bias = torch.randn(40, generator=gen)
     for isa in lowbit.available_cpu_isas():
         lowbit.set_cpu_isa(isa)
@@ -75,6 +75,7 @@ def test_matches_dequant_linear_every_isa(fmt, bits, sym, group_size, gen, resto
             x = torch.randn(M, K, generator=gen)
             check(lowbit.quant_linear(x, qw, bias if M % 2 else None), x, qw,
                   bias if M % 2 else None, f"{isa} M={M}")
+            assert qw.packed is not None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -94,12 +95,12 @@ def test_group_sizes_without_fast_layout(g, K, gen, restore_isa):
     """Group sizes that are not multiples of 32 run on the canonical codes."""
     for spec in (qspec("int", 4, g, False), qspec("nf", 3, g, False), qspec("fp", 4, g, True)):
         qw = make(20, K, spec, gen)
-        assert qw.packed is None
         for isa in lowbit.available_cpu_isas():
             lowbit.set_cpu_isa(isa)
             for M in (1, 5):
                 x = torch.randn(M, K, generator=gen)
                 check(lowbit.quant_linear(x, qw), x, qw, None, f"{spec.name} {isa} M={M}")
+                assert qw.packed is None
 
 
 def test_larger_shapes(gen):
@@ -148,7 +149,7 @@ def test_grad_x_and_bias(fmt, bits, sym, dtype, gen):
 
 
 def test_grad_x_in_k_chunks(gen, monkeypatch):
-    monkeypatch.setattr(lowbit._ops, "GRAD_CHUNK_BYTES", 32 * 4 * 48)  # one 32-block per chunk
+    monkeypatch.setattr(lowbit.qlinear, "GRAD_CHUNK_BYTES", 32 * 4 * 48)  # one 32-block per chunk
     for spec in (qspec("int", 4, 32, False), qspec("nf", 3, -1, False)):
         qw = make(40, 200 if spec.group_size == -1 else 160, spec, gen)
         K = qw.shape[1]
@@ -196,6 +197,21 @@ def test_torch_compile_fullgraph(gen):
     torch.testing.assert_close(f(x.detach()), 2 * eager.detach())
 
 
+def test_compile_on_a_weight_without_layout(gen):
+    """quantize no longer builds the CPU layout; under torch.compile quant_linear does not build
+    it either (no op in the graph, no mutation): it runs on the canonical codes, and the next
+    eager call builds it."""
+    qw = make(24, 64, qspec("nf", 3, 32, False), gen)
+    x = torch.randn(3, 64, generator=gen)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: lowbit.quant_linear(t, qw), fullgraph=True, backend="eager")
+    check(f(x), x, qw, None, "compiled, canonical codes")
+    assert qw.packed is None
+    check(lowbit.quant_linear(x, qw), x, qw, None, "eager")
+    assert qw.packed is not None
+    check(f(x), x, qw, None, "compiled, kernel layout")
+
+
 def test_fake_kernel_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -233,6 +249,7 @@ def test_bad_inputs(gen):
         lowbit.nn.QuantLinear.from_linear(torch.nn.Conv1d(2, 2, 1), qspec_default())
     with pytest.raises(TypeError, match=r"^qat_linear:"):
         lowbit.nn.QuantLinear.from_qat(torch.nn.ReLU())
+    lowbit.qlinear.ensure_kernel_layout(qw)  # the raw op takes the layout quant_linear builds
     with pytest.raises(RuntimeError, match=r"x:.*dtype"):  # the op checks again
         torch.ops.lowbit.quant_linear(torch.randn(2, 64).double(), qw.codes, qw.scales, qw.zeros,
                                       qw.packed, qw.params, torch.empty(0), 0, 4, 32, False)
@@ -342,7 +359,7 @@ def test_packed_layout_dequantizes_exactly(fmt, bits, sym, gen, restore_isa):
     """The input-gradient path dequantises W^T from the packed layout: bit-identical to
     dequantize (float32) on every ISA, padding aside."""
     for g, K in ((32, 128), (-1, 72)):
-        qw = make(21, K, qspec(fmt, bits, g, sym), gen)
+        qw = lowbit.qlinear.ensure_kernel_layout(make(21, K, qspec(fmt, bits, g, sym), gen))
         f, b, gg, s = qw.spec.op_args(K)
         for isa in lowbit.available_cpu_isas():
             lowbit.set_cpu_isa(isa)

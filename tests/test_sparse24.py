@@ -198,7 +198,7 @@ def test_linear_backward(gen):
 def test_backward_to_x_paths(dtype, gen, restore_isa):
     """grad_x = grad_y @ W_pruned: the op over the compressed weight (M <= 8) and the chunked
     decompress + matmul (larger M, and weights over the 16 MB chunk), every ISA."""
-    from lowbit.sparse24 import _grad_x
+    from lowbit.sparse.sparse24 import _grad_x
     for (N, K) in [(37, 20), (64, 256), (2100, 2048)]:
         w = torch.randn(N, K, generator=gen).to(dtype)
         p, _ = ref_prune_24(w)
@@ -447,6 +447,24 @@ def test_sparsify_sequential(gen):
         lowbit.sparsify_(nn.Sequential(nn.Linear(6, 4)))
     with pytest.raises(ValueError, match=r"^mode: "):
         lowbit.sparsify_(nn.Sequential(nn.Linear(8, 4)), mode="x")
+
+
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_sparsify_shared_module_keeps_sharing(mode, gen):
+    """A Linear used twice becomes ONE SparseLinear24 used twice (issue 11 item 7)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    w, b = lin.weight.detach().clone(), lin.bias.detach().clone()
+    lowbit.sparsify_(model, skip=(), mode=mode)
+    assert isinstance(model[0], SparseLinear24) and model[0] is model[2]
+    assert len(list(model.parameters())) == (2 if mode == "train" else 1)
+    x = torch.randn(3, 64, generator=gen)
+    wp = ref_prune_24(w)[0]
+    ref = ref_linear(F.relu(ref_linear(x, wp, b)).float(), wp, b)
+    check_close(model(x).detach(), ref, torch.float32, 64, mode)
+    with pytest.raises(ValueError, match=r"^model: one Linear is used at several places"):
+        lowbit.sparsify_(nn.Sequential(lin, lin), skip=("1",))
 
 
 def test_sparsify_llama_mlp_only():

@@ -1,20 +1,22 @@
 """lowbit: sub-4-bit LLM quantization for PyTorch — C/CUDA ops in torch's dispatcher
-(torch.ops.lowbit.*) with thin Python wrappers."""
+(torch.ops.lowbit.*) with thin Python wrappers. This file owns the public namespace (__all__),
+the CPU ISA switch and build_info."""
 import os as _os
 
-from . import _ops
+from . import _ops  # first: checks the torch version, loads torch.ops.lowbit.*
 from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
-from .fake_quant import QuantizedWeight, dequantize, fake_quantize, quantize
+from ._constants import ISA_CODES as _ISA_CODES
+from .fake_quant import dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
 from .qat import QATConfig, calibrate_clip_, convert_, quantize_
 from .qlinear import quant_linear
+from .qweight import QuantizedWeight
 from .serialization import load_quantized, save_quantized
-from .sparse24 import sparsify_
+from .sparse import sparsify_
 from .spec import QuantSpec
 
 __version__ = "0.1.0"
 
-_ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in _ISA_CODES.items()}
 _ISA_AUTO = _ops._C.get_isa()  # the best this CPU runs, chosen at load
 

@@ -20,12 +20,56 @@ import numbers
 
 import torch
 
-from . import _ops  # noqa: F401  (registers torch.ops.lowbit.*)
-from .fake_quant import check_device
+from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
+from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from ._checks import check_device
+from ._constants import KL_KINDS as KINDS
 
-KINDS = {"forward": 0, "reverse": 1, "cakld": 2, "jsd": 3}
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# fake kernels and autograd of the ops (lowbit::kl_loss, kl_loss_backward)
+# ---------------------------------------------------------------------------------------------
+@torch.library.register_fake("lowbit::kl_loss")
+def _kl_loss_fake(student, teacher, labels, kind, gamma, beta, temperature, ignore_index,
+                  has_labels, with_grad, grad_scale):
+    loss = student.new_empty((student.shape[0],), dtype=torch.float32)
+    grad = student.new_empty(tuple(student.shape) if with_grad else (0,))
+    return loss, grad
+
+
+@torch.library.register_fake("lowbit::kl_loss_backward")
+def _kl_loss_backward_fake(grad_loss, student, teacher, labels, kind, gamma, beta, temperature,
+                           ignore_index, has_labels):
+    return student.new_empty(tuple(student.shape))
+
+
+def _kl_loss_setup(ctx, inputs, output):
+    (student, teacher, labels, kind, gamma, beta, temperature, ignore_index, has_labels,
+     with_grad, grad_scale) = inputs
+    ctx.args = (kind, gamma, beta, temperature, ignore_index, has_labels)
+    ctx.with_grad = with_grad
+    ctx.grad_scale = grad_scale
+    if with_grad:  # gradient stored by the forward (grad_scale * d loss_row / d student)
+        ctx.save_for_backward(output[1])
+    else:          # recomputed by kl_loss_backward, with the per-row scale folded in
+        ctx.save_for_backward(student, teacher, labels)
+
+
+def _kl_loss_backward(ctx, grad_loss, grad_grad):
+    g = grad_loss.to(torch.float32).contiguous()
+    if ctx.with_grad:
+        (stored,) = ctx.saved_tensors
+        gs = (stored.float() * (g / ctx.grad_scale).unsqueeze(1)).to(stored.dtype)
+    else:
+        student, teacher, labels = ctx.saved_tensors
+        gs = torch.ops.lowbit.kl_loss_backward(g, student, teacher, labels, *ctx.args)
+    return gs, None, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("lowbit::kl_loss", _kl_loss_backward,
+                                setup_context=_kl_loss_setup)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """python/lowbit/qat.py: the QAT model verbs — QATLinear (full-precision weight, fused
 fake-quant in forward), QATConfig, quantize_ (nn.Linear -> QATLinear in place), convert_
 (QATLinear -> packed QuantLinear) and calibrate_clip_ (BitDistiller's asymmetric clipping
-initialisation, searched on a per-group Gram matrix of calibration activations)."""
+initialisation, searched by lowbit.clip_search on a per-group Gram matrix of calibration
+activations)."""
 import dataclasses
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -11,7 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._walk import Swap, check_model, matches, swap_modules_
+from .clip_search import group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
+from .qlinear import QuantLinear
 from .spec import QuantSpec, check_spec
 
 
@@ -20,6 +23,8 @@ class QATLinear(nn.Linear):
     lowbit op; straight-through gradients, ``ste`` as in lowbit.fake_quantize). The weight stays
     a normal full-precision Parameter, so optimizers, FSDP/DDP and checkpoints see a plain
     linear layer."""
+
+    _made_by = "quantize_"  # the model verb that makes these layers (lowbit._walk)
 
     def __init__(self, in_features, out_features, bias=True, spec=None, ste="bitdistiller",
                  device=None, dtype=None):
@@ -100,123 +105,66 @@ class QATConfig:
 
     def spec_for(self, name):
         """The spec for the layer called ``name``, or None to leave it alone."""
-        if _matches(name, self.skip):
+        if matches(name, self.skip):
             return None
         for pat, sp in self.overrides.items():
-            if _matches(name, (pat,)):
+            if matches(name, (pat,)):
                 return sp
         return self.spec
 
 
-def _matches(name, patterns):
-    """A pattern matches the full qualified name or its last component(s)."""
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p)
-               for p in patterns)
-
-
-def _swap(model, name, new):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+def _layer_spec(config, name, mod):
+    """The spec quantize_ gives the nn.Linear ``mod`` called ``name`` (None: left alone)."""
+    spec = config.spec_for(name)
+    if spec is None:
+        return None
+    k = mod.in_features
+    if spec.group_size != -1 and k % spec.group_size:
+        if config.indivisible != "gcd":
+            raise ValueError(f"group_size: {spec.group_size} does not divide in_features {k} of "
+                             f"{name} (QATConfig(indivisible='gcd') uses gcd(in_features, "
+                             f"group_size) there)")
+        spec = dataclasses.replace(spec, group_size=math.gcd(k, spec.group_size))
+    return spec
 
 
 def quantize_(model, config):
     """Swaps every matching nn.Linear of ``model`` for a QATLinear, in place; returns the model.
-    Refuses a model that already holds QAT or packed layers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    A layer used at several places becomes one QATLinear used at all of them. Refuses a model
+    that already holds QAT or packed layers, a bare nn.Linear (use QATLinear.from_linear) and a
+    SparseLinear24 the config selects (2:4 layers have no QAT form)."""
+    check_model(model)
     if not isinstance(config, QATConfig):
         raise TypeError(f"config: expected a lowbit.QATConfig, got {type(config).__name__}")
-    from .qlinear import QuantLinear
-
     for name, mod in model.named_modules():
         if isinstance(mod, (QATLinear, QuantLinear)):
-            raise ValueError(f"model: already quantized ({name} is a {type(mod).__name__}); "
-                             "quantize_ applies once")
-    todo = []
-    for name, mod in model.named_modules():
-        if type(mod) is nn.Linear:
-            spec = config.spec_for(name)
-            if spec is not None:
-                k = mod.in_features
-                if spec.group_size != -1 and k % spec.group_size:
-                    if config.indivisible != "gcd":
-                        raise ValueError(f"group_size: {spec.group_size} does not divide "
-                                         f"in_features {k} of {name} (QATConfig(indivisible="
-                                         f"'gcd') uses gcd(in_features, group_size) there)")
-                    spec = dataclasses.replace(spec, group_size=math.gcd(k, spec.group_size))
-                todo.append((name, mod, spec))
-    for name, mod, spec in todo:
-        _swap(model, name, QATLinear.from_linear(mod, spec, ste=config.ste))
+            raise ValueError(f"model: already quantized ({name or 'model'} is a "
+                             f"{type(mod).__name__}); quantize_ applies once")
+    swap_modules_(model, Swap(
+        verb="quantize_", target=lambda m: type(m) is nn.Linear,
+        choose=lambda name, m: _layer_spec(config, name, m),
+        build=lambda m, spec: QATLinear.from_linear(m, spec, ste=config.ste),
+        bare_hint="lowbit.nn.QATLinear.from_linear(linear, spec)", refuses=("sparsify_",),
+        why="QAT of a 2:4 layer is not supported: add it to QATConfig(skip=...), or quantize its "
+            "kept values with sparsify_(..., mode='inference', spec=...) / "
+            "SparseLinear24.to_inference(spec)"))
     return model
 
 
 def convert_(model):
     """Replaces every QATLinear by the packed QuantLinear of its current weight, in place;
-    returns the model. Outputs equal the QAT model's up to float32 rounding."""
-    from .qlinear import QuantLinear
-
-    todo = [(n, m) for n, m in model.named_modules() if isinstance(m, QATLinear)]
-    if not todo:
+    returns the model (a QATLinear used at several places becomes one QuantLinear). Outputs
+    equal the QAT model's up to float32 rounding."""
+    n = swap_modules_(model, Swap(
+        verb="convert_", target=lambda m: isinstance(m, QATLinear), choose=lambda name, m: True,
+        build=lambda m, _: QuantLinear.from_qat(m),
+        bare_hint="lowbit.nn.QuantLinear.from_qat(qat_linear)"))
+    if not n:
         raise ValueError("model: holds no QATLinear layers (run lowbit.quantize_ first)")
-    for name, mod in todo:
-        _swap(model, name, QuantLinear.from_qat(mod))
     return model
 
 
 # ---- asymmetric clipping calibration (BitDistiller's clip initialisation) ----
-
-def _group_gram(x, g):
-    """Sum over tokens of x_g x_g^T per group: (G, g, g) float32, from x (T, K)."""
-    t, k = x.shape
-    xg = x.reshape(t, k // g, g).transpose(0, 1).float()  # (G, T, g)
-    return torch.bmm(xg.transpose(1, 2), xg)
-
-
-@torch.no_grad()
-def _search_clip_torch(w, spec, gram, n_grid=20, max_shrink=10, chunk_rows=256):
-    """Vectorised-torch twin of the C clip_search (used off CPU, and as its test oracle's
-    neighbour): the same candidates, the same error d^T H d, first minimum in (i, j) order."""
-    n, k = w.shape
-    g = spec.group_for(k)
-    G = k // g
-    wg = w.float().reshape(n, G, g)
-    mx = wg.amax(-1, keepdim=True)
-    mn = wg.amin(-1, keepdim=True)
-    best_err = torch.full((n, G, 1), float("inf"), device=w.device)
-    best_hi, best_lo = mx.clone(), mn.clone()
-    factors = [1 - i / n_grid for i in range(max_shrink)]
-    hmat = gram.float().to(w.device)  # (G, g, g)
-    for r0 in range(0, n, chunk_rows):
-        r1 = min(n, r0 + chunk_rows)
-        x = wg[r0:r1]  # (R, G, g)
-        for fi in factors:
-            hi = mx[r0:r1] * fi
-            lo = torch.stack([mn[r0:r1] * fj for fj in factors])  # (J, R, G, 1)
-            cand = torch.minimum(torch.maximum(x.unsqueeze(0), lo), hi.unsqueeze(0))
-            q = fake_quantize(cand.reshape(-1, k), spec).reshape(cand.shape)
-            d = (q - x.unsqueeze(0)).permute(2, 0, 1, 3).reshape(G, -1, g)  # (G, J*R, g)
-            err = (torch.bmm(d, hmat) * d).sum(-1)
-            err = err.reshape(G, len(factors), r1 - r0).permute(1, 2, 0).unsqueeze(-1)
-            e_min, j_best = err.min(0)  # (R, G, 1)
-            better = e_min < best_err[r0:r1]
-            best_err[r0:r1] = torch.where(better, e_min, best_err[r0:r1])
-            best_hi[r0:r1] = torch.where(better, hi, best_hi[r0:r1])
-            lo_best = torch.gather(lo, 0, j_best.unsqueeze(0)).squeeze(0)
-            best_lo[r0:r1] = torch.where(better, lo_best, best_lo[r0:r1])
-    return best_lo, best_hi
-
-
-def _search_clip(w, spec, gram, n_grid=20, max_shrink=10):
-    """Clamp bounds (N, G, 1) lo, hi of the best clipping pair per (row, group)."""
-    if w.device.type != "cpu":
-        return _search_clip_torch(w, spec, gram, n_grid, max_shrink)
-    fmt, bits, g, sym = spec.op_args(w.shape[1])
-    lo, hi = torch.ops.lowbit.clip_search(w.detach().float().contiguous(),
-                                          gram.float().contiguous(), fmt, bits, g, sym,
-                                          n_grid, max_shrink)
-    return lo.unsqueeze(-1), hi.unsqueeze(-1)
-
 
 @torch.no_grad()
 def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, max_shrink=10):
@@ -241,7 +189,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
                 return
             x = x[:left]
             seen[name] = seen.get(name, 0) + x.shape[0]
-            gm = _group_gram(x, g).cpu() if x.device.type != "cpu" else _group_gram(x, g)
+            gm = group_gram(x, g).cpu() if x.device.type != "cpu" else group_gram(x, g)
             grams[name] = gm if name not in grams else grams[name] + gm
         return fn
 
@@ -269,7 +217,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     for name, m in it:
         if name not in grams:
             continue
-        lo, hi = _search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
+        lo, hi = search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
                               max_shrink=max_shrink)
         n, k = m.weight.shape
         g = m.spec.group_for(k)

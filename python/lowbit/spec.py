@@ -2,8 +2,7 @@
 (FORMATS.md section 1), and its mapping to the op-level integer codes."""
 from dataclasses import dataclass
 
-FORMAT_BITS = {"int": (2, 3, 4, 8), "nf": (3, 4), "fp": (3, 4)}
-FORMAT_CODES = {"int": 0, "nf": 1, "fp": 2}
+from ._constants import FORMAT_BITS, FORMAT_CODES
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class QuantSpec:
 
 
 def check_spec(spec, name="spec"):
+    """spec itself, if it is a QuantSpec (else TypeError naming ``name``)."""
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"{name}: expected a lowbit.QuantSpec, got {type(spec).__name__}")
     return spec

@@ -4,6 +4,6 @@ SparseLinear24 (sparsify_)."""
 from ..kl_loss import DistillLoss
 from ..qat import QATLinear
 from ..qlinear import QuantLinear
-from ..sparse24 import SparseLinear24
+from ..sparse import SparseLinear24
 
 __all__ = ["QATLinear", "QuantLinear", "DistillLoss", "SparseLinear24"]

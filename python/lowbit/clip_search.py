@@ -1,0 +1,70 @@
+"""python/lowbit/clip_search.py: the clip_search op family — the search for the best clipping
+pair per (row, group) of BitDistiller's asymmetric clipping initialisation (the C op
+lowbit::clip_search on CPU, its vectorised-torch twin elsewhere), the per-group Gram matrix it
+scores with, and the op's fake kernel. lowbit.calibrate_clip_ (qat.py) is the model verb."""
+import torch
+
+from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
+from .fake_quant import fake_quantize
+
+
+def group_gram(x, g):
+    """Sum over tokens of x_g x_g^T per group: (G, g, g) float32, from x (T, K)."""
+    t, k = x.shape
+    xg = x.reshape(t, k // g, g).transpose(0, 1).float()  # (G, T, g)
+    return torch.bmm(xg.transpose(1, 2), xg)
+
+
+@torch.no_grad()
+def search_clip_torch(w, spec, gram, n_grid=20, max_shrink=10, chunk_rows=256):
+    """Vectorised-torch twin of the C clip_search (used off CPU, and as its test oracle's
+    neighbour): the same candidates, the same error d^T H d, first minimum in (i, j) order."""
+    n, k = w.shape
+    g = spec.group_for(k)
+    G = k // g
+    wg = w.float().reshape(n, G, g)
+    mx = wg.amax(-1, keepdim=True)
+    mn = wg.amin(-1, keepdim=True)
+    best_err = torch.full((n, G, 1), float("inf"), device=w.device)
+    best_hi, best_lo = mx.clone(), mn.clone()
+    factors = [1 - i / n_grid for i in range(max_shrink)]
+    hmat = gram.float().to(w.device)  # (G, g, g)
+    for r0 in range(0, n, chunk_rows):
+        r1 = min(n, r0 + chunk_rows)
+        x = wg[r0:r1]  # (R, G, g)
+        for fi in factors:
+            hi = mx[r0:r1] * fi
+            lo = torch.stack([mn[r0:r1] * fj for fj in factors])  # (J, R, G, 1)
+            cand = torch.minimum(torch.maximum(x.unsqueeze(0), lo), hi.unsqueeze(0))
+            q = fake_quantize(cand.reshape(-1, k), spec).reshape(cand.shape)
+            d = (q - x.unsqueeze(0)).permute(2, 0, 1, 3).reshape(G, -1, g)  # (G, J*R, g)
+            err = (torch.bmm(d, hmat) * d).sum(-1)
+            err = err.reshape(G, len(factors), r1 - r0).permute(1, 2, 0).unsqueeze(-1)
+            e_min, j_best = err.min(0)  # (R, G, 1)
+            better = e_min < best_err[r0:r1]
+            best_err[r0:r1] = torch.where(better, e_min, best_err[r0:r1])
+            best_hi[r0:r1] = torch.where(better, hi, best_hi[r0:r1])
+            lo_best = torch.gather(lo, 0, j_best.unsqueeze(0)).squeeze(0)
+            best_lo[r0:r1] = torch.where(better, lo_best, best_lo[r0:r1])
+    return best_lo, best_hi
+
+
+def search_clip(w, spec, gram, n_grid=20, max_shrink=10):
+    """Clamp bounds (N, G, 1) lo, hi of the best clipping pair per (row, group)."""
+    if w.device.type != "cpu":
+        return search_clip_torch(w, spec, gram, n_grid, max_shrink)
+    fmt, bits, g, sym = spec.op_args(w.shape[1])
+    lo, hi = torch.ops.lowbit.clip_search(w.detach().float().contiguous(),
+                                          gram.float().contiguous(), fmt, bits, g, sym,
+                                          n_grid, max_shrink)
+    return lo.unsqueeze(-1), hi.unsqueeze(-1)
+
+
+# ---- fake kernel of the op ----
+@torch.library.register_fake("lowbit::clip_search")
+def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink):
+    shape = (w.shape[0], w.shape[1] // group_size)
+    return w.new_empty(shape, dtype=torch.float32), w.new_empty(shape, dtype=torch.float32)
+
+
+__all__ = ["search_clip", "search_clip_torch", "group_gram"]

@@ -1,0 +1,222 @@
+"""python/lowbit/sparse/sparse24_nn.py: the 2:4 module and model verb — SparseLinear24
+(lowbit.nn.SparseLinear24: train mode with a dense weight and a 2:4 mask, inference mode with the
+compressed, optionally low-bit weight) and sparsify_ (nn.Linear -> SparseLinear24 in place)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._walk import Swap, check_model, made_by, matches, swap_modules_
+from ..fake_quant import quantize
+from ..qweight import QuantizedWeight
+from ..spec import check_spec
+from .sparse24 import sparse24_linear
+from .sparse24_mask import MaskedWeight, apply_mask, mask_24
+from .sparse24_weight import (Sparse24Weight, check_24_weight, compress_24, decompress_24,
+                              meta_shape, prune_24)
+
+MODES = ("train", "inference")
+
+
+class SparseLinear24(nn.Module):
+    """A 2:4-sparse nn.Linear.
+
+    mode="train" (default): holds the dense ``weight`` Parameter and a bool ``mask`` buffer; the
+    forward uses weight * mask. In training, the mask is recomputed from |weight| (prune_24) every
+    ``mask_update_interval`` forward calls (None or 0: fixed). The weight gradient is the dense
+    one (``ste=True``, straight through to the pruned weights, so they can come back at the
+    next mask update) or the masked one (``ste=False``); ``srste_decay`` lambda adds
+    lambda * (1 - mask) * weight to it (SR-STE). x gets its gradient either way.
+
+    mode="inference": holds the compressed weight as buffers ``values`` (N, K/2) and ``meta``
+    (lb24 layout), or with ``spec`` the kept values quantized (``codes``, ``scales``, ``zeros``);
+    the forward runs sparse24_linear. Buffers round-trip through state_dict.
+    """
+
+    _made_by = "sparsify_"  # the model verb that makes these layers (lowbit._walk)
+
+    def __init__(self, in_features, out_features, bias=True, mode="train",
+                 mask_update_interval=1, srste_decay=0.0, ste=True, spec=None, device=None,
+                 dtype=None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
+        if not isinstance(in_features, int) or in_features <= 0 or in_features % 4:
+            raise ValueError(f"in_features: must be a positive multiple of 4, got {in_features!r}")
+        if mask_update_interval is not None and (not isinstance(mask_update_interval, int)
+                                                 or mask_update_interval < 0):
+            raise ValueError(f"mask_update_interval: must be a non-negative int or None, got "
+                             f"{mask_update_interval!r}")
+        if float(srste_decay) < 0:
+            raise ValueError(f"srste_decay: must be >= 0, got {srste_decay!r}")
+        if spec is not None:
+            check_spec(spec)
+            if mode != "inference":
+                raise ValueError("spec: quantized kept values need mode='inference'")
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self.mask_update_interval = mask_update_interval or 0
+        self.srste_decay = float(srste_decay)
+        self.ste = bool(ste)
+        self.spec = spec
+        fk = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
+        n, k = out_features, in_features
+        if mode == "train":
+            self.weight = nn.Parameter(torch.empty(n, k, **fk))
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+            self.register_buffer("mask", mask_24(self.weight))
+            self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
+        else:
+            self.register_buffer("meta", torch.zeros(meta_shape(n, k), dtype=torch.uint8,
+                                                     device=device))
+            if spec is None:
+                self.register_buffer("values", torch.zeros(n, k // 2, **fk))
+            else:
+                proto = quantize(torch.zeros(n, k // 2, dtype=torch.float32, device="meta"), spec)
+                self.register_buffer("codes", torch.zeros(proto.codes.shape, dtype=torch.uint8,
+                                                          device=device))
+                self.register_buffer("scales", torch.zeros(proto.scales.shape, device=device))
+                zs = (n, 0) if proto.zeros is None else tuple(proto.zeros.shape)
+                self.register_buffer("zeros", torch.zeros(zs, dtype=torch.uint8, device=device))
+            self._wdtype = fk["dtype"]
+        self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear, mode="train", mask_update_interval=1, srste_decay=0.0, ste=True,
+                    spec=None):
+        """A SparseLinear24 holding linear's weight pruned 2:4 (prune_24) and its bias."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        check_24_weight(w.detach(), "linear.weight")
+        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                mode=mode, mask_update_interval=mask_update_interval, srste_decay=srste_decay,
+                ste=ste, spec=spec, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            if linear.bias is not None:
+                m.bias.copy_(linear.bias)
+            if mode == "train":
+                m.weight.copy_(w)
+                m.mask.copy_(mask_24(w))
+            else:
+                m._load_compressed(compress_24(prune_24(w.detach())[0]))
+        return m
+
+    def _load_compressed(self, sw):
+        self.meta.copy_(sw.meta)
+        if self.spec is None:
+            self.values.copy_(sw.values)
+        else:
+            q = quantize(sw.values, self.spec)
+            self.codes.copy_(q.codes)
+            self.scales.copy_(q.scales)
+            if q.zeros is not None:
+                self.zeros.copy_(q.zeros)
+
+    def sparse_weight(self):
+        """The inference-mode weight as a Sparse24Weight (views of the buffers)."""
+        if self.mode != "inference":
+            raise ValueError("self: sparse_weight() needs mode='inference' (see to_inference)")
+        shape = (self.out_features, self.in_features)
+        if self.spec is None:
+            sw = Sparse24Weight(self.values, self.meta, shape, self.values.dtype)
+        else:
+            z = self.zeros if self.zeros.shape[1] > 0 else None
+            q = QuantizedWeight(self.codes, self.scales, z, self.spec,
+                                (self.out_features, self.in_features // 2), self._wdtype)
+            sw = Sparse24Weight(None, self.meta, shape, self._wdtype, q)
+        cache = getattr(self, "_cslt_cache", None)
+        key = (self.values.data_ptr(), self.values.device) if self.spec is None else None
+        if cache is not None and cache[0] == key:
+            sw._cslt = cache[1]
+        return sw
+
+    def pruned_weight(self):
+        """The effective dense weight (weight * mask, or the decompressed weight)."""
+        if self.mode == "train":
+            return apply_mask(self.weight.detach(), self.mask)
+        return decompress_24(self.sparse_weight())
+
+    @torch.no_grad()
+    def update_mask(self):
+        """Recomputes the 2:4 mask from the current |weight| (train mode)."""
+        self.mask.copy_(mask_24(self.weight))
+
+    def to_inference(self, spec=None):
+        """A new inference-mode SparseLinear24 with this module's pruned weight (and bias)."""
+        w = self.pruned_weight()
+        m = SparseLinear24(self.in_features, self.out_features, bias=self.bias is not None,
+                           mode="inference", spec=spec, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+            m._load_compressed(compress_24(w))
+        return m
+
+    def forward(self, x):
+        if self.mode == "train":
+            if self.training and self.mask_update_interval:
+                if int(self.step) % self.mask_update_interval == 0:
+                    self.update_mask()
+                self.step += 1
+            w = MaskedWeight.apply(self.weight, self.mask, self.ste, self.srste_decay)
+            return F.linear(x, w, self.bias)
+        sw = self.sparse_weight()
+        y = sparse24_linear(x, sw, self.bias)
+        if sw._cslt is not None and self.spec is None:
+            self._cslt_cache = ((self.values.data_ptr(), self.values.device), sw._cslt)
+        return y
+
+    def extra_repr(self):
+        s = (f"in_features={self.in_features}, out_features={self.out_features}, "
+             f"bias={self.bias is not None}, mode={self.mode!r}")
+        if self.mode == "train":
+            s += (f", mask_update_interval={self.mask_update_interval}, ste={self.ste}, "
+                  f"srste_decay={self.srste_decay}")
+        elif self.spec is not None:
+            s += f", spec={self.spec.name}"
+        return s
+
+
+def sparsify_(model, skip=("lm_head",), include=None, mode="train", **kwargs):
+    """Replaces, in place, every nn.Linear of ``model`` by a SparseLinear24 (from_linear with
+    ``mode`` and ``kwargs``: mask_update_interval, srste_decay, ste, spec) and returns the model;
+    a layer used at several places becomes one SparseLinear24 used at all of them.
+
+    ``skip`` / ``include``: fnmatch patterns over qualified module names ("model.layers.0.mlp.
+    up_proj"); a pattern also matches any dotted suffix, so "lm_head" skips "lm_head" and
+    "model.lm_head", and include=("mlp.*",) selects only the MLP projections of a Llama-family
+    model. Raises ValueError if the model already holds a SparseLinear24 (no second application),
+    if a selected layer's in_features is not a multiple of 4 (skip it), if the model is itself an
+    nn.Linear (use SparseLinear24.from_linear), or if a selected layer is a QATLinear or
+    QuantLinear (quantize_ / convert_ ran first: 2:4 and QAT do not compose; sparsify first).
+    """
+    check_model(model)
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
+    include = (include,) if isinstance(include, str) else (None if include is None else tuple(include))
+    if any(isinstance(m, SparseLinear24) for m in model.modules()):
+        raise ValueError("model: already holds SparseLinear24 layers; sparsify_ applies once")
+
+    def choose(name, mod):
+        if matches(name, skip) or (include is not None and not matches(name, include)):
+            return None
+        if made_by(mod) is not None:  # a layer of another verb: the walker refuses it
+            return True
+        if mod.in_features % 4:
+            raise ValueError(f"model: layer {name!r} has in_features={mod.in_features}, not a "
+                             f"multiple of 4; add it to skip")
+        return True
+
+    swap_modules_(model, Swap(
+        verb="sparsify_", target=lambda m: isinstance(m, nn.Linear), choose=choose,
+        build=lambda m, _: SparseLinear24.from_linear(m, mode=mode, **kwargs),
+        bare_hint="lowbit.nn.SparseLinear24.from_linear(linear)",
+        refuses=("quantize_", "convert_"),
+        why="2:4 sparsity and QAT do not compose here (QAT groups run over the dense K, the 2:4 "
+            "low-bit format quantizes the kept values): sparsify first, then quantize the kept "
+            "values with sparsify_(..., mode='inference', spec=...) or "
+            "SparseLinear24.to_inference(spec), or add the layer to skip"))
+    return model
+
+
+__all__ = ["SparseLinear24", "sparsify_", "MODES"]
