@@ -2,23 +2,14 @@
 PyTorch quantizer written the BitDistiller way, same process, same inputs: median time, ratio,
 and peak extra memory (measured per variant in a child process from peak RSS).
 
-    python benchmarks/bench_fake_quant.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_fake_quant.py [--device cpu|cuda] [--quick] [--json PATH]
 
 Prints a markdown table. "extra MB" is peak memory above the inputs (w, upstream grad) and the
 two outputs every implementation must produce (Q(w) and dL/dw): the temporaries.
 """
-import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
-
 import torch
 
-from _mem import reset_peak_rss, rss_kb  # noqa: F401  (children use b.rss_kb)
-import torch.utils.benchmark as tbench
-
+import _harness as H
 import lowbit
 
 LEVELS = {
@@ -69,81 +60,43 @@ def step(impl, w, up, fmt, bits, g):
     return q
 
 
+def _mem_case(impl, n, k, fmt, bits, g, device="cpu"):
+    """Builds the inputs of one step; returns the step (for the peak-memory measurement)."""
+    torch.manual_seed(0)
+    w = (torch.randn(n, k, device=device) * 0.02).requires_grad_(True)
+    up = torch.randn(n, k, device=device)
+    return lambda: step(impl, w, up, fmt, bits, g)
+
+
 def peak_extra_mb(impl, n, k, fmt, bits, g, device):
-    """Peak memory above inputs and the two outputs, from a fresh child process."""
-    if device == "cuda":  # the caching allocator's own high-water mark, in process
-        torch.manual_seed(0)
-        w = (torch.randn(n, k, device=device) * 0.02).requires_grad_(True)
-        up = torch.randn(n, k, device=device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        q = step(impl, w, up, fmt, bits, g)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        del q, w, up
-        return (peak - 2 * n * k * 4) / 2 ** 20
-    code = f"""
-import json, sys, torch
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-import bench_fake_quant as b
-torch.manual_seed(0)
-w = (torch.randn({n}, {k}) * 0.02).requires_grad_(True)
-up = torch.randn({n}, {k})
-b.reset_peak_rss()
-base = b.rss_kb("VmRSS")
-b.step({impl!r}, w, up, {fmt!r}, {bits}, {g})
-print(json.dumps({{"grow": (b.rss_kb("VmHWM") - base) * 1024}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    grow = json.loads(out.stdout.strip().splitlines()[-1])["grow"]
-    return (grow - 2 * n * k * 4) / 2 ** 20
-
-
-def timeit(impl, w, up, fmt, bits, g, device, min_run):
+    """Peak memory above inputs and the two outputs (a fresh child process on CPU)."""
     if device == "cuda":
-        for _ in range(3):
-            step(impl, w, up, fmt, bits, g)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(20):
-            start.record()
-            step(impl, w, up, fmt, bits, g)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        times.sort()
-        return times[len(times) // 2]
-    t = tbench.Timer("step(impl, w, up, fmt, bits, g)",
-                     globals=dict(step=step, impl=impl, w=w, up=up, fmt=fmt, bits=bits, g=g))
-    return t.blocked_autorange(min_run_time=min_run).median
+        grow = H.cuda_peak_bytes(_mem_case(impl, n, k, fmt, bits, g, device))
+    else:
+        grow = H.child_peak_bytes(__file__, "_mem_case", impl, n, k, fmt, bits, g)
+    return H.mb(grow - 2 * n * k * 4)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="one shape, short timing")
-    a = ap.parse_args()
+    a = H.parser(__doc__).parse_args()
     shapes = SHAPES[:1] if a.quick else SHAPES
-    print(f"# fake-quant forward+backward, float32, {a.device}; torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, lowbit ISA {lowbit.get_cpu_isa()}, "
-          f"{platform.processor() or platform.machine()}")
-    print()
-    print("| shape | format | baseline ms | lowbit ms | speedup | baseline extra MB | "
-          "lowbit extra MB | weight MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    rep = H.Report(f"fake-quant forward+backward, float32, {a.device}", a)
+    t = rep.table([("shape", "{}"), ("format", "{}"), ("baseline ms", "{:.1f}"),
+                   ("lowbit ms", "{:.1f}"), ("speedup", "{:.2f}x"), ("baseline extra MB", "{:.0f}"),
+                   ("lowbit extra MB", "{:.0f}"), ("weight MB", "{:.0f}")])
+    min_run = 0.5 if a.quick else 2.0
     for n, k in shapes:
         torch.manual_seed(0)
         w = (torch.randn(n, k, device=a.device) * 0.02).requires_grad_(True)
         up = torch.randn(n, k, device=a.device)
         for fmt, bits, g in CASES:
-            tb = timeit("baseline", w, up, fmt, bits, g, a.device, 0.5 if a.quick else 2.0)
-            tl = timeit("lowbit", w, up, fmt, bits, g, a.device, 0.5 if a.quick else 2.0)
-            mb = peak_extra_mb("baseline", n, k, fmt, bits, g, a.device)
-            ml = peak_extra_mb("lowbit", n, k, fmt, bits, g, a.device)
-            print(f"| {n}x{k} | {fmt}{bits}-g{g} | {tb * 1e3:.1f} | {tl * 1e3:.1f} | "
-                  f"{tb / tl:.2f}x | {mb:.0f} | {ml:.0f} | {n * k * 4 / 2 ** 20:.0f} |", flush=True)
+            tb, tl = (H.median_time(lambda: step(impl, w, up, fmt, bits, g), a.device, min_run)
+                      for impl in ("baseline", "lowbit"))
+            mb_b, mb_l = (peak_extra_mb(impl, n, k, fmt, bits, g, a.device)
+                          for impl in ("baseline", "lowbit"))
+            t.row(f"{n}x{k}", f"{fmt}{bits}-g{g}", tb * 1e3, tl * 1e3, tb / tl, mb_b, mb_l,
+                  H.mb(n * k * 4))
+    rep.save()
 
 
 if __name__ == "__main__":

@@ -2,40 +2,28 @@
 float32 / bfloat16 F.linear and torch's own int4 kernel, same process, same inputs. Median
 wall time per call; "bits/w" counts codes + scales + zero points per weight.
 
-    python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--threads N]
+    python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--threads N] [--json PATH]
 
 CPU baselines: F.linear float32, F.linear bfloat16, and for int4
 torch.ops.aten._weight_int4pack_mm_for_cpu after _convert_weight_to_int4pack_for_cpu (group 128,
 bf16 activations and scales). CUDA baselines: F.linear float16 and torch's int4 tinygemm
 (_weight_int4pack_mm after _convert_weight_to_int4pack), M = 1..16 as well. Prints markdown.
 """
-import argparse
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+import _harness as H
 import lowbit
+from lowbit.qlinear import ensure_kernel_layout
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K in, N out)
 SPECS = [("int", 4, 128, False), ("int", 3, 128, False), ("int", 2, 64, False),
          ("nf", 4, 128, False), ("nf", 3, 128, False)]
 
 
-def timeit(fn, device, min_time=0.25, max_reps=200):
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    t_end = time.perf_counter() + min_time
-    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def timeit(fn, device):
+    """Median ms per call."""
+    return H.median_time(fn, device, min_run=0.25) * 1e3
 
 
 def torch_int4(w, g, device, act_dtype):
@@ -59,9 +47,7 @@ def torch_int4(w, g, device, act_dtype):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--quick", action="store_true", help="one shape, M = 1 and 16")
+    ap = H.parser(__doc__)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     dev = args.device
@@ -75,22 +61,23 @@ def main():
         ([1, 16] if args.quick else [1, 2, 4, 8, 16, 256])
     specs = SPECS[:3] if args.quick else SPECS
     act = torch.bfloat16 if dev == "cpu" else torch.float16
-    print(f"# bench_qlinear device={dev} torch={torch.__version__} threads={torch.get_num_threads()}"
-          f" isa={lowbit.get_cpu_isa()}")
-    print("\n| K->N | M | impl | bits/w | ms | vs f32 | vs bf16/f16 | vs torch int4 |")
-    print("|---|---|---|---|---|---|---|---|")
+    rep = H.Report(f"bench_qlinear device={dev}", args)
+    t = rep.table([("K->N", "{}"), ("M", "{}"), ("impl", "{}"), ("bits/w", "{:.3f}"),
+                   ("ms", "{:.3f}"), ("vs f32", "{:.2f}x"), ("vs bf16/f16", "{:.2f}x"),
+                   ("vs torch int4", "{:.2f}x")])
     gen = torch.Generator().manual_seed(0)
     for K, N in shapes:
         w = (torch.randn(N, K, generator=gen) * 0.02).to(dev)
         w16 = w.to(act)
-        qws = {s: lowbit.quantize(w, lowbit.QuantSpec(*s)) for s in specs}
+        # the CPU kernel layout is built once here, as QuantLinear does (not timed)
+        qws = {s: ensure_kernel_layout(lowbit.quantize(w, lowbit.QuantSpec(*s))) for s in specs}
         # torch's int4 kernels take bf16 activations and scales (tinygemm on CUDA: bf16 only)
         x4dt = torch.bfloat16
         try:
             t4 = torch_int4(w.cpu(), 128, dev, x4dt)
         except Exception as e:  # noqa: BLE001 - report and go on
             t4 = None
-            print(f"<!-- torch int4 unavailable: {type(e).__name__}: {e} -->")
+            rep.note(f"<!-- torch int4 unavailable: {type(e).__name__}: {e} -->")
         for M in ms:
             x = torch.randn(M, K, generator=gen).to(dev)
             x16 = x.to(act)
@@ -110,18 +97,16 @@ def main():
                     rows.append(("torch int4 g128 (bf16)" if dev == "cpu" else
                                  "torch int4 tinygemm g128 (bf16)", 4 + 2 * 16 / 128, ti4))
                 except Exception as e:  # noqa: BLE001
-                    print(f"<!-- torch int4 mm failed: {type(e).__name__}: {e} -->")
+                    rep.note(f"<!-- torch int4 mm failed: {type(e).__name__}: {e} -->")
             for s, qw in qws.items():
                 xx = x if dev == "cpu" else x16
-                t = timeit(lambda: lowbit.quant_linear(xx, qw), dev)
+                tq = timeit(lambda: lowbit.quant_linear(xx, qw), dev)
                 rows.append((f"lowbit {qw.spec.name}" + (" (f32 x)" if dev == "cpu" else " (f16 x)"),
-                             qw.bits_per_weight, t))
-            for name, bpw, t in rows:
-                r32 = f"{base32 / t:.2f}x" if base32 else "-"
-                r16 = f"{base16 / t:.2f}x"
-                ri4 = f"{ti4 / t:.2f}x" if ti4 else "-"
-                print(f"| {K}->{N} | {M} | {name} | {bpw:.3f} | {t:.3f} | {r32} | {r16} | {ri4} |",
-                      flush=True)
+                             qw.bits_per_weight, tq))
+            for name, bpw, tm in rows:
+                t.row(f"{K}->{N}", M, name, bpw, tm, base32 / tm if base32 else None, base16 / tm,
+                      ti4 / tm if ti4 else None)
+    rep.save()
 
 
 if __name__ == "__main__":
