@@ -1,3 +1,5 @@
+"""tests/conftest.py: pytest setup of the lowbit tests: hypothesis profiles (HYPOTHESIS_PROFILE),
+the cuda/slow markers, and per-test seeding (torch's global RNG for every test, `seed`/`gen`)."""
 import os
 import sys
 
@@ -11,26 +13,16 @@ from _testutil import seed_from  # noqa: E402
 try:
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile(
-        "lowbit",
-        deadline=None,
-        max_examples=25,
-        derandomize=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
-    settings.register_profile(
-        "lowbit-ci",
-        deadline=None,
-        max_examples=25,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
-    settings.register_profile(
-        "lowbit-long",
-        deadline=None,
-        max_examples=500,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    _common = dict(deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    # "lowbit" (the default) and "lowbit-ci": derandomized, so every run draws the same examples
+    # (the draws depend on the hypothesis version and the test, never on the run or on torch);
+    # "lowbit-explore" and "lowbit-long" draw new examples each run (opt-in fuzzing).
+    settings.register_profile("lowbit", max_examples=25, derandomize=True, database=None, **_common)
+    settings.register_profile("lowbit-ci", max_examples=25, derandomize=True, database=None,
+                              **_common)
+    settings.register_profile("lowbit-explore", max_examples=25, derandomize=False, **_common)
+    settings.register_profile("lowbit-long", max_examples=500, derandomize=False, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "lowbit"))
 except ImportError:  # hypothesis is optional; property tests skip themselves
     pass
@@ -52,6 +44,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch_per_test(request):
+    """Every test starts from torch's global RNG seeded from its own id, so a test that draws
+    without a generator is deterministic whichever tests ran before it. (Tests must still pass
+    for any draw: torch versions may produce different streams from one seed.)"""
+    torch.manual_seed(seed_from(request.node.nodeid))
 
 
 @pytest.fixture

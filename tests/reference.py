@@ -5,9 +5,16 @@ Written from /work/shared/FORMATS.md section 1 only; it never imports lowbit.
 Conventions (FORMATS.md 1.5):
   * arithmetic is float32 (w is upcast, the result is cast back to w.dtype);
   * R(t) = sign(t) * floor(|t| + 0.5) with identity gradient; rne = torch.round with zero gradient;
-  * amax/amin (gradient split evenly among ties), clamp with torch's usual (inclusive) mask;
+  * amax/amin (gradient split evenly among ties), clamp with the inclusive mask (gradient 1 on
+    [lo, hi], bounds included), |x| with gradient sign(x) (0 at 0);
   * scales are NOT detached for ste="bitdistiller";
   * level formats snap with an identity STE and the two-scale branch is chosen by the sign of x.
+
+Every non-smooth piece is written out here (_clamp, _amax/_amin, _abs, _R, _rne, _snap_ste) with
+the gradient FORMATS.md fixes, instead of taking whatever the installed torch's autograd gives:
+torch >= 2.14 changed torch.clamp's backward at the bounds (0 with scalar bounds, 0.5 with tensor
+bounds, where <= 2.13 gave 1), and an oracle must not move with the torch version. Only selection
+(torch.where), arithmetic and division are left to torch's autograd.
 
 Straight-through expressions are written as ``t - t.detach() + value`` rather than
 ``t + (value - t).detach()``: both have exactly the same gradient (identity w.r.t. t), but the
@@ -100,6 +107,80 @@ def _R(t: torch.Tensor) -> torch.Tensor:
     return t - t.detach() + round_half_away(t.detach())
 
 
+class _ClampInclusive(torch.autograd.Function):
+    """clamp(t, lo, hi) (either bound may be None) with the inclusive mask: gradient 1 where
+    lo <= t <= hi, bounds included, else 0 (NaN: 0) -- torch <= 2.13's clamp backward."""
+
+    @staticmethod
+    def forward(ctx, t, lo, hi):
+        ctx.save_for_backward(t)
+        ctx.bounds = (lo, hi)
+        return torch.clamp(t, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        inside = torch.ones_like(t, dtype=torch.bool)
+        if lo is not None:
+            inside &= t >= lo
+        if hi is not None:
+            inside &= t <= hi
+        return torch.where(inside, g, torch.zeros_like(g)), None, None
+
+
+def _clamp(t: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
+    """clamp with the inclusive mask of FORMATS.md 1.5 (lo/hi: python numbers or None)."""
+    return _ClampInclusive.apply(t, lo, hi)
+
+
+class _ExtremeTieSplit(torch.autograd.Function):
+    """amax (largest=True) or amin over `dim`, keepdim; the gradient is split evenly among the
+    elements equal to the result: g / count * mask, as torch's amax/amin backward has always
+    done (a group with a NaN has no element equal to its NaN result: 0 / 0 gives NaN)."""
+
+    @staticmethod
+    def forward(ctx, t, dim, largest):
+        m = t.amax(dim=dim, keepdim=True) if largest else t.amin(dim=dim, keepdim=True)
+        ctx.save_for_backward(t, m)
+        ctx.dim = dim
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        t, m = ctx.saved_tensors
+        ties = (t == m).to(g.dtype)
+        return g / ties.sum(dim=ctx.dim, keepdim=True) * ties, None, None
+
+
+def _amax(t: torch.Tensor) -> torch.Tensor:
+    """max over the last dim, keepdim, gradient split evenly among tied maxima."""
+    return _ExtremeTieSplit.apply(t, -1, True)
+
+
+def _amin(t: torch.Tensor) -> torch.Tensor:
+    """min over the last dim, keepdim, gradient split evenly among tied minima."""
+    return _ExtremeTieSplit.apply(t, -1, False)
+
+
+class _Abs(torch.autograd.Function):
+    """|t| with gradient sign(t) (0 at t == 0)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return t.abs()
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        return g * torch.sign(t)
+
+
+def _abs(t: torch.Tensor) -> torch.Tensor:
+    return _Abs.apply(t)
+
+
 def _rne(t: torch.Tensor) -> torch.Tensor:
     """Round half to even with zero gradient."""
     return torch.round(t.detach())
@@ -143,11 +224,11 @@ def _groups(x: torch.Tensor, g: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def _int_asym(x, bits):
     qmax = 2**bits - 1
-    mx = x.amax(dim=-1, keepdim=True)
-    mn = x.amin(dim=-1, keepdim=True)
-    s = (mx - mn).clamp(min=_INT_SCALE_FLOOR) / qmax
+    mx = _amax(x)
+    mn = _amin(x)
+    s = _clamp(mx - mn, lo=_INT_SCALE_FLOOR) / qmax
     z = _rne(-mn / s).clamp(0, qmax)  # detached: no gradient flows through z
-    q = torch.clamp(_R(x / s) + z, 0, qmax)
+    q = _clamp(_R(x / s) + z, 0, qmax)
     Q = (q - z) * s
     return Q, q.detach(), {"scales": s.squeeze(-1), "zeros": z.squeeze(-1)}
 
@@ -155,15 +236,15 @@ def _int_asym(x, bits):
 def _int_sym(x, bits):
     qpos = 2 ** (bits - 1) - 1
     qneg = -(2 ** (bits - 1))
-    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=_INT_SCALE_FLOOR) / qpos
-    q = torch.clamp(_R(x / s), qneg, qpos)
+    s = _clamp(_amax(_abs(x)), lo=_INT_SCALE_FLOOR) / qpos
+    q = _clamp(_R(x / s), qneg, qpos)
     Q = q * s
     return Q, (q.detach() + 2 ** (bits - 1)), {"scales": s.squeeze(-1), "zeros": None}
 
 
 def _level_two_scale(x, table):
-    sp = x.amax(dim=-1, keepdim=True).clamp(min=_LEVEL_SCALE_FLOOR)
-    sn = (-x.amin(dim=-1, keepdim=True)).clamp(min=_LEVEL_SCALE_FLOOR)
+    sp = _clamp(_amax(x), lo=_LEVEL_SCALE_FLOOR)
+    sn = _clamp(-_amin(x), lo=_LEVEL_SCALE_FLOOR)
     pos = x >= 0
     u = torch.where(pos, x / sp, x / sn)
     idx = _nearest_index(u, table)
@@ -175,7 +256,7 @@ def _level_two_scale(x, table):
 
 
 def _level_one_scale(x, table):
-    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=_LEVEL_SCALE_FLOOR)
+    s = _clamp(_amax(_abs(x)), lo=_LEVEL_SCALE_FLOOR)
     u = x / s
     idx = _nearest_index(u, table)
     c = table.to(x.device)[idx]

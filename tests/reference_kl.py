@@ -5,7 +5,9 @@ the oracle for lowbit's float32 kernels. Never imports lowbit.
 Gradients come from torch.autograd through these expressions (the teacher is detached). Terms
 with a zero probability are selected away with torch.where before any multiplication (so an
 entry that is -inf in both student and teacher contributes 0 and gets exactly zero gradient,
-never 0 * inf = NaN).
+never 0 * inf = NaN). Nothing here is non-smooth in a way whose gradient a torch version could
+choose (no clamp, max or abs on the gradient path; torch.where only selects), so the gradients
+are the same on every torch version (unlike reference.py, which writes its clamp mask out).
 """
 import torch
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import reference
 from _testutil import (
     grad_scale,
     make_weight,
@@ -261,6 +262,121 @@ def test_ties_at_max_split_gradient_evenly():
     up = t(0.0, 0.0, 0.0, 1.0)
     ref_fake_quant(x, "int", 4, -1, False).backward(up)
     assert x.grad[0, 0] == x.grad[0, 1] != 0
+
+
+# ------------------------------------------------------------------------------------------
+# The gradient conventions of FORMATS.md 1.5, pinned on hand-computed cases. The expected
+# numbers are worked out by hand in the comments (never by torch.clamp's autograd, whose
+# behaviour at the bounds changed in torch 2.14), so these hold on every torch version.
+# ------------------------------------------------------------------------------------------
+def _grad(w, fmt, bits, sym, up, ste="bitdistiller"):
+    x = w.clone().requires_grad_(True)
+    ref_fake_quant(x, fmt, bits, -1, sym, ste).backward(up)
+    return x.grad
+
+
+UP = t(1.0, 2.0, 3.0, 4.0)
+
+
+def test_clamp_building_block_inclusive_mask():
+    x = torch.tensor([-1.0, 0.0, 1.5, 3.0, 4.0, float("nan")], requires_grad=True)
+    reference._clamp(x, 0, 3).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]  # bounds included, NaN 0
+    for lo, hi, exp in ((0.0, None, [0, 1, 1, 1, 1, 0]), (None, 3.0, [1, 1, 1, 1, 0, 0])):
+        x = torch.tensor([-1.0, 0.0, 1.5, 3.0, 4.0, float("nan")], requires_grad=True)
+        y = reference._clamp(x, lo, hi)
+        y.sum().backward()
+        assert x.grad.tolist() == exp
+        assert torch.equal(y[:5], torch.clamp(x[:5].detach(), lo, hi))
+
+
+def test_extreme_and_abs_building_blocks():
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, -2.0]], requires_grad=True)
+    (reference._amax(x) * 6).sum().backward()
+    assert x.grad.tolist() == [[0.0, 2.0, 2.0, 0.0, 2.0, 0.0]]  # 6 split over 3 ties
+    x = torch.tensor([[-2.0, 1.0, -2.0, 0.0]], requires_grad=True)
+    reference._amin(x).sum().backward()
+    assert x.grad.tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    x = torch.tensor([-1.5, 0.0, 2.0], requires_grad=True)
+    reference._abs(x).sum().backward()
+    assert x.grad.tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_int_asym_gradient_at_both_clamp_bounds_hand():
+    # w = [-1, .2, .5, 2]: s = 3/3 = 1, z = rne(1) = 1, v = R(x/s) + z = [0, 1, 2, 3]: the min
+    # element sits exactly on the lower clamp bound and the max on the upper one (mask 1 both).
+    # dQ/ds = (q - z) - m * x/s = [-1+1, 0-.2, 1-.5, 2-2] = [0, -.2, .5, 0];
+    # S = sum(up * dQ/ds) = -.4 + 1.5 = 1.1; ds/dmax = 1/3, ds/dmin = -1/3.
+    g = _grad(t(-1.0, 0.2, 0.5, 2.0), "int", 2, False, UP)
+    exp = t(1 - 1.1 / 3, 2.0, 3.0, 4 + 1.1 / 3)
+    torch.testing.assert_close(g, exp, rtol=1e-6, atol=1e-6)
+    # (an open-interval clamp, torch >= 2.14's own, would give [-8.1/3, 2, 3, 8.1/3])
+
+
+def test_int_asym_gradient_outside_clamp_and_zero_point_hand():
+    # w = [-2.5, -1.2, .2, .5]: s = 1, z = rne(2.5) = 2; v = R(x) + 2 = [-1, 1, 2, 3]: the min
+    # element is clamped (mask 0, no direct gradient), the max sits on the upper bound (mask 1).
+    # dQ/ds = (q - z) - m x/s = [-2 - 0, -1 + 1.2, 0 - .2, 1 - .5] = [-2, .2, -.2, .5];
+    # S = -2 + .4 - .6 + 2 = -.2. z has zero gradient (rne): nothing else reaches the min.
+    g = _grad(t(-2.5, -1.2, 0.2, 0.5), "int", 2, False, UP)
+    exp = t(0.2 / 3, 2.0, 3.0, 4 - 0.2 / 3)
+    torch.testing.assert_close(g, exp, rtol=1e-6, atol=1e-6)
+
+
+def test_int_asym_tied_maxima_split_scale_gradient_hand():
+    # w = [2, 2, -1, .5]: s = 1, z = 1, v = [3, 3, 0, 2] (all inside [0, 3], bounds included);
+    # dQ/ds = [2-2, 2-2, -1+1, 1-.5] = [0, 0, 0, .5]; S = 2: the max gets S/3 = 2/3, split
+    # evenly between its two ties (+1/3 each); the min gets -2/3.
+    g = _grad(t(2.0, 2.0, -1.0, 0.5), "int", 2, False, UP)
+    exp = t(1 + 1 / 3, 2 + 1 / 3, 3 - 2 / 3, 4.0)
+    torch.testing.assert_close(g, exp, rtol=1e-6, atol=1e-6)
+
+
+def test_int_sym_abs_tie_of_opposite_sign_at_clamp_bound_hand():
+    # int2 sym: qpos = 1, q in [-2, 1]. w = [1, -1, .4, 0]: s = max|x| / 1 = 1, q = [1, -1, 0, 0]
+    # (the first element on the upper bound: mask 1). dQ/ds = q - m x/s = [0, 0, -.4, 0];
+    # S = -1.2 split over the two |x| maxima, times sign(x): [-.6, +.6]. The zero element
+    # takes no part in max|x| (and |x|'s gradient there is 0 anyway).
+    g = _grad(t(1.0, -1.0, 0.4, 0.0), "int", 2, True, UP)
+    exp = t(1 - 0.6, 2 + 0.6, 3.0, 4.0)
+    torch.testing.assert_close(g, exp, rtol=1e-6, atol=1e-6)
+
+
+def test_level_snap_identity_ste_and_scale_gradient_hand():
+    # fp3 one-scale (levels {0, +-.25, +-.5, +-1} * s): w = [4, -1.4, .4, 2.9]: s = 4,
+    # u = [1, -.35, .1, .725] -> c = [1, -.25, 0, .5]. The snap has identity gradient (du/dx =
+    # 1/s, times s): each element gets up; the |x| maximum also gets sum(up * (c - u)) =
+    # 0 + 2*.1 + 3*(-.1) + 4*(-.225) = -1.
+    g = _grad(t(4.0, -1.4, 0.4, 2.9), "fp", 3, True, UP)
+    torch.testing.assert_close(g, t(0.0, 2.0, 3.0, 4.0), rtol=1e-5, atol=1e-5)
+    # nf3 two-scale: w = [4, -2, .7, -.5]: s+ = 4, s- = 2; u = [1, -1, .175, -.25] ->
+    # c = [1, -1, .18334, -.24693] (NF3 table). The max gets sum over x >= 0 of up*(c-u) =
+    # 3*(.1833375 - .175); the min gets -(sum over x < 0) = -(4*(-.2469314 + .25)).
+    L = LEVELS[("nf", 3)]
+    g = _grad(t(4.0, -2.0, 0.7, -0.5), "nf", 3, False, UP)
+    exp = t(1 + 3 * (L[4].item() - 0.175), 2 - 4 * (L[2].item() + 0.25), 3.0, 4.0)
+    torch.testing.assert_close(g, exp, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_floor_is_inclusive_hand():
+    # max|x| exactly at the level-format floor 1e-8 (float32): the floor's clamp mask is 1 there
+    # (bounds included), so the |x| maximum still receives the scale gradient.
+    f = torch.tensor(1e-8, dtype=f32).item()
+    w = t(f, -0.3 * f, 0.6 * f, 0.1 * f)
+    u = w / f
+    L = LEVELS[("fp", 3)]
+    c = L[(u.unsqueeze(-1) - L).abs().argmin(-1)]
+    g = _grad(w, "fp", 3, True, UP)
+    exp = UP.clone()
+    exp[0, 0] += (UP * (c - u)).sum()
+    torch.testing.assert_close(g, exp, rtol=1e-5, atol=1e-6)
+    assert exp[0, 0] != UP[0, 0]
+    # and below the floor nothing reaches the scale: a zero group gets just the upstream
+    torch.testing.assert_close(_grad(t(0.0, 0.0, 0.0, 0.0), "fp", 3, True, UP), UP)
+
+
+def test_identity_ste_hand():
+    assert _grad(t(-1.0, 0.2, 0.5, 2.0), "int", 2, False, UP, ste="identity").tolist() == UP.tolist()
 
 
 # ------------------------------------------------------------------------------------------
