@@ -16,9 +16,18 @@ STE_CODES = C.STE_CODES
 def fake_quantize(w, spec, ste="bitdistiller"):
     """Q(w) of FORMATS.md section 1, differentiable.
 
-    ``ste="bitdistiller"``: the exact autograd of the plain-PyTorch quantizer (scales not
-    detached: each group's max/min elements receive the scale gradient); ``ste="identity"``:
-    dQ/dw = 1. Returns a tensor of w's shape and dtype.
+    ``ste="bitdistiller"`` (default): the gradient of BitDistiller's plain-PyTorch quantizer as
+    FORMATS.md 1.5 pins it: round with identity gradient, the zero point (rne) with none, scales
+    not detached (each group's max/min, or max|w|, elements receive the scale gradient, split
+    evenly among ties), and the code clamp with the inclusive mask, so a weight whose code is an
+    end code (0 or 2^b - 1; -2^(b-1) or 2^(b-1) - 1 when symmetric) keeps its gradient. That is
+    torch.clamp's backward up to torch 2.13, the one BitDistiller was trained with. torch >= 2.14
+    changed torch.clamp's backward to an open interval, so the same plain-PyTorch code run on
+    torch >= 2.14 gets a different gradient: none for every weight on an end code (about 20% of
+    the weights at int2-g128) and a different scale gradient at the group extremes. lowbit's
+    kernels do not use torch's clamp: the gradient is the same on every torch version.
+    ``ste="identity"``: dQ/dw = 1 (scales detached), as torchao does.
+    Returns a tensor of w's shape and dtype.
     """
     check_spec(spec)
     if not isinstance(ste, str) or ste not in STE_CODES:
