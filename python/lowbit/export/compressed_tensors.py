@@ -12,6 +12,8 @@ point: its signed code is lowbit's stored code minus 2^(b-1) too.
 0.17 and older put 10 codes in each word, and nothing in the config says which). That is what the
 installed library's own pack_to_int32 writes and its readers read, so older versions are refused
 for 3-bit rather than written in a layout nobody can tell apart."""
+import warnings
+
 import torch
 
 from ._common import refuse_non_int, round_scales, unquantized_linears
@@ -70,6 +72,11 @@ def plan(model, layers, dtype):
         groups[f"group_{i}"] = {"targets": targets, "weights": dict(key),
                                 "input_activations": None, "output_activations": None,
                                 "format": "pack-quantized"}
+    if len(schemes) > 1:
+        warnings.warn("compressed-tensors: the layers use several specs, written as one config "
+                      "group each (compressed-tensors' own decompressor reads them); transformers' "
+                      "dequantize=True path (5.24) applies one scheme to all dense layers and "
+                      "cannot load this checkpoint", UserWarning, stacklevel=3)
     qc = {"quant_method": "compressed-tensors", "format": "pack-quantized",
           "quantization_status": "compressed", "config_groups": groups, "ignore": ignore,
           "kv_cache_scheme": None}

@@ -87,8 +87,8 @@ def _rope_perm(rows, n_head):
 
 
 def _hparams(model):
-    cfg = model.config
-    if type(model).__name__ not in ARCHS or getattr(cfg, "model_type", None) != "llama":
+    cfg = getattr(model, "config", None)
+    if cfg is None or type(model).__name__ not in ARCHS or getattr(cfg, "model_type", None) != "llama":
         raise ValueError(f"model: {type(model).__name__} (model_type "
                          f"{getattr(cfg, 'model_type', None)!r}) is not an architecture the GGUF "
                          f"exporter knows (Llama causal LMs: {ARCHS})")

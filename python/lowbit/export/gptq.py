@@ -36,6 +36,13 @@ def pack_dense(values, bits, chunk_rows=256):
 
 def plan(model, layers, dtype):
     refuse_non_int(layers, "GPTQ")
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
+    for L in layers:
+        if L.name in out_names:
+            raise ValueError(f"{L.name}: a quantized output head; GPTQ readers load the LM head "
+                             f"unquantized (skip it in QATConfig, or export with "
+                             f"'compressed-tensors' or 'gguf')")
     first = layers[0]
     key = (first.spec.bits, first.spec.group_size, first.spec.symmetric)
     for L in layers:
@@ -53,18 +60,11 @@ def plan(model, layers, dtype):
             raise ValueError(f"{L.name}: shape ({N}, {K}) does not pack into whole int32 words "
                              f"at {L.spec.bits} bits (GPTQ needs in_features*bits and "
                              f"out_features*bits divisible by 32)")
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
     for name in unquantized_linears(model, layers):
         if name not in out_names:
             raise ValueError(f"{name}: an unquantized linear layer; GPTQ readers quantize every "
                              f"linear layer of the decoder blocks (quantize it too, or export "
                              f"with 'compressed-tensors')")
-    for L in layers:
-        if L.name in out_names:
-            raise ValueError(f"{L.name}: a quantized output head; GPTQ readers load the LM head "
-                             f"unquantized (skip it in QATConfig, or export with "
-                             f"'compressed-tensors' or 'gguf')")
     bits, sym = first.spec.bits, first.spec.symmetric
     tensors = {}
     for L in layers:
