@@ -109,3 +109,8 @@ def formats_for(model):
 
 
 __all__ = ["export", "formats_for", "FORMATS"]
+
+# lowbit.export is this function (the package's name is shadowed by it in lowbit's namespace):
+# keep the helpers reachable as lowbit.export.formats_for / lowbit.export.FORMATS
+export.formats_for = formats_for
+export.FORMATS = FORMATS
