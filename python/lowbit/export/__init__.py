@@ -4,7 +4,6 @@
 this package; everything is checked before the first file is written, and the model is never
 changed."""
 import os
-import shutil
 
 import torch
 
@@ -13,6 +12,7 @@ from . import _common
 
 FORMATS = ("compressed-tensors", "gptq", "gguf")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_HF_FILES = ("config.json", "generation_config.json", "lowbit_config.json")
 
 
 def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite=False,
@@ -34,7 +34,8 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     trained ones by that rounding (QuantSpec(scale_dtype=...) removes it). A layer, spec or model
     the format cannot carry raises ValueError naming the layer and the reason before anything is
     written; so does an existing non-empty ``out`` unless ``overwrite=True``. Returns the path
-    written (directory, or .gguf file)."""
+    written (directory, or .gguf file). With overwrite=True an existing directory's checkpoint files
+    (safetensors, index, config) are replaced; other files are left alone."""
     if format not in FORMATS:
         raise ValueError(f"format: must be one of {FORMATS}, got {format!r}")
     if dtype not in _DTYPES:
@@ -75,8 +76,10 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     head = "lm_head" in qnames or any(n.endswith("lm_head") for n in qnames)
     cfg = hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=False if head else None)
     out = hf.prepare_dir(out, overwrite)
-    if os.path.isdir(out) and os.listdir(out):  # overwrite=True: replace the contents
-        shutil.rmtree(out)
+    if os.path.isdir(out):  # overwrite=True: no stale shard or config may be mixed in
+        for f in os.listdir(out):
+            if f.endswith((".safetensors", ".safetensors.index.json")) or f in _HF_FILES:
+                os.remove(os.path.join(out, f))
     from .. import __version__
     hf.write_checkpoint(out, tensors, cfg, model=model, tokenizer=tokenizer,
                         max_shard_size=max_shard_size,

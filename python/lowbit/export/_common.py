@@ -7,7 +7,6 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from ..hf import DERIVED
 
 
 @dataclasses.dataclass
@@ -112,16 +111,13 @@ def round_scales(t, dtype, what, layer):
 
 
 def other_tensors(model, layers, dtype):
-    """The state dict minus the quantized layers' own tensors and derived buffers, floats cast to
+    """The state dict minus the quantized layers' own tensors, floats cast to
     ``dtype``; tensors sharing storage with an earlier key (tied weights) are left out.
     Returns (tensors, dropped_aliases)."""
-    prefixes = tuple(f"{L.name}." for L in layers)
-    qnames = {L.name for L in layers}
+    prefixes = tuple(f"{L.name}." for L in layers)  # the quantized layers are leaf modules
     tensors, seen, aliases = {}, {}, {}
     for key, t in model.state_dict().items():
-        mod, _, leaf = key.rpartition(".")
-        if t is None or (mod in qnames and (leaf in ("weight", "bias", "codes", "scales", "zeros")
-                                            or leaf in DERIVED)) or key.startswith(prefixes):
+        if t is None or key.startswith(prefixes):
             continue
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if ident in seen:

@@ -16,6 +16,7 @@ the export dtype, 1-D tensors (norms, biases) in float32, as convert_hf_to_gguf.
 import json
 import math
 import os
+import pathlib
 import tempfile
 
 import numpy as np
@@ -145,10 +146,17 @@ def _vocab(gguf, tokenizer, n_vocab):
     if tokenizer is None:
         raise ValueError("tokenizer: format 'gguf' needs the tokenizer (llama.cpp reads the "
                          "vocabulary from the .gguf file)")
-    tmp = tempfile.mkdtemp(prefix="lowbit-gguf-tok-")
+    with tempfile.TemporaryDirectory(prefix="lowbit-gguf-tok-") as tmp:
+        return _vocab_from_dir(gguf, tokenizer, n_vocab, tmp)
+
+
+def _vocab_from_dir(gguf, tokenizer, n_vocab, tmp):
     tokenizer.save_pretrained(tmp)
     tj_path = os.path.join(tmp, "tokenizer.json")
-    tj = json.load(open(tj_path, encoding="utf-8")) if os.path.exists(tj_path) else {}
+    tj = {}
+    if os.path.exists(tj_path):
+        with open(tj_path, encoding="utf-8") as f:
+            tj = json.load(f)
     tmodel = tj.get("model", {})
     T = gguf.TokenType
     spm_file = os.path.exists(os.path.join(tmp, "tokenizer.model"))
@@ -158,10 +166,10 @@ def _vocab(gguf, tokenizer, n_vocab):
     except ImportError:
         has_spm = False
     if spm_file and has_spm:
-        v = gguf.SentencePieceVocab(__import__("pathlib").Path(tmp))
+        v = gguf.SentencePieceVocab(pathlib.Path(tmp))
         kind, pre = "llama", "default"
     elif tmodel.get("type") == "BPE" and tmodel.get("byte_fallback"):
-        v = gguf.LlamaHfVocab(__import__("pathlib").Path(tmp))
+        v = gguf.LlamaHfVocab(pathlib.Path(tmp))
         kind, pre = "llama", "default"
     elif tmodel.get("type") == "BPE" and (tj.get("decoder") or {}).get("type") == "ByteLevel":
         v, kind, pre = None, "gpt2", _pre_tokenizer(tj)
