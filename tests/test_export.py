@@ -477,3 +477,21 @@ def test_formats_for(gen):
     assert formats_for(qat_model(gen, lowbit.QuantSpec("int", 8, 64))) == \
         ["compressed-tensors", "gptq"]
     assert formats_for(qat_model(gen, lowbit.QuantSpec("fp", 4, 64))) == []
+
+
+def test_scale_rounding_reads_the_spec_scale_dtype():
+    """Exporters read QuantSpec.scale_dtype (FORMATS.md 1.6) where it exists: scales of a spec
+    computed in the export dtype are stored as they are, and must be exact in it."""
+    import types
+
+    from lowbit.export._common import round_scales, spec_scale_dtype
+
+    assert spec_scale_dtype(lowbit.QuantSpec()) == torch.float32  # before the field exists
+    s16 = types.SimpleNamespace(scale_dtype="float16", name="int4-g32-asym")
+    exact = torch.tensor([[1.0, 2 ** -10, 3.001953125]])
+    assert torch.equal(round_scales(exact, torch.float16, "scale", "L", s16).float(), exact)
+    with pytest.raises(ValueError, match="L: spec int4-g32-asym has scale_dtype float16"):
+        round_scales(exact + 1e-4, torch.float16, "scale", "L", s16)
+    # a float32 spec is rounded (within half an ulp of float16)
+    r = round_scales(exact + 1e-4, torch.float16, "scale", "L", lowbit.QuantSpec())
+    assert torch.allclose(r.float(), exact + 1e-4, rtol=2 ** -11, atol=0)

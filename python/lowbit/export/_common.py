@@ -94,13 +94,20 @@ def spec_scale_dtype(spec):
     """The dtype lowbit rounded the spec's scales to (FORMATS.md 1.6); float32 before that
     field existed."""
     name = getattr(spec, "scale_dtype", "float32")
+    if isinstance(name, torch.dtype):
+        return name
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def round_scales(t, dtype, what, layer):
+def round_scales(t, dtype, what, layer, spec=None):
     """``t`` (float32) rounded to ``dtype``; ValueError naming the layer where a value becomes 0
-    or inf (a nonzero scale must stay nonzero and finite)."""
+    or inf (a nonzero scale must stay nonzero and finite). With ``spec`` whose scale_dtype is
+    ``dtype`` the scales must already be exact in it (then the stored scales are lowbit's)."""
     r = t.to(dtype)
+    if spec is not None and spec_scale_dtype(spec) == dtype and not torch.equal(r.float(), t):
+        raise ValueError(f"{layer}: spec {spec.name} has scale_dtype "
+                         f"{str(dtype).replace('torch.', '')} but its scales are not exact in it "
+                         f"(a packed layer from an inconsistent checkpoint?)")
     bad = ((r == 0) & (t != 0)) | torch.isinf(r) & torch.isfinite(t)
     if bool(bad.any()):
         v = t[bad].flatten()[0].item()
@@ -127,10 +134,6 @@ def other_tensors(model, layers, dtype):
         t = t.detach().cpu()
         tensors[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
     return tensors, aliases
-
-
-def bias_tensor(layer, dtype):
-    return None if layer.bias is None else layer.bias.to(dtype).contiguous()
 
 
 def refuse_non_int(layers, target):

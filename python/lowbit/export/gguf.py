@@ -63,7 +63,7 @@ def _blocks(L, btype, gguf, q, scales, zeros):
     N, K = q.shape
     nb = K // 32
     per = L.group // 32  # blocks per group share the group's d (and m)
-    d = round_scales(scales, torch.float16, "scale", L.name).repeat_interleave(per, dim=1)
+    d = round_scales(scales, torch.float16, "scale", L.name, L.spec).repeat_interleave(per, dim=1)
     d_bytes = d.contiguous().view(torch.uint8).reshape(N, nb, 2)
     if btype == T.Q8_0:
         qs = (q - 128).to(torch.int8).reshape(N, nb, 32).view(torch.uint8)
