@@ -131,7 +131,7 @@ def main(argv=None):
         raise SystemExit("reloaded packed model does not reproduce the converted model")
     # deploy: every format that carries the spec (README "Deploy")
     for fmt in lowbit.export.formats_for(student):
-        out = os.path.join(a.out, "deploy", fmt + (".gguf" if fmt == "gguf" else ""))
+        out = os.path.join(a.out, "deploy", "model.gguf" if fmt == "gguf" else fmt)
         print(f"exported {fmt}: {lowbit.export(student, out, fmt, tokenizer=tok, overwrite=True)}")
 
 
