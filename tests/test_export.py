@@ -82,7 +82,8 @@ torch.save(out, sys.argv[2])
 """
 
 CT_CASES = [("int", b, g, False) for b in (2, 3, 4) for g in (32, 64, 128)] + \
-    [("int", 8, 64, False), ("int", 4, 32, True), ("int", 3, -1, False)]
+    [("int", 8, 64, False), ("int", 4, 32, True), ("int", 8, 32, True), ("int", 2, 64, True),
+     ("int", 3, -1, False)]
 
 
 def test_compressed_tensors_read_by_transformers(gen, tmp_path):
@@ -295,14 +296,15 @@ def gguf_names(n_layers, tied):
 
 
 GGUF_CASES = [(4, 32, False, "Q4_1"), (4, 128, False, "Q4_1"), (2, 64, False, "Q4_1"),
-              (3, 32, False, "Q4_1"), (4, 64, True, "Q4_0"), (8, 32, True, "Q8_0")]
+              (3, 32, False, "Q4_1"), (4, 64, True, "Q4_0"), (2, 32, True, "Q4_0"),
+              (8, 32, True, "Q8_0")]
 
 
 def test_gguf_read_by_gguf_py(gen, tmp_path):
     tok = tiny_tokenizer()
     cases = {}
     for bits, g, sym, qtype in GGUF_CASES:
-        tied = bits == 2
+        tied = bits == 2 and not sym
         m = lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", bits, g, sym), tied=tied))
         if sym:
             fp16_exact(m)  # Q4_0 / Q8_0 hold d * q: bit-exact for fp16 scales
