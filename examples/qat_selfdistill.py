@@ -129,6 +129,10 @@ def main(argv=None):
     print(f"total wall time {time.time() - t_start:.0f}s")
     if not same:
         raise SystemExit("reloaded packed model does not reproduce the converted model")
+    # deploy: every format that carries the spec (README "Deploy")
+    for fmt in lowbit.export.formats_for(student):
+        out = os.path.join(a.out, "deploy", "model.gguf" if fmt == "gguf" else fmt)
+        print(f"exported {fmt}: {lowbit.export(student, out, fmt, tokenizer=tok, overwrite=True)}")
 
 
 def _print_table(rows):

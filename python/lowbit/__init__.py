@@ -5,7 +5,9 @@ import os as _os
 
 from . import _ops  # first: checks the torch version, loads torch.ops.lowbit.*
 from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
+from . import hf  # registers the "lowbit" quantizer with transformers when it is imported
 from ._constants import ISA_CODES as _ISA_CODES
+from .export import export
 from .fake_quant import dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
 from .qat import QATConfig, calibrate_clip_, convert_, quantize_
@@ -66,4 +68,4 @@ __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequant
            "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma",
            "quant_linear", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
            "save_quantized", "load_quantized", "sparsify_", "nn", "sparse", "distill", "data",
-           "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info"]
+           "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info", "export", "hf"]

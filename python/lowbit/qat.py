@@ -161,6 +161,10 @@ def convert_(model):
         bare_hint="lowbit.nn.QuantLinear.from_qat(qat_linear)"))
     if not n:
         raise ValueError("model: holds no QATLinear layers (run lowbit.quantize_ first)")
+    from . import hf
+
+    if hf.is_hf_model(model):  # so model.save_pretrained writes a checkpoint from_pretrained loads
+        hf.mark_quantized(model)
     return model
 
 

@@ -1,20 +1,19 @@
 """python/lowbit/serialization.py: save_quantized / load_quantized — a packed model as one
 safetensors file (every tensor of the state dict: packed codes, scales, zero points, and the
-unquantized layers) plus lowbit_config.json naming each packed layer with its QuantSpec, so the
-plain architecture (e.g. AutoModelForCausalLM.from_config) can be rebuilt and refilled."""
-import dataclasses
+unquantized layers) plus lowbit_config.json naming each packed layer with its QuantSpec; for a
+transformers model also config.json (quantization_config "lowbit"), generation_config.json and
+the tokenizer, so the directory loads by path alone (load_quantized(path), or
+AutoModelForCausalLM.from_pretrained after `import lowbit`). Every stored tensor's dtype and shape
+is checked against the layer table before anything is loaded."""
 import json
 import os
 
-import torch
 import torch.nn as nn
 
-from .spec import QuantSpec
+from . import hf
 
 CONFIG_NAME = "lowbit_config.json"
 WEIGHTS_NAME = "model.safetensors"
-_DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
-           "torch.float16": torch.float16}
 
 
 def _packed_layers(model):
@@ -23,22 +22,14 @@ def _packed_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
 
 
-_DERIVED = ("packed", "params")  # QuantLinear's CPU kernel layout: rebuilt from codes on load
-
-
-def _derived_keys(model):
-    keys = set()
-    for name, _ in _packed_layers(model):
-        keys.update(f"{name}.{b}" for b in _DERIVED)
-    return keys
-
-
-def save_quantized(model, directory):
+def save_quantized(model, directory, tokenizer=None):
     """Writes ``model`` (after lowbit.convert_) to ``directory``: model.safetensors (every
     tensor of the state dict once — tied tensors such as an LM head tied to the embedding are
     stored once and listed as aliases; the kernel layouts are not stored, they are rebuilt from
-    the canonical codes) and lowbit_config.json (each packed layer's QuantSpec). Returns the
-    directory."""
+    the canonical codes) and lowbit_config.json (each packed layer's QuantSpec). For a
+    transformers model also config.json with quantization_config {"quant_method": "lowbit", ...},
+    generation_config.json and, when given, the tokenizer's files. The model is not changed.
+    Returns the directory."""
     from safetensors.torch import save_file
 
     from . import __version__
@@ -46,74 +37,114 @@ def save_quantized(model, directory):
     layers = _packed_layers(model)
     if not layers:
         raise ValueError("model: holds no packed QuantLinear layers (run lowbit.convert_ first)")
-    os.makedirs(directory, exist_ok=True)
-    cfg = {"lowbit_version": __version__, "layers": {}, "aliases": {}}
-    for name, m in layers:
-        cfg["layers"][name] = {"spec": dataclasses.asdict(m.spec), "in_features": m.in_features,
-                               "out_features": m.out_features, "bias": m.bias is not None,
-                               "dtype": str(m.weight_dtype)}
-    derived = _derived_keys(model)
+    hf.check_tokenizer(tokenizer)
+    cfg = {"lowbit_version": __version__, "layers": {n: hf.layer_entry(m) for n, m in layers},
+           "aliases": {}}
     tensors, seen = {}, {}
-    for key, t in model.state_dict().items():
-        if key in derived or t is None:
-            continue
+    for key, t in hf.packed_state_dict(model).items():
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if ident in seen:
             cfg["aliases"][key] = seen[ident]
             continue
         seen[ident] = key
         tensors[key] = t.detach().contiguous().cpu()
+    os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, WEIGHTS_NAME),
               metadata={"format": "pt", "lowbit_version": __version__})
     with open(os.path.join(directory, CONFIG_NAME), "w") as f:
         json.dump(cfg, f, indent=1)
+    if hf.is_hf_model(model):
+        qc = hf.lowbit_quantization_config(model, cfg["aliases"])
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(hf.hf_config_dict(model, qc, dtype), f, indent=2, sort_keys=True)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and hasattr(gen, "save_pretrained"):
+            gen.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
     return directory
 
 
-def load_quantized(model_skeleton, directory, device="cpu"):
-    """Swaps the layers named in lowbit_config.json of ``model_skeleton`` (the plain,
-    unquantized architecture, e.g. AutoModelForCausalLM.from_config(config)) for packed
-    QuantLinear layers, loads every tensor from model.safetensors, rebuilds the kernel layouts,
-    and returns the model. Its outputs are bit-identical to the saved model's."""
-    from safetensors.torch import load_file
-
-    from .qlinear import QuantLinear, build_kernel_layout
-
+def _read_config(directory):
     path = os.path.join(directory, CONFIG_NAME)
-    if not isinstance(model_skeleton, nn.Module):
-        raise TypeError(f"model_skeleton: expected an nn.Module, got {type(model_skeleton).__name__}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"directory: no {CONFIG_NAME} in {directory}")
-    with open(path) as f:
-        cfg = json.load(f)
-    for name, info in cfg["layers"].items():
-        try:
-            old = model_skeleton.get_submodule(name)
-        except AttributeError as exc:
-            raise ValueError(f"model_skeleton: has no layer {name!r} named in {path}") from exc
-        if not isinstance(old, nn.Linear) or old.in_features != info["in_features"] or \
-                old.out_features != info["out_features"]:
-            raise ValueError(f"model_skeleton: layer {name!r} is not an nn.Linear of shape "
-                             f"({info['out_features']}, {info['in_features']})")
-        new = QuantLinear(info["in_features"], info["out_features"], QuantSpec(**info["spec"]),
-                          bias=info["bias"], dtype=_DTYPES[info["dtype"]], device="cpu")
-        parent_name, _, child = name.rpartition(".")
-        parent = model_skeleton.get_submodule(parent_name) if parent_name else model_skeleton
-        setattr(parent, child, new)
-    sd = load_file(os.path.join(directory, WEIGHTS_NAME))
-    for alias, key in cfg.get("aliases", {}).items():
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return path, cfg, hf.parse_layers(cfg, path)
+
+
+def load_quantized(model_or_path, directory=None, device="cpu"):
+    """Loads a directory written by save_quantized.
+
+    ``load_quantized(path)``: builds the architecture from the directory's config.json (a
+    transformers model; through the registered "lowbit" quantizer) and returns the packed model.
+    ``load_quantized(model_skeleton, directory)``: swaps the layers named in lowbit_config.json of
+    ``model_skeleton`` (the plain, unquantized architecture, e.g.
+    AutoModelForCausalLM.from_config(config)) for packed QuantLinear layers, loads every tensor,
+    rebuilds the kernel layouts, and returns the model (also for directories without
+    config.json, e.g. written by lowbit 0.1). Outputs are bit-identical to the saved model's."""
+    if directory is None:
+        if isinstance(model_or_path, nn.Module):
+            raise TypeError("directory: load_quantized(model_skeleton, directory) needs the "
+                            "directory")
+        return _load_by_path(model_or_path, device)
+    model_skeleton = model_or_path
+    from safetensors.torch import load_file
+
+    if not isinstance(model_skeleton, nn.Module):
+        raise TypeError(f"model_skeleton: expected an nn.Module, got {type(model_skeleton).__name__}")
+    path, cfg, layers = _read_config(directory)
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"directory: no {WEIGHTS_NAME} in {directory}")
+    hf.check_tensors(hf.header_of([weights]), layers, weights)
+    hf.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu")
+    sd = load_file(weights)
+    for alias, key in hf.parse_aliases(cfg, path, set(sd)).items():
         sd[alias] = sd[key]
-    derived = _derived_keys(model_skeleton)
     missing, unexpected = model_skeleton.load_state_dict(sd, strict=False)
     if unexpected:
         raise ValueError(f"directory: tensors not in the model: {sorted(unexpected)[:5]}")
-    missing = [k for k in missing if k not in derived]
     if missing:
         raise ValueError(f"directory: tensors missing from {WEIGHTS_NAME}: {missing[:5]}")
-    for _, m in _packed_layers(model_skeleton):
-        m.packed, m.params = build_kernel_layout(m.codes, m.scales, m.zeros, m.spec,
-                                                 m.in_features)
+    hf.rebuild_layouts(model_skeleton)
     return model_skeleton.to(device)
+
+
+def _load_by_path(path, device):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a directory path, got {type(path).__name__}")
+    path = os.fspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"path: {path} is not a directory")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"path: no config.json in {path} (a directory written for a "
+                                f"non-transformers model or by lowbit 0.1: use "
+                                f"load_quantized(model_skeleton, {path!r}))")
+    with open(cfg_path) as f:
+        try:
+            cfg = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
+    qc = cfg.get("quantization_config")
+    if not isinstance(qc, dict) or qc.get("quant_method") != hf.QUANT_METHOD:
+        raise ValueError(f"{cfg_path}: field quantization_config.quant_method is not "
+                         f"{hf.QUANT_METHOD!r} (not a directory written by save_quantized)")
+    hf.parse_layers(qc, f"{cfg_path} quantization_config")
+    hf.register()
+    import transformers
+
+    archs = cfg.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None:
+        cls = transformers.AutoModelForCausalLM
+    return cls.from_pretrained(path).to(device)
 
 
 __all__ = ["save_quantized", "load_quantized"]

@@ -1,0 +1,149 @@
+"""python/lowbit/export/_common.py: what every exporter shares — the quantized layers of a model
+as integer codes (QATLinear: its current weight quantized with lowbit.quantize; QuantLinear: its
+own codes), the rounding of scales to the target's storage dtype (refusing 0 and inf), and the
+unquantized tensors of the state dict."""
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+
+
+@dataclasses.dataclass
+class Layer:
+    """One quantized linear layer: ``q`` the unsigned codes (N, K) int32 as lowbit stores them
+    (INT asym: q; INT sym: q + 2^(b-1); NF/FP: level index), ``scales`` float32 (N, G) (or
+    (N, G, 2) for two-scale formats), ``zeros`` int32 (N, G) or None, ``bias`` or None."""
+    name: str
+    spec: object
+    q: torch.Tensor
+    scales: torch.Tensor
+    zeros: object
+    bias: object
+    group: int
+
+    @property
+    def shape(self):
+        return tuple(self.q.shape)
+
+    def dequantized(self):
+        """(q - z) * s (asym) or (q - 2^(b-1)) * s (sym) in float32, from these integers: the
+        weight lowbit computes with (INT formats)."""
+        g = self.group
+        s = self.scales.repeat_interleave(g, dim=1)
+        if self.zeros is not None:
+            return (self.q - self.zeros.repeat_interleave(g, dim=1)).float() * s
+        return (self.q - (1 << (self.spec.bits - 1))).float() * s
+
+
+def unpack_codes(codes, bits, K, chunk_rows=1024):
+    """lowbit's per-row little-endian bitstream (csrc/formats.h, lb_get_code) -> (N, K) int32:
+    code j occupies bits [j*b, (j+1)*b) from bit 0 of byte 0."""
+    n = codes.shape[0]
+    j = torch.arange(K, dtype=torch.int64)
+    bit = j * bits
+    byte = bit >> 3
+    sh = (bit & 7).to(torch.int32)
+    nxt = torch.clamp(byte + 1, max=codes.shape[1] - 1)
+    mask = (1 << bits) - 1
+    out = torch.empty((n, K), dtype=torch.int32)
+    c = codes.to(torch.int32)
+    for r0 in range(0, n, chunk_rows):
+        rows = c[r0:r0 + chunk_rows]
+        v = rows[:, byte] | (rows[:, nxt] << 8)
+        out[r0:r0 + chunk_rows] = (v >> sh) & mask
+    return out
+
+
+def collect(model):
+    """[Layer] of every QATLinear / QuantLinear in ``model`` (module order), without changing it.
+    Raises ValueError for a model with none, and for 2:4-sparse layers (no target carries them)."""
+    from .. import quantize
+    from ..nn import QATLinear, QuantLinear, SparseLinear24
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    layers = []
+    for name, m in model.named_modules():
+        if isinstance(m, SparseLinear24):
+            raise ValueError(f"{name}: a 2:4-sparse layer; no export format carries lowbit's "
+                             f"2:4 layout")
+        if isinstance(m, QuantLinear):
+            codes, scales, zeros = m.codes, m.scales, m.zeros
+            spec, (N, K) = m.spec, (m.out_features, m.in_features)
+        elif isinstance(m, QATLinear):
+            with torch.no_grad():
+                qw = quantize(m.weight.detach(), m.spec)
+            codes, scales, zeros, spec = qw.codes, qw.scales, qw.zeros, qw.spec
+            N, K = qw.shape
+        else:
+            continue
+        g = spec.group_for(K)
+        q = unpack_codes(codes.detach().cpu(), spec.bits, K)
+        z = None if zeros is None else zeros.detach().cpu().to(torch.int32)
+        bias = None if m.bias is None else m.bias.detach().cpu()
+        layers.append(Layer(name, spec, q, scales.detach().cpu().float(), z, bias, g))
+        assert q.shape == (N, K)
+    if not layers:
+        raise ValueError("model: holds no QATLinear or QuantLinear layers (run lowbit.quantize_ "
+                         "or lowbit.convert_ first)")
+    return layers
+
+
+def spec_scale_dtype(spec):
+    """The dtype lowbit rounded the spec's scales to (FORMATS.md 1.6); float32 before that
+    field existed."""
+    name = getattr(spec, "scale_dtype", "float32")
+    if isinstance(name, torch.dtype):
+        return name
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def round_scales(t, dtype, what, layer, spec=None):
+    """``t`` (float32) rounded to ``dtype``; ValueError naming the layer where a value becomes 0
+    or inf (a nonzero scale must stay nonzero and finite). With ``spec`` whose scale_dtype is
+    ``dtype`` the scales must already be exact in it (then the stored scales are lowbit's)."""
+    r = t.to(dtype)
+    if spec is not None and spec_scale_dtype(spec) == dtype and not torch.equal(r.float(), t):
+        raise ValueError(f"{layer}: spec {spec.name} has scale_dtype "
+                         f"{str(dtype).replace('torch.', '')} but its scales are not exact in it "
+                         f"(a packed layer from an inconsistent checkpoint?)")
+    bad = ((r == 0) & (t != 0)) | torch.isinf(r) & torch.isfinite(t)
+    if bool(bad.any()):
+        v = t[bad].flatten()[0].item()
+        raise ValueError(f"{layer}: {what} {v:.3e} rounds to {r[bad].flatten()[0].item()} in "
+                         f"{str(dtype).replace('torch.', '')}; this layer cannot be exported in "
+                         f"that dtype (train with QuantSpec(scale_dtype=...) matching it)")
+    return r
+
+
+def other_tensors(model, layers, dtype):
+    """The state dict minus the quantized layers' own tensors, floats cast to
+    ``dtype``; tensors sharing storage with an earlier key (tied weights) are left out.
+    Returns (tensors, dropped_aliases)."""
+    prefixes = tuple(f"{L.name}." for L in layers)  # the quantized layers are leaf modules
+    tensors, seen, aliases = {}, {}, {}
+    for key, t in model.state_dict().items():
+        if t is None or key.startswith(prefixes):
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        t = t.detach().cpu()
+        tensors[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+    return tensors, aliases
+
+
+def refuse_non_int(layers, target):
+    for L in layers:
+        if L.spec.format != "int":
+            raise ValueError(f"{L.name}: spec {L.spec.name} is a level format (NF/FP); {target} "
+                             f"carries only integer grids")
+
+
+def unquantized_linears(model, layers):
+    """Names of plain nn.Linear layers (not quantized by lowbit)."""
+    q = {L.name for L in layers}
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in q]

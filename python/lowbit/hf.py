@@ -1,0 +1,457 @@
+"""python/lowbit/hf.py: the Hugging Face side of lowbit — the "lowbit" quantization method
+registered with transformers (LowbitConfig / LowbitHfQuantizer: from_pretrained of a directory
+written by save_quantized builds packed QuantLinear layers), the parsing and checking of the
+per-layer table both loaders share, and the writer of checkpoint directories (config.json,
+safetensors shards + index, generation_config.json, tokenizer files) shared with lowbit.export.
+
+transformers is optional and costs seconds to import, so `import lowbit` does not import it: the
+registration runs as soon as transformers imports its quantizer table (a one-shot import hook
+that only calls transformers' own register_quantization_config / register_quantizer), or at once
+if that table is already imported."""
+import dataclasses
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import warnings
+
+import torch
+
+from .spec import QuantSpec
+
+QUANT_METHOD = "lowbit"
+DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
+          "torch.float16": torch.float16}
+DERIVED = ("packed", "params")  # QuantLinear's CPU kernel layout: rebuilt from the codes on load
+_ST_DTYPES = {torch.uint8: "U8", torch.int8: "I8", torch.int32: "I32", torch.int64: "I64",
+              torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+# ---- the per-layer table (lowbit_config.json "layers", config.json quantization_config) ----
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    spec: QuantSpec
+    in_features: int
+    out_features: int
+    bias: bool
+    dtype: torch.dtype
+
+
+def layer_entry(m):
+    """The table entry of a packed QuantLinear (JSON-ready)."""
+    return {"spec": dataclasses.asdict(m.spec), "in_features": m.in_features,
+            "out_features": m.out_features, "bias": m.bias is not None,
+            "dtype": str(m.weight_dtype)}
+
+
+def parse_layers(cfg, where):
+    """{name: LayerInfo} of a table read from ``where`` (a file name, for the messages): every
+    malformed field raises ValueError naming ``where`` and the field."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+    if "layers" not in cfg:
+        raise ValueError(f"{where}: field 'layers' is missing")
+    layers = cfg["layers"]
+    if not isinstance(layers, dict) or not layers:
+        raise ValueError(f"{where}: field 'layers' must be a non-empty object of layer name -> "
+                         f"entry, got {layers!r:.80}")
+    out = {}
+    for name, e in layers.items():
+        f = f"layers[{name!r}]"
+        if not isinstance(e, dict):
+            raise ValueError(f"{where}: field {f} must be an object, got {type(e).__name__}")
+        for key in ("spec", "in_features", "out_features", "bias", "dtype"):
+            if key not in e:
+                raise ValueError(f"{where}: field {f}.{key} is missing")
+        if not isinstance(e["spec"], dict):
+            raise ValueError(f"{where}: field {f}.spec must be an object, got {e['spec']!r:.80}")
+        try:
+            spec = QuantSpec(**e["spec"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: field {f}.spec is not a valid QuantSpec: {exc}") from None
+        for key in ("in_features", "out_features"):
+            v = e[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{where}: field {f}.{key} must be a positive int, got {v!r}")
+        if not isinstance(e["bias"], bool):
+            raise ValueError(f"{where}: field {f}.bias must be true or false, got {e['bias']!r}")
+        if e["dtype"] not in DTYPES:
+            raise ValueError(f"{where}: field {f}.dtype must be one of {sorted(DTYPES)}, "
+                             f"got {e['dtype']!r}")
+        try:
+            spec.group_for(e["in_features"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: field {f}.spec: {exc}") from None
+        out[name] = LayerInfo(spec, e["in_features"], e["out_features"], e["bias"],
+                              DTYPES[e["dtype"]])
+    aliases = cfg.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in aliases.items()):
+        raise ValueError(f"{where}: field 'aliases' must be an object of tensor name -> tensor "
+                         f"name, got {aliases!r:.80}")
+    return out
+
+
+def parse_aliases(cfg, where, stored_keys):
+    """The alias table, each target checked against the stored tensor names."""
+    aliases = cfg.get("aliases", {})
+    for alias, key in aliases.items():
+        if key not in stored_keys:
+            raise ValueError(f"{where}: field aliases[{alias!r}] names tensor {key!r}, which is "
+                             f"not stored")
+    return aliases
+
+
+def skeleton_layer(info, device="meta"):
+    """An empty QuantLinear for ``info`` whose state_dict holds exactly what is stored (the kernel
+    layout is not: it is rebuilt after loading)."""
+    from .qlinear import QuantLinear
+
+    m = QuantLinear(info.in_features, info.out_features, info.spec, bias=info.bias,
+                    dtype=info.dtype, device=device)
+    for b in DERIVED:
+        if hasattr(m, b):
+            setattr(m, b, None)
+    return m
+
+
+def expected_tensors(name, info):
+    """{tensor key: (dtype, shape)} that a checkpoint must store for the packed layer ``name``."""
+    sd = skeleton_layer(info).state_dict()
+    return {f"{name}.{k}": (t.dtype, tuple(t.shape)) for k, t in sd.items()}
+
+
+def check_tensors(found, layers, where):
+    """``found``: {key: (dtype or safetensors dtype string, shape)} of the checkpoint. Raises
+    ValueError naming ``where`` and the tensor for any packed-layer tensor that is missing or whose
+    dtype or shape is not the one the table implies (a bias may be stored in any float dtype)."""
+    for name, info in layers.items():
+        for key, (dt, shape) in expected_tensors(name, info).items():
+            if key not in found:
+                raise ValueError(f"{where}: tensor {key!r} of packed layer {name!r} is missing")
+            got_dt, got_shape = found[key]
+            want = _ST_DTYPES.get(dt, str(dt))
+            got = got_dt if isinstance(got_dt, str) else _ST_DTYPES.get(got_dt, str(got_dt))
+            is_bias = key.endswith(".bias")
+            ok_dt = got in ("F32", "F16", "BF16") if is_bias else got == want
+            if not ok_dt:
+                raise ValueError(f"{where}: tensor {key!r} has dtype {got}, expected "
+                                 f"{'a float dtype' if is_bias else want} for spec {info.spec.name}")
+            if tuple(got_shape) != shape:
+                raise ValueError(f"{where}: tensor {key!r} has shape {tuple(got_shape)}, expected "
+                                 f"{shape} for a {info.spec.name} layer of "
+                                 f"({info.out_features}, {info.in_features})")
+
+
+def header_of(files):
+    """{key: (safetensors dtype, shape)} of safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            for k in h.keys():
+                s = h.get_slice(k)
+                out[k] = (s.get_dtype(), tuple(s.get_shape()))
+    return out
+
+
+def swap_in_packed(model, layers, where, device="meta"):
+    """Replaces each layer named in the table by an empty QuantLinear (an nn.Linear of that shape
+    must be there)."""
+    import torch.nn as nn
+
+    for name, info in layers.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{where}: names layer {name!r}, which the model does not have") \
+                from None
+        if not isinstance(old, nn.Linear) or old.in_features != info.in_features or \
+                old.out_features != info.out_features:
+            raise ValueError(f"{where}: layer {name!r} of the model is not an nn.Linear of shape "
+                             f"({info.out_features}, {info.in_features})")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, skeleton_layer(info, device=device))
+
+
+def rebuild_layouts(model):
+    """Rebuilds every QuantLinear's CPU kernel layout from its canonical codes."""
+    from .qlinear import QuantLinear, build_kernel_layout
+
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and hasattr(m, "packed"):
+            m.packed, m.params = build_kernel_layout(m.codes, m.scales, m.zeros, m.spec,
+                                                     m.in_features)
+
+
+def packed_state_dict(model):
+    """state_dict without the derived kernel layouts."""
+    from .qlinear import QuantLinear
+
+    derived = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, QuantLinear)
+               for b in DERIVED}
+    return {k: v for k, v in model.state_dict().items() if k not in derived and v is not None}
+
+
+def lowbit_quantization_config(model, aliases=None):
+    """The quantization_config dict of config.json for a converted model."""
+    from . import __version__
+    from .qlinear import QuantLinear
+
+    layers = {n: layer_entry(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    return {"quant_method": QUANT_METHOD, "lowbit_version": __version__, "layers": layers,
+            "aliases": dict(aliases or {})}
+
+
+# ---- writing checkpoint directories ----
+
+def is_hf_model(model):
+    cfg = getattr(model, "config", None)
+    return cfg is not None and hasattr(cfg, "to_dict") and hasattr(cfg, "to_json_file")
+
+
+def prepare_dir(out, overwrite, name="out"):
+    """Refuses an existing non-empty directory (or a file) unless overwrite; does not create."""
+    out = os.fspath(out)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise ValueError(f"{name}: {out} exists and is not a directory")
+        if os.listdir(out) and not overwrite:
+            raise ValueError(f"{name}: {out} is not empty (pass overwrite=True to replace its "
+                             f"contents)")
+    return out
+
+
+def hf_config_dict(model, quantization_config, dtype, tie_word_embeddings=None):
+    """config.json's content for ``model`` (a transformers model), its own config untouched."""
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = [type(model).__name__]
+    if dtype is not None:
+        cfg["dtype"] = str(dtype).replace("torch.", "")
+        cfg.pop("torch_dtype", None)
+    if tie_word_embeddings is not None:
+        cfg["tie_word_embeddings"] = tie_word_embeddings
+        if isinstance(cfg.get("text_config"), dict) and "tie_word_embeddings" in cfg["text_config"]:
+            cfg["text_config"]["tie_word_embeddings"] = tie_word_embeddings
+    if quantization_config is not None:
+        cfg["quantization_config"] = quantization_config
+    return cfg
+
+
+def write_checkpoint(out, tensors, config=None, model=None, tokenizer=None,
+                     max_shard_size="5GB", metadata=None):
+    """Writes ``tensors`` as model.safetensors, or as shards model-0000i-of-0000n.safetensors
+    with model.safetensors.index.json when over ``max_shard_size`` (huggingface_hub's split, as
+    save_pretrained does); ``config`` (a dict) as config.json; the model's generation_config.json
+    and the tokenizer's files when given. Returns the written file names."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out, exist_ok=True)
+    meta = {"format": "pt", **(metadata or {})}
+    written = []
+    try:
+        from huggingface_hub import split_torch_state_dict_into_shards
+    except ImportError:  # no transformers stack: one file
+        split = None
+    else:
+        split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
+    if split is None or not split.is_sharded:
+        save_file(tensors, os.path.join(out, "model.safetensors"), metadata=meta)
+        written.append("model.safetensors")
+    else:
+        for fname, names in split.filename_to_tensors.items():
+            save_file({k: tensors[k] for k in names}, os.path.join(out, fname), metadata=meta)
+            written.append(fname)
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total, **split.metadata},
+                       "weight_map": split.tensor_to_filename}, f, indent=2)
+        written.append("model.safetensors.index.json")
+    if config is not None:
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        written.append("config.json")
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and hasattr(gen, "save_pretrained"):
+        gen.save_pretrained(out)
+        written.append("generation_config.json")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return written
+
+
+def check_tokenizer(tokenizer):
+    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+        raise TypeError(f"tokenizer: expected a transformers tokenizer (with save_pretrained), "
+                        f"got {type(tokenizer).__name__}")
+
+
+def mark_quantized(model):
+    """Lets ``model.save_pretrained`` of a converted transformers model write a directory that
+    ``from_pretrained`` (after ``import lowbit``) loads packed: sets its config's
+    quantization_config and hf_quantizer. Returns the model."""
+    if not is_hf_model(model):
+        raise TypeError(f"model: expected a transformers model, got {type(model).__name__}")
+    cls_cfg, cls_q = register()
+    qc = cls_cfg.from_dict(lowbit_quantization_config(model, _shared_aliases(model)))
+    model.config.quantization_config = qc
+    model.hf_quantizer = cls_q(qc, pre_quantized=True)
+    model.is_quantized = True
+    return model
+
+
+def _shared_aliases(model):
+    seen, aliases = {}, {}
+    for key, t in packed_state_dict(model).items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+    return aliases
+
+
+# ---- the transformers quantizer ----
+
+_CLASSES = None
+
+
+def register():
+    """Registers the "lowbit" quantization method with transformers (importing it); idempotent.
+    Returns (LowbitConfig, LowbitHfQuantizer)."""
+    global _CLASSES
+    if _CLASSES is not None:
+        return _CLASSES
+    import torch.nn as nn
+    from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING,
+                                              AUTO_QUANTIZER_MAPPING, register_quantization_config,
+                                              register_quantizer)
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    class LowbitConfig(QuantizationConfigMixin):
+        """quantization_config of a lowbit checkpoint: ``layers`` maps each packed layer's name
+        to its QuantSpec, shape, bias and dtype; ``aliases`` lists tensors stored once for
+        several names."""
+
+        def __init__(self, layers=None, aliases=None, lowbit_version=None, **kwargs):
+            self.quant_method = QUANT_METHOD
+            self.layers = layers if layers is not None else {}
+            self.aliases = aliases if aliases is not None else {}
+            self.lowbit_version = lowbit_version
+
+        def parsed(self):
+            return parse_layers(self.to_dict(), "config.json quantization_config")
+
+    class LowbitHfQuantizer(HfQuantizer):
+        """Loads a lowbit checkpoint as packed QuantLinear layers: swaps in empty layers before
+        the weights are read (after checking every stored tensor's dtype and shape against the
+        config), rebuilds the kernel layouts after."""
+
+        requires_calibration = True  # only pre-quantized checkpoints; lowbit quantizes with QAT
+
+        def validate_environment(self, *args, **kwargs):
+            self.quantization_config.parsed()
+
+        def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+            where = "config.json quantization_config"
+            layers = self.quantization_config.parsed()
+            swap_in_packed(model, layers, where)
+            if checkpoint_files:
+                found = header_of(checkpoint_files)
+                check_tensors(found, layers, "checkpoint " + os.path.dirname(checkpoint_files[0]))
+                parse_aliases(self.quantization_config.to_dict(), where, set(found))
+            return model
+
+        def _process_model_after_weight_loading(self, model, **kwargs):
+            for alias, key in self.quantization_config.aliases.items():
+                mod_name, _, attr = alias.rpartition(".")
+                src = model.get_parameter(key) if key in dict(model.named_parameters()) \
+                    else model.get_buffer(key)
+                mod = model.get_submodule(mod_name) if mod_name else model
+                if isinstance(src, nn.Parameter):
+                    setattr(mod, attr, src)
+                else:
+                    mod.register_buffer(attr, src)
+            rebuild_layouts(model)
+            return model
+
+        def get_state_dict_and_metadata(self, model):
+            return packed_state_dict(model), {}
+
+        def is_serializable(self):
+            return True
+
+        @property
+        def is_trainable(self):
+            return False
+
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(LowbitConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(LowbitHfQuantizer)
+    _CLASSES = (AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD],
+                AUTO_QUANTIZER_MAPPING[QUANT_METHOD])
+    return _CLASSES
+
+
+_HOOKED = "transformers.quantizers.auto"
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """One-shot: when transformers' quantizer table is imported, run register() right after the
+    module has executed. Finds nothing itself (the normal finders do the finding)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _HOOKED:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _ThenRegister(spec.loader)
+        return spec
+
+
+class _ThenRegister(importlib.abc.Loader):
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        self._inner.exec_module(module)
+        try:
+            register()
+        except Exception as exc:  # never break transformers' own import
+            warnings.warn(f"lowbit: could not register its transformers quantizer: {exc!r}")
+
+    def __getattr__(self, name):  # get_source, get_filename, ... of the real loader
+        return getattr(self._inner, name)
+
+
+def _install():
+    if _HOOKED in sys.modules:
+        register()
+    elif importlib.util.find_spec("transformers") is not None:
+        if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _RegisterAfterImport())
+
+
+def __getattr__(name):  # lowbit.hf.LowbitConfig / LowbitHfQuantizer, registering on first use
+    if name in ("LowbitConfig", "LowbitHfQuantizer"):
+        cfg, q = register()
+        return cfg if name == "LowbitConfig" else q
+    raise AttributeError(f"module 'lowbit.hf' has no attribute {name!r}")
+
+
+_install()
+
+__all__ = ["register", "mark_quantized", "write_checkpoint", "LowbitConfig", "LowbitHfQuantizer"]

@@ -1,0 +1,248 @@
+"""save_quantized / load_quantized and the transformers round trip: from_pretrained of a
+save_quantized directory (and of model.save_pretrained) returns the packed model through the
+registered "lowbit" quantizer; load_quantized(path); directories written the 0.1 way still load;
+every stored tensor's dtype and shape is checked (issue 11 item 11); a malformed lowbit_config.json
+is a ValueError naming the file and field (item 14); safetensors is a core dependency (item 16)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _hfutil import tiny_llama, tiny_tokenizer
+
+lowbit = pytest.importorskip("lowbit")
+transformers = pytest.importorskip("transformers")
+
+IDS = torch.arange(2 * 9).reshape(2, 9) * 7 % 300
+
+
+def converted(seed=0, tied=True):
+    m = tiny_llama(seed, tied=tied)
+    lowbit.quantize_(m, lowbit.QATConfig(lowbit.QuantSpec("nf", 3, 32),
+                                         overrides={"*down_proj": lowbit.QuantSpec("int", 2, 64)}))
+    return lowbit.convert_(m)
+
+
+def logits(m):
+    with torch.no_grad():
+        return m(IDS).logits
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_from_pretrained_and_load_by_path(tied, tmp_path):
+    m = converted(tied=tied)
+    ref = logits(m)
+    tok = tiny_tokenizer()
+    qc = m.config.quantization_config  # set by convert_ (lowbit.hf.mark_quantized)
+    cfg = m.config.to_dict()
+    lowbit.save_quantized(m, tmp_path, tokenizer=tok)
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "lowbit_config.json", "config.json", "generation_config.json",
+            "tokenizer.json"} <= files
+    assert m.config.quantization_config is qc and m.config.to_dict() == cfg  # model untouched
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    down = back.model.layers[1].mlp.down_proj
+    assert isinstance(down, lowbit.nn.QuantLinear) and down.spec.name == "int2-g64-asym"
+    assert (back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()) == tied
+    assert torch.equal(logits(back), ref)
+    assert torch.equal(logits(lowbit.load_quantized(str(tmp_path))), ref)
+    assert torch.equal(logits(lowbit.load_quantized(tmp_path)), ref)
+    # and the loaded model saves again with save_pretrained
+    back.save_pretrained(tmp_path / "again")
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "again")
+    assert torch.equal(logits(again), ref)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert not any(k.endswith((".packed", ".params")) for k in stored)
+
+
+def test_save_pretrained_of_a_converted_model(tmp_path):
+    m = converted()
+    ref = logits(m)
+    m.save_pretrained(tmp_path)  # convert_ marked it (lowbit.hf.mark_quantized)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(back.model.layers[0].self_attn.q_proj, lowbit.nn.QuantLinear)
+    assert torch.equal(logits(back), ref)
+
+
+def write_old_way(model, directory):
+    """The directory lowbit 0.1 wrote (its save_quantized, reproduced here)."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    cfg = {"lowbit_version": "0.1.0", "layers": {}, "aliases": {}}
+    derived = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, lowbit.nn.QuantLinear):
+            cfg["layers"][name] = {"spec": dataclasses.asdict(mod.spec),
+                                   "in_features": mod.in_features,
+                                   "out_features": mod.out_features,
+                                   "bias": mod.bias is not None, "dtype": str(mod.weight_dtype)}
+            derived |= {f"{name}.packed", f"{name}.params"}
+    tensors, seen = {}, {}
+    for key, t in model.state_dict().items():
+        if key in derived or t is None:
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident in seen:
+            cfg["aliases"][key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = t.detach().contiguous()
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "lowbit_config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
+def test_directory_written_the_old_way_still_loads(tmp_path):
+    m = converted()
+    write_old_way(m, tmp_path)
+    back = lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
+    assert torch.equal(logits(back), logits(m))
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
+    with pytest.raises(FileNotFoundError, match="no config.json.*load_quantized\\(model_skeleton"):
+        lowbit.load_quantized(str(tmp_path))
+
+
+def _rewrite(directory, edit):
+    from safetensors.torch import load_file, save_file
+
+    p = os.path.join(directory, "model.safetensors")
+    sd = load_file(p)
+    edit(sd)
+    save_file(sd, p)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.codes",
+                               sd["model.layers.0.mlp.down_proj.codes"].float()),
+     "down_proj.codes' has dtype F32, expected U8"),
+    (lambda sd: sd.__setitem__("model.layers.1.self_attn.q_proj.scales",
+                               sd["model.layers.1.self_attn.q_proj.scales"][:, :2].contiguous()),
+     r"q_proj.scales' has shape \(128, 2, 2\), expected \(128, 4, 2\)"),
+    (lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.zeros",
+                               sd["model.layers.0.mlp.down_proj.zeros"].to(torch.int32)),
+     "down_proj.zeros' has dtype I32, expected U8"),
+    (lambda sd: sd.pop("model.layers.1.mlp.up_proj.codes"), "up_proj.codes' of packed layer .* is missing"),
+])
+def test_load_checks_every_tensor_dtype_and_shape(edit, match, tmp_path):
+    m = converted()
+    lowbit.save_quantized(m, tmp_path)
+    _rewrite(tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        lowbit.load_quantized(str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def _edit_cfg(directory, fn):
+    p = os.path.join(directory, "lowbit_config.json")
+    cfg = json.load(open(p))
+    fn(cfg)
+    json.dump(cfg, open(p, "w"))
+    return p
+
+
+LAYER = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.mark.parametrize("fn,field", [
+    (lambda c: c.pop("layers"), "field 'layers' is missing"),
+    (lambda c: c.__setitem__("layers", []), "field 'layers' must be a non-empty object"),
+    (lambda c: c["layers"][LAYER].__setitem__("dtype", "torch.float64"), r"layers\['model.layers.0.self_attn.q_proj'\].dtype must be one of"),
+    (lambda c: c["layers"][LAYER].__setitem__("in_features", "128"), r"\.in_features must be a positive int"),
+    (lambda c: c["layers"][LAYER].__setitem__("bias", "no"), r"\.bias must be true or false"),
+    (lambda c: c["layers"][LAYER].__setitem__("spec", "nf3"), r"\.spec must be an object"),
+    (lambda c: c["layers"][LAYER]["spec"].__setitem__("bits", 5), r"\.spec is not a valid QuantSpec: bits"),
+    (lambda c: c["layers"][LAYER]["spec"].__setitem__("colour", 1), r"\.spec is not a valid QuantSpec"),
+    (lambda c: c["layers"][LAYER].pop("out_features"), r"\.out_features is missing"),
+    (lambda c: c["layers"].__setitem__(LAYER, 3), r"layers\['model.layers.0.self_attn.q_proj'\] must be an object"),
+    (lambda c: c.__setitem__("aliases", {"lm_head.weight": "model.nothing.weight"}), r"aliases\['lm_head.weight'\] names tensor 'model.nothing.weight', which is not stored"),
+    (lambda c: c.__setitem__("aliases", ["x"]), "field 'aliases' must be an object"),
+])
+def test_malformed_lowbit_config_is_a_value_error_naming_file_and_field(fn, field, tmp_path):
+    m = converted()
+    lowbit.save_quantized(m, tmp_path)
+    p = _edit_cfg(tmp_path, fn)
+    with pytest.raises(ValueError, match=field) as e:
+        lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
+    assert p in str(e.value)
+
+
+def test_malformed_quantization_config_in_config_json(tmp_path):
+    m = converted()
+    lowbit.save_quantized(m, tmp_path)
+    p = tmp_path / "config.json"
+    cfg = json.load(open(p))
+    cfg["quantization_config"]["layers"][LAYER]["dtype"] = "fp8"
+    json.dump(cfg, open(p, "w"))
+    with pytest.raises(ValueError, match="config.json quantization_config: field .*dtype"):
+        lowbit.load_quantized(str(tmp_path))
+    with pytest.raises(ValueError, match="config.json quantization_config: field .*dtype"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "lowbit_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="lowbit_config.json: not valid JSON"):
+        lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
+
+
+def test_load_quantized_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path"):
+        lowbit.load_quantized(str(tmp_path / "nothing"))
+    with pytest.raises(TypeError, match="path"):
+        lowbit.load_quantized(42)
+    with pytest.raises(TypeError, match="directory"):
+        lowbit.load_quantized(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="tokenizer"):
+        lowbit.save_quantized(converted(), tmp_path / "t", tokenizer="gpt2")
+
+
+def test_save_quantized_plain_module_has_no_config_json(tmp_path):
+    m = lowbit.convert_(lowbit.quantize_(torch.nn.Sequential(torch.nn.Linear(64, 32)),
+                                         lowbit.QATConfig(lowbit.QuantSpec("int", 4, 32), skip=())))
+    lowbit.save_quantized(m, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["lowbit_config.json", "model.safetensors"]
+    back = lowbit.load_quantized(torch.nn.Sequential(torch.nn.Linear(64, 32)), str(tmp_path))
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(back(x), m(x))
+
+
+def _child(code):
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_registration_without_importing_transformers_eagerly():
+    out = _child("import sys, lowbit\n"
+                 "print('transformers' in sys.modules)\n"
+                 "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as Q\n"
+                 "print(Q['lowbit'].__name__)\n")
+    assert out.split() == ["False", "LowbitHfQuantizer"]
+    out = _child("from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as Q\n"
+                 "import lowbit\nprint(Q['lowbit'].__name__)\n")
+    assert out.split() == ["LowbitHfQuantizer"]
+
+
+def test_safetensors_is_a_core_dependency():
+    """Issue 11 item 16: `pip install lowbit` (no extras) can save and load."""
+    try:
+        import tomllib
+    except ImportError:
+        pytest.skip("tomllib needs Python 3.11")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        proj = tomllib.load(f)["project"]
+    deps = [d.split(">")[0].split("=")[0].split("<")[0].strip() for d in proj["dependencies"]]
+    assert "safetensors" in deps
+    test = [d.split(">")[0].split("=")[0].strip() for d in proj["optional-dependencies"]["test"]]
+    assert {"gguf", "compressed-tensors", "tokenizers"} <= set(test)
