@@ -87,22 +87,37 @@ __device__ __forceinline__ lb_gstats fq_warp_stats(const T* x, int64_t g, int la
     if (threadIdx.x == 0) sf = (fmt); \
     __syncthreads()
 
+/* The grid-stride loop of the warp-per-group kernels: gid runs over this warp's groups. */
+#define FQ_FOR_EACH_GROUP(gid)                                                                \
+    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;   \
+         gid += (int64_t)gridDim.x * FQ_WARPS)
+
+/* Statistics and scales of the group at base, or NaN over the group's output (and false) when
+ * it holds NaN/Inf, as the CPU's fwd_group / bwd_group do. Warp-collective, warp-uniform. */
+template <typename T>
+__device__ __forceinline__ bool fq_group_setup(const lb_fmt* f, const T* w, T* out, int64_t base,
+                                               int64_t g, int lane, lb_gstats* st,
+                                               lb_gparams* p) {
+    *st = fq_warp_stats(w + base, g, lane);
+    if (st->bad) {
+        for (int64_t i = lane; i < g; i += 32) lb_st(out, base + i, fq_nan());
+        return false;
+    }
+    *p = lb_group_params(f, *st);
+    return true;
+}
+
 /* ---- fake-quant forward: one warp per group ---- */
 template <typename T, int KIND>
 __global__ void __launch_bounds__(FQ_THREADS)
 fq_fwd_kernel(const T* w, T* out, int64_t ngroups, int64_t g, lb_fmt fmt) {
     FQ_LOAD_FMT(sf, fmt);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const int64_t base = gid * g;
-        const lb_gstats st = fq_warp_stats(w + base, g, lane);
-        if (st.bad) { /* warp-uniform */
-            for (int64_t i = lane; i < g; i += 32) lb_st(out, base + i, fq_nan());
-            continue;
-        }
-        const lb_gparams p = lb_group_params(&sf, st);
+        lb_gstats st;
+        lb_gparams p;
+        if (!fq_group_setup(&sf, w, out, base, g, lane, &st, &p)) continue;
         for (int64_t i = lane; i < g; i += 32)
             lb_st(out, base + i, lb_quant_value_k(&sf, p, lb_ld(w, base + i), KIND));
     }
@@ -121,16 +136,11 @@ fq_bwd_kernel(const T* grad, const T* w, T* gw, int64_t ngroups, int64_t g, lb_f
      * max|x| (times sign(x)). */
     const bool two_sided = (KIND == LB_KIND_INT_ASYM || KIND == LB_KIND_LVL2);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const int64_t base = gid * g;
-        const lb_gstats st = fq_warp_stats(w + base, g, lane);
-        if (st.bad) { /* warp-uniform */
-            for (int64_t i = lane; i < g; i += 32) lb_st(gw, base + i, fq_nan());
-            continue;
-        }
-        const lb_gparams p = lb_group_params(&sf, st);
+        lb_gstats st;
+        lb_gparams p;
+        if (!fq_group_setup(&sf, w, gw, base, g, lane, &st, &p)) continue;
 
         /* pass 2 */
         float s1 = 0.0f, s2 = 0.0f;  /* s1: the (only / s+) scale; s2: s- (LVL2) */
@@ -202,9 +212,7 @@ fq_qstats_kernel(const T* w, int64_t ngroups, int64_t g, lb_fmt fmt, float* scal
                  uint8_t* zeros, int32_t* bad_groups) {
     FQ_LOAD_FMT(sf, fmt);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const lb_gstats st = fq_warp_stats(w + gid * g, g, lane);
         const lb_gparams p = lb_group_params(&sf, st);
         if (lane == 0) {

@@ -212,13 +212,37 @@ static const cslt_handle_t* cslt_handle(int device, char* err) {
     do {                                                                                       \
         cslt_status st_ = (call);                                                              \
         if (st_ != 0) {                                                                        \
-            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt %s: %s (status %d)", what,                   \
-                     cslt_errstr(st_), st_);                                 \
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt %s: %s (status %d)", what,              \
+                     cslt_errstr(st_), st_);                                                   \
             goto done;                                                                         \
         }                                                                                      \
     } while (0)
 
+
+/* rc, or -1 with the message when a launch of the call just made failed. */
+static int cslt_launch_status(int rc, const char* what, char* err) {
+    if (rc == 0) {
+        cudaError_t ce = cudaGetLastError();
+        if (ce != cudaSuccess) {
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt %s: %s", what, cudaGetErrorString(ce));
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
 static int cslt_type(int dt) { return dt == LB_DT_BF16 ? CSLT_R_16BF : CSLT_R_16F; }
+
+/* A: the pruned (N, K) weight as a column-major (K, N) matrix, 50% structured. 0 or -1. */
+static int cslt_weight_init(const cslt_handle_t* h, cslt_mat_t* a, int dt, int64_t N, int64_t K,
+                            char* err) {
+    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, a, K, N, K, 16, cslt_type(dt),
+                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
+               "StructuredDescriptorInit");
+    return 0;
+done:
+    return -1;
+}
 
 extern "C" {
 
@@ -279,9 +303,7 @@ int lb24_cslt_compressed_size(int device, int dt, int64_t N, int64_t K, int64_t*
     size_t sz = 0, sc = 0;
     int rc = -1, have_a = 0;
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, cslt_type(dt),
-                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtSpMMACompressedSize2(h, &a, &sz, &sc), "SpMMACompressedSize2");
     *size = (int64_t)sz;
@@ -298,9 +320,7 @@ int lb24_cslt_compress(int device, int dt, int64_t N, int64_t K, const void* den
     cslt_mat_t a;
     int rc = -1, have_a = 0;
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, cslt_type(dt),
-                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtSpMMACompress2(h, &a, 1, CSLT_OP_T, dense, packed, scratch,
                                              (cudaStream_t)stream),
@@ -308,14 +328,7 @@ int lb24_cslt_compress(int device, int dt, int64_t N, int64_t K, const void* den
     rc = 0;
 done:
     if (have_a) cslt.cusparseLtMatDescriptorDestroy(&a);
-    if (rc == 0) {
-        cudaError_t ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
-            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt compress: %s", cudaGetErrorString(ce));
-            rc = -1;
-        }
-    }
-    return rc;
+    return cslt_launch_status(rc, "compress", err);
 }
 
 int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const void* x,
@@ -332,9 +345,7 @@ int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const 
     const float alpha = 1.0f, beta = 0.0f;
     const int ty = cslt_type(dt);
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, ty, CSLT_ORDER_COL,
-                                                       CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtDenseDescriptorInit(h, &b, K, M, K, 16, ty, CSLT_ORDER_COL),
                "DenseDescriptorInit(x)");
@@ -373,14 +384,7 @@ done:
     if (have_c) cslt.cusparseLtMatDescriptorDestroy(&c);
     if (have_b) cslt.cusparseLtMatDescriptorDestroy(&b);
     if (have_a) cslt.cusparseLtMatDescriptorDestroy(&a);
-    if (rc == 0) {
-        cudaError_t ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
-            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt matmul: %s", cudaGetErrorString(ce));
-            rc = -1;
-        }
-    }
-    return rc;
+    return cslt_launch_status(rc, "matmul", err);
 }
 
 } /* extern "C" */

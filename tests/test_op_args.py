@@ -116,3 +116,39 @@ def test_valid_calls_still_run():
     lo, hi = torch.ops.lowbit.clip_search(w, torch.eye(32).expand(2, 32, 32).contiguous(), 0, 4, 32,
                                           False, 20, 10)
     assert lo.shape == hi.shape == (4, 2)
+
+
+def test_exported_constants_are_what_the_ops_take():
+    """lowbit._C exports the codes and layout sizes Python would otherwise copy: each format's
+    bit mask is exactly the set quantize accepts, and the layout constants give the shapes the
+    ops return."""
+    import torch
+    from lowbit import _ops
+
+    C = _ops._C
+    w = torch.randn(20, 64)
+    for fmt, mask in ((C.FMT_INT, C.FMT_INT_BITS), (C.FMT_NF, C.FMT_NF_BITS),
+                      (C.FMT_FP, C.FMT_FP_BITS)):
+        for bits in range(1, C.MAX_BITS + 2):
+            ok = bool(mask >> bits & 1)
+            try:
+                codes, scales, zeros = torch.ops.lowbit.quantize(w, fmt, bits, 32, False)
+            except RuntimeError as e:
+                assert not ok and "bits: " in str(e), (fmt, bits, e)
+                continue
+            assert ok, (fmt, bits)
+            assert codes.shape == (20, (64 * bits + 7) // 8)
+            assert scales.dim() == (3 if fmt != C.FMT_INT else 2)
+    codes, scales, zeros = torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False)
+    packed, params = torch.ops.lowbit.qlinear_pack(codes, scales, zeros, C.FMT_INT, 3, 32, False, 64)
+    nt = -(-20 // C.QL_TILE)
+    assert packed.shape == (nt, -(-64 // C.QL_KBLK) * 3 * C.QL_TILE)
+    assert params.shape == (nt, (64 // 32) * C.QL_PARAMS * C.QL_TILE)
+    back = torch.ops.lowbit.dequantize(codes, scales, zeros, C.FMT_INT, 3, 32, False, 64, C.DT_BF16)
+    assert back.dtype == torch.bfloat16
+    assert torch.equal(torch.ops.lowbit.fake_quant(w, C.FMT_INT, 3, 32, False, C.STE_IDENTITY),
+                       torch.ops.lowbit.fake_quant(w, C.FMT_INT, 3, 32, False,
+                                                   C.STE_BITDISTILLER))
+    assert len({C.ISA_SCALAR, C.ISA_AVX2, C.ISA_AVX512}) == 3 and C.isa_supported(C.ISA_SCALAR)
+    assert {C.KL_FORWARD, C.KL_REVERSE, C.KL_CAKLD, C.KL_JSD} == {0, 1, 2, 3}
+    assert C.S24_GROUP == 4 and C.S24_KEPT == 2 and C.S24_GROUPS_PER_BYTE == 2

@@ -170,14 +170,10 @@ LB_INLINE void quant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
     const int64_t K = c->K, g = c->g, G = K / g;
     const lb_fmt* f = c->f;
     const int64_t rb = lb_row_bytes(K, f->bits);
-    float* buf = (float*)malloc((size_t)g * sizeof(float));
-    int32_t* code = (int32_t*)malloc((size_t)g * sizeof(int32_t));
-    if (!buf || !code) {
-        free(buf);
-        free(code);
-        c->oom = 1;
-        return;
-    }
+    /* one block: g floats of the group, then its g codes */
+    float* buf = (float*)malloc((size_t)g * (sizeof(float) + sizeof(int32_t)));
+    int32_t* code = (int32_t*)(buf + g);
+    if (!buf) { c->oom = 1; return; }
     for (int64_t r = r0; r < r1; ++r) {
         uint8_t* row = c->codes + r * rb;
         int64_t bad = 0;
@@ -198,7 +194,6 @@ LB_INLINE void quant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
         c->bad_per_row[r] = bad;
     }
     free(buf);
-    free(code);
 }
 
 LB_INLINE void dequant_rows(fq_ctx* c, int64_t r0, int64_t r1) {

@@ -9,15 +9,12 @@
 
 /* clip_search(Tensor w, Tensor gram, int fmt, int bits, int group_size, bool symmetric,
  *             int n_grid, int shrink) -> (Tensor lo, Tensor hi) */
-static void lb_boxed_clip_search(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_clip_search) {
     lb_call c;
     lb_tensor w, gm;
     lb_fmt f;
-    const int64_t g = lb_iv_int(stack[4]);
-    const int64_t n_grid = lb_iv_int(stack[6]), shrink = lb_iv_int(stack[7]);
+    const int64_t g = lb_iv_int(stack[4]), n_grid = lb_iv_int(stack[6]), shrink = lb_iv_int(stack[7]);
     void *plo = NULL, *phi = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::clip_search", stack, 2);
     if (lb_call_arg(&c, 0, "w", &w) || lb_call_arg(&c, 1, "gram", &gm) ||
         lb_check_weight(&w, "w", c.err) ||
@@ -49,10 +46,7 @@ static void lb_boxed_clip_search(StableIValue* stack, uint64_t nargs, uint64_t n
         lb_fail(c.err, "w: out of memory for clip_search scratch");
         goto fail;
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_clip_search[] = {

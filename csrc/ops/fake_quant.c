@@ -52,17 +52,12 @@ static void lb_fq_run(const char* opname, int with_grad, const StableIValue* spe
         if (lb_cuda_status(rc, opname, c.err)) goto fail;
     }
 #endif
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste) -> Tensor */
-static void lb_boxed_fake_quant(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_fake_quant) {
     const int64_t ste = lb_iv_int(stack[5]);
-    (void)nargs;
-    (void)nouts;
     if (ste != LB_STE_BITDISTILLER && ste != LB_STE_IDENTITY) {
         lb_call c;
         lb_call_begin(&c, "lowbit::fake_quant", stack, 1);
@@ -75,9 +70,7 @@ static void lb_boxed_fake_quant(StableIValue* stack, uint64_t nargs, uint64_t no
 
 /* fake_quant_backward(Tensor grad, Tensor w, int fmt, int bits, int group_size, bool symmetric)
  * -> Tensor: dL/dw for ste="bitdistiller" (the identity STE needs no kernel). */
-static void lb_boxed_fake_quant_backward(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
-    (void)nargs;
-    (void)nouts;
+LB_BOXED(lb_boxed_fake_quant_backward) {
     lb_fq_run("lowbit::fake_quant_backward", 1, stack + 2, stack);
 }
 
@@ -85,15 +78,13 @@ static void lb_boxed_fake_quant_backward(StableIValue* stack, uint64_t nargs, ui
  * -> (Tensor codes, Tensor scales, Tensor zeros)
  * codes uint8 (N, row_bytes) [bitstream layout of formats.h lb_put_code]; scales float32 (N, G)
  * or (N, G, 2) = [s+, s-] for two-scale formats; zeros uint8 (N, G) for INT asym, else (N, 0). */
-static void lb_boxed_quantize(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_quantize) {
     lb_call c;
     lb_tensor w;
     lb_fmt f;
     const int64_t g = lb_iv_int(stack[3]);
     int64_t N, K, G, bad = 0;
     void *pc = NULL, *ps = NULL, *pz = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::quantize", stack, 1);
     if (lb_call_arg(&c, 0, "w", &w) || lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(stack[1]), lb_iv_int(stack[2]), g, lb_iv_bool(stack[4]),
@@ -141,35 +132,20 @@ static void lb_boxed_quantize(StableIValue* stack, uint64_t nargs, uint64_t nout
         lb_fail(c.err, "w: contains NaN or Inf (%lld groups); cannot quantize", (long long)bad);
         goto fail;
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* dequantize(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size,
  * bool symmetric, int K, int dtype) -> Tensor (N, K) of dtype (LB_DT_*) */
-static void lb_boxed_dequantize(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
-    static const char* const names[3] = {"codes", "scales", "zeros"};
+LB_BOXED(lb_boxed_dequantize) {
     lb_call c;
     lb_tensor t[3];
     lb_fmt f;
     const int64_t g = lb_iv_int(stack[5]), K = lb_iv_int(stack[7]), dt = lb_iv_int(stack[8]);
     int64_t N;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::dequantize", stack, 3);
-    for (int i = 0; i < 3; ++i)
-        if (lb_call_arg(&c, i, names[i], &t[i])) goto fail;
-    if (K <= 0) {
-        lb_fail(c.err, "K: must be positive, got %lld", (long long)K);
-        goto fail;
-    }
-    if (lb_check_spec(lb_iv_int(stack[3]), lb_iv_int(stack[4]), g, lb_iv_bool(stack[6]), K, &f,
-                      c.err) ||
-        lb_check_dtype_code(dt, "dtype", c.err) ||
-        lb_check_qweight(&t[0], &t[1], &t[2], names, &f, K, g, &N, c.err))
+    if (lb_check_dtype_code(dt, "dtype", c.err) || lb_call_qweight(&c, t, stack + 3, K, &f, &N))
         goto fail;
     {
         const int64_t osz[2] = {N, K};
@@ -193,10 +169,7 @@ static void lb_boxed_dequantize(StableIValue* stack, uint64_t nargs, uint64_t no
             goto fail;
 #endif
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_fake_quant[] = {

@@ -83,14 +83,12 @@ static int kl_launch(lb_call* c, const lb_tensor* s, lb_kl_args* A, const char* 
 /* kl_loss(Tensor student, Tensor teacher, Tensor labels, int kind, float gamma, float beta,
  *         float temperature, int ignore_index, bool has_labels, bool with_grad,
  *         float grad_scale) -> (Tensor, Tensor) */
-static void lb_boxed_kl_loss(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_kl_loss) {
     lb_call c;
     lb_tensor s, t, l;
     lb_kl_args A;
     const bool has_labels = lb_iv_bool(stack[8]), with_grad = lb_iv_bool(stack[9]);
     void *pl = NULL, *pg = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::kl_loss", stack, 3);
     if (lb_call_arg(&c, 0, "student_logits", &s) || lb_call_arg(&c, 1, "teacher_logits", &t) ||
         lb_call_arg(&c, 2, "labels", &l) ||
@@ -108,22 +106,17 @@ static void lb_boxed_kl_loss(StableIValue* stack, uint64_t nargs, uint64_t nouts
         A.grad = with_grad ? pg : NULL;
     }
     if (kl_launch(&c, &s, &A, "kl_loss")) goto fail;
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* kl_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor labels, int kind,
  *                  float gamma, float beta, float temperature, int ignore_index,
  *                  bool has_labels) -> Tensor */
-static void lb_boxed_kl_loss_backward(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_kl_loss_backward) {
     lb_call c;
     lb_tensor g, s, t, l;
     lb_kl_args A;
     void* pg = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::kl_loss_backward", stack, 4);
     if (lb_call_arg(&c, 0, "grad_loss", &g) || lb_call_arg(&c, 1, "student_logits", &s) ||
         lb_call_arg(&c, 2, "teacher_logits", &t) || lb_call_arg(&c, 3, "labels", &l) ||
@@ -143,10 +136,7 @@ static void lb_boxed_kl_loss_backward(StableIValue* stack, uint64_t nargs, uint6
         A.row_scale = (const float*)g.data;
     }
     if (kl_launch(&c, &s, &A, "kl_loss_backward")) goto fail;
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_kl_loss[] = {

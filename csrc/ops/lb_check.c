@@ -145,6 +145,21 @@ int lb_check_qweight(const lb_tensor* c, const lb_tensor* s, const lb_tensor* z,
     return 0;
 }
 
+const char* const lb_qweight_names[3] = {"codes", "scales", "zeros"};
+
+int lb_call_qweight(lb_call* c, lb_tensor t[3], const StableIValue* spec, int64_t K, lb_fmt* f,
+                    int64_t* N) {
+    const int64_t g = lb_iv_int(spec[2]);
+    for (int i = 0; i < 3; ++i)
+        if (lb_call_arg(c, i, lb_qweight_names[i], &t[i])) return -1;
+    if (K <= 0) return lb_fail(c->err, "K: must be positive, got %lld", (long long)K);
+    return lb_check_spec(lb_iv_int(spec[0]), lb_iv_int(spec[1]), g, lb_iv_bool(spec[3]), K, f,
+                         c->err) ||
+                   lb_check_qweight(&t[0], &t[1], &t[2], lb_qweight_names, f, K, g, N, c->err)
+               ? -1
+               : 0;
+}
+
 int lb_check_bias(const lb_tensor* b, const lb_tensor* x, int64_t N, char* err) {
     if (b->numel == 0) return 0;
     if (b->dim != 1 || b->sizes[0] != N || b->dtype != x->dtype || !b->contiguous ||

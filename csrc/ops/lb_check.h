@@ -39,6 +39,18 @@ void lb_call_return(lb_call* c, StableIValue* stack);
 /* Failure: frees everything the call holds, then raises c->err as a torch error. */
 void lb_call_fail(lb_call* c);
 
+/* The definition line of a boxed kernel (the dispatcher's calling convention). */
+#define LB_BOXED(name)                                                                 \
+    static void name(StableIValue* stack, uint64_t nargs __attribute__((unused)),     \
+                     uint64_t nouts __attribute__((unused)))
+/* The end of a boxed kernel's body: success returns the results; the label fail: (where every
+ * `goto fail` lands) frees what the call holds and raises. */
+#define LB_CALL_END(c)             \
+    lb_call_return(&(c), stack);   \
+    return;                        \
+fail:                              \
+    lb_call_fail(&(c))
+
 /* Formats err ("<arg>: <what is wrong>") and returns -1. */
 int lb_fail(char* err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -63,6 +75,13 @@ int lb_check_same_device(const lb_tensor* b, const char* name, const lb_tensor* 
 int lb_check_qweight(const lb_tensor* codes, const lb_tensor* scales, const lb_tensor* zeros,
                      const char* const names[3], const lb_fmt* f, int64_t K, int64_t g,
                      int64_t* N, char* err);
+/* The schema names of a packed weight's tensors: "codes", "scales", "zeros". */
+extern const char* const lb_qweight_names[3];
+/* The prologue of an op whose first three tensors are a packed weight of K columns with
+ * (fmt, bits, group_size, symmetric) in spec[0..3]: describes them, then checks K > 0, the spec
+ * and the packed weight; resolves *f and *N. */
+int lb_call_qweight(lb_call* c, lb_tensor t[3], const StableIValue* spec, int64_t K, lb_fmt* f,
+                    int64_t* N);
 /* bias: numel 0 means none (returns 0), else (N,) of x's dtype, contiguous, on x's device
  * (returns 1); -1 with err. */
 int lb_check_bias(const lb_tensor* b, const lb_tensor* x, int64_t N, char* err);

@@ -19,8 +19,6 @@
 #include "../../cuda/qlinear.cuh"
 #endif
 
-static const char* const ql_names[3] = {"codes", "scales", "zeros"};
-
 /* The kernel layout's sizes for (N, K, bits, G), overflow-checked (K names the culprit). */
 static int ql_layout_sizes(int64_t N, int64_t K, int bits, int64_t G, int64_t* words,
                            int64_t* params, char* err) {
@@ -32,25 +30,15 @@ static int ql_layout_sizes(int64_t N, int64_t K, int bits, int64_t G, int64_t* w
 
 /* qlinear_pack(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size,
  * bool symmetric, int K) -> (Tensor, Tensor) */
-static void lb_boxed_qlinear_pack(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_qlinear_pack) {
     lb_call c;
     lb_tensor t[3];
     lb_fmt f;
     const int64_t g = lb_iv_int(stack[5]), K = lb_iv_int(stack[7]);
     int64_t N = 0, words = 0, nparams = 0;
     void *pp = NULL, *pq = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::qlinear_pack", stack, 3);
-    for (int i = 0; i < 3; ++i)
-        if (lb_call_arg(&c, i, ql_names[i], &t[i])) goto fail;
-    if (K <= 0) {
-        lb_fail(c.err, "K: must be positive, got %lld", (long long)K);
-        goto fail;
-    }
-    if (lb_check_spec(lb_iv_int(stack[3]), lb_iv_int(stack[4]), g, lb_iv_bool(stack[6]), K, &f,
-                      c.err) ||
-        lb_check_qweight(&t[0], &t[1], &t[2], ql_names, &f, K, g, &N, c.err) ||
+    if (lb_call_qweight(&c, t, stack + 3, K, &f, &N) ||
         ql_layout_sizes(N, K, f.bits, K / g, &words, &nparams, c.err))
         goto fail;
     if (t[0].device_type != lb_t.dev_cpu) {
@@ -67,15 +55,12 @@ static void lb_boxed_qlinear_pack(StableIValue* stack, uint64_t nargs, uint64_t 
                        f.kind == LB_KIND_INT_ASYM ? (const uint8_t*)t[2].data : NULL, N, K, g, &f,
                        (int32_t*)pp, (float*)pq);
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor packed,
  * Tensor params, Tensor bias, int fmt, int bits, int group_size, bool symmetric) -> Tensor */
-static void lb_boxed_quant_linear(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_quant_linear) {
     static const char* names[7] = {"x", "codes", "scales", "zeros", "packed", "params", "bias"};
     lb_call c;
     lb_tensor t[7];
@@ -85,8 +70,6 @@ static void lb_boxed_quant_linear(StableIValue* stack, uint64_t nargs, uint64_t 
     int64_t K, N = 0, M = 1, words = 0, nparams = 0;
     int dt, hb, use_packed = 0;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::quant_linear", stack, 7);
     for (int i = 0; i < 7; ++i)
         if (lb_call_arg(&c, i, names[i], &t[i])) goto fail;
@@ -102,7 +85,7 @@ static void lb_boxed_quant_linear(StableIValue* stack, uint64_t nargs, uint64_t 
     }
     if (lb_check_spec(lb_iv_int(stack[7]), lb_iv_int(stack[8]), g, lb_iv_bool(stack[10]), K, &f,
                       c.err) ||
-        lb_check_qweight(&t[1], &t[2], &t[3], ql_names, &f, K, g, &N, c.err))
+        lb_check_qweight(&t[1], &t[2], &t[3], lb_qweight_names, &f, K, g, &N, c.err))
         goto fail;
     for (int64_t i = 0; i + 1 < x->dim; ++i) M *= x->sizes[i]; /* x exists: no overflow */
     for (int i = 1; i < 7; ++i)
@@ -150,16 +133,13 @@ static void lb_boxed_quant_linear(StableIValue* stack, uint64_t nargs, uint64_t 
             goto fail;
 #endif
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* qlinear_dequant_t(Tensor packed, Tensor params, int fmt, int bits, int group_size,
  * bool symmetric, int N, int K, int kb0, int kb1) -> Tensor float32 ((kb1-kb0)*32, NT*16):
  * rows [32*kb0, 32*kb1) of W^T, padded (CPU). */
-static void lb_boxed_qlinear_dequant_t(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_qlinear_dequant_t) {
     lb_call c;
     lb_tensor p, q;
     lb_fmt f;
@@ -168,8 +148,6 @@ static void lb_boxed_qlinear_dequant_t(StableIValue* stack, uint64_t nargs, uint
     const int64_t kb0 = lb_iv_int(stack[8]), kb1 = lb_iv_int(stack[9]);
     int64_t words = 0, nparams = 0;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::qlinear_dequant_t", stack, 2);
     if (lb_call_arg(&c, 0, "packed", &p) || lb_call_arg(&c, 1, "params", &q)) goto fail;
     if (N <= 0 || K <= 0) {
@@ -204,10 +182,7 @@ static void lb_boxed_qlinear_dequant_t(StableIValue* stack, uint64_t nargs, uint
         lb_ql_dequant_t_cpu((const int32_t*)p.data, (const float*)q.data, N, K, g, &f, kb0, kb1,
                             (float*)po);
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_qlinear[] = {

@@ -40,14 +40,12 @@ static int kept_to_k(const lb_tensor* v, int64_t* K, char* err) {
 }
 
 /* sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor bias) -> Tensor (M, N) */
-static void lb_boxed_sparse24_linear(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_sparse24_linear) {
     lb_call c;
     lb_tensor x, v, m, b;
     int64_t M, K, N;
     int hb;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_linear", stack, 4);
     if (lb_call_arg(&c, 0, "x", &x) || lb_call_arg(&c, 1, "values", &v) ||
         lb_call_arg(&c, 2, "meta", &m) || lb_call_arg(&c, 3, "bias", &b) || check_x(&x, c.err))
@@ -84,18 +82,15 @@ static void lb_boxed_sparse24_linear(StableIValue* stack, uint64_t nargs, uint64
                             "sparse24_linear", c.err))
         goto fail;
 #endif
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* sparse24_qlinear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor meta,
  *                  Tensor bias, int fmt, int bits, int group_size, bool symmetric) -> Tensor
  * The kept values (N, K/2) packed as lowbit.quantize packs them (groups of group_size kept
  * values). CPU only: on CUDA the Python wrapper dequantizes and takes the float path. */
-static void lb_boxed_sparse24_qlinear(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
-    static const char* const names[3] = {"codes", "scales", "zeros"};
+LB_BOXED(lb_boxed_sparse24_qlinear) {
+    const char* const* names = lb_qweight_names;
     lb_call c;
     lb_tensor x, t[3], m, b;
     lb_fmt f;
@@ -103,8 +98,6 @@ static void lb_boxed_sparse24_qlinear(StableIValue* stack, uint64_t nargs, uint6
     int64_t M, K, N;
     int hb;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_qlinear", stack, 6);
     if (lb_call_arg(&c, 0, "x", &x) || lb_call_arg(&c, 1, names[0], &t[0]) ||
         lb_call_arg(&c, 2, names[1], &t[1]) || lb_call_arg(&c, 3, names[2], &t[2]) ||
@@ -134,20 +127,15 @@ static void lb_boxed_sparse24_qlinear(StableIValue* stack, uint64_t nargs, uint6
         lb_fail(c.err, "x: out of memory for sparse24_qlinear scratch");
         goto fail;
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* sparse24_decompress(Tensor values, Tensor meta) -> Tensor (N, K) of values' dtype */
-static void lb_boxed_sparse24_decompress(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_sparse24_decompress) {
     lb_call c;
     lb_tensor v, m;
     int64_t N, K;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_decompress", stack, 2);
     if (lb_call_arg(&c, 0, "values", &v) || lb_call_arg(&c, 1, "meta", &m)) goto fail;
     if (lb_float_dtype(v.dtype) < 0 || v.dim != 2 || !v.contiguous || v.sizes[1] % 2 != 0) {
@@ -175,19 +163,14 @@ static void lb_boxed_sparse24_decompress(StableIValue* stack, uint64_t nargs, ui
             goto fail;
 #endif
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 /* sparse24_cslt_compress(Tensor dense) -> Tensor uint8: the pruned (N, K) float16/bfloat16 CUDA
  * weight in cuSPARSELt's compressed form (opaque bytes). */
-static void lb_boxed_sparse24_cslt_compress(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_sparse24_cslt_compress) {
     lb_call c;
     lb_tensor w;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_cslt_compress", stack, 1);
     if (lb_call_arg(&c, 0, "dense", &w) || lb_check_weight(&w, "dense", c.err)) goto fail;
 #ifdef LOWBIT_WITH_CUDA
@@ -223,13 +206,11 @@ fail:
 
 /* sparse24_cslt_linear(Tensor x, Tensor packed, Tensor bias, int N) -> Tensor (M, N):
  * x (M, K) float16/bfloat16 CUDA, packed from sparse24_cslt_compress of an (N, K) weight. */
-static void lb_boxed_sparse24_cslt_linear(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_sparse24_cslt_linear) {
     lb_call c;
     lb_tensor x, p, b;
     const int64_t N = lb_iv_int(stack[3]);
     int hb;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_cslt_linear", stack, 3);
     if (lb_call_arg(&c, 0, "x", &x) || lb_call_arg(&c, 1, "packed", &p) ||
         lb_call_arg(&c, 2, "bias", &b) || check_x(&x, c.err))
@@ -272,13 +253,11 @@ fail:
 /* sparse24_grad_x(Tensor g, Tensor values, Tensor meta) -> Tensor (M, K): g (M, N) @ the pruned
  * weight, on the compressed form; CPU, M <= LB24_GRAD_X_MAX_M (larger M: decompress + matmul in
  * Python). */
-static void lb_boxed_sparse24_grad_x(StableIValue* stack, uint64_t nargs, uint64_t nouts) {
+LB_BOXED(lb_boxed_sparse24_grad_x) {
     lb_call c;
     lb_tensor g, v, m;
     int64_t M, N, K;
     void* po = NULL;
-    (void)nargs;
-    (void)nouts;
     lb_call_begin(&c, "lowbit::sparse24_grad_x", stack, 3);
     if (lb_call_arg(&c, 0, "g", &g) || lb_call_arg(&c, 1, "values", &v) ||
         lb_call_arg(&c, 2, "meta", &m))
@@ -315,10 +294,7 @@ static void lb_boxed_sparse24_grad_x(StableIValue* stack, uint64_t nargs, uint64
         lb_fail(c.err, "g: out of memory for sparse24_grad_x scratch");
         goto fail;
     }
-    lb_call_return(&c, stack);
-    return;
-fail:
-    lb_call_fail(&c);
+    LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_sparse24[] = {
