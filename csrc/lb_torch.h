@@ -2,7 +2,7 @@
  * (prototypes copied by hand from torch/csrc/inductor/aoti_torch/c/shim.h and
  * torch/csrc/stable/c/shim.h, which are C++-only), resolved at import time with dlsym into one
  * table, plus the small helpers every op's glue shares (tensor description, allocation, errors,
- * unboxing; csrc/lb_common.c). Only csrc/module.c and the glue (csrc/ops) include it. */
+ * unboxing; csrc/ops/lb_common.c). Only csrc/module.c and the glue (csrc/ops) include it. */
 #ifndef LOWBIT_TORCH_H
 #define LOWBIT_TORCH_H
 
@@ -76,7 +76,7 @@ typedef struct {
 
 extern lb_torch_api lb_t;
 
-/* ---- helpers shared by the op glue (csrc/lb_common.c) ---- */
+/* ---- helpers shared by the op glue (csrc/ops/lb_common.c) ---- */
 
 #define LB_MAX_DIM 8
 #define LB_ERR_LEN 512

@@ -1,9 +1,9 @@
-/* csrc/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares (tensor
+/* csrc/ops/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares (tensor
  * description, allocation, errors, unboxing, the device context), and the torch side of the CPU
  * kernels' runtime hook (torch's thread pool and thread count). */
-#include "lb_ops.h"
+#include "../lb_ops.h"
 
-#include "cpu/lb_cpu.h"
+#include "../cpu/lb_cpu.h"
 
 #include <stdio.h>
 #include <string.h>
