@@ -29,10 +29,13 @@ typedef struct {
     volatile int oom;
 } ql_ctx;
 
-/* y[m, n0 : n0+cnt] = v + bias, rounded to the output dtype. */
-LB_INLINE void ql_store(const ql_ctx* c, int64_t m, int64_t n0, const float* v, int64_t cnt) {
+/* y[m, n0 : n0+cnt] = v + bias, rounded to the output dtype. Not inlined (as before the split):
+ * inlined into every kernel instantiation it doubles the compile time of the variants. */
+static __attribute__((noinline, unused)) void ql_store(const ql_ctx* c, int64_t m, int64_t n0,
+                                                       const float* v, int64_t cnt) {
     const int64_t o = m * c->N + n0;
-    for (int64_t j = 0; j < cnt; ++j) lb_st1(c->y, c->dt, o + j, c->bias ? v[j] + c->bias[n0 + j] : v[j]);
+    for (int64_t j = 0; j < cnt; ++j)
+        lb_st1(c->y, c->dt, o + j, c->bias ? v[j] + c->bias[n0 + j] : v[j]);
 }
 
 /* Worker entry points (lb_parallel_fn) of each variant: [a, b) are tiles (GEMV), tile pairs
