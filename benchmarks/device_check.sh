@@ -19,8 +19,10 @@ t0=$(date +%s)
 
 { nvidia-smi; nvcc --version; $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } >"$out/env.log" 2>&1
 
-# 1. build (sm_90 only: this machine is Hopper; keeps the build short)
-if LOWBIT_CUDA=1 LOWBIT_CUDA_ARCHS="${LOWBIT_CUDA_ARCHS:-90}" $PY setup.py build_ext --inplace >"$out/build.log" 2>&1; then
+# 1. build (sm_90 only: this machine is Hopper; keeps the build short), every translation unit
+#    and nvcc job at once on all of the machine's cores
+if LOWBIT_JOBS="$(nproc)" LOWBIT_CUDA=1 LOWBIT_CUDA_ARCHS="${LOWBIT_CUDA_ARCHS:-90}" \
+    $PY setup.py build_ext --inplace >"$out/build.log" 2>&1; then
   note "build: ok ($(( $(date +%s) - t0 ))s)"
 else
   note "build: FAILED (see build.log)"; tail -40 "$out/build.log"; exit 1

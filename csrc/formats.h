@@ -1,34 +1,41 @@
-/* csrc/formats.h: the weight formats of FORMATS.md section 1 (level tables, per-group scales,
- * quantize/dequantize of one value, fake-quant forward and its exact BitDistiller gradient,
- * bit packing), shared by the C kernels and the CUDA kernels. Everything here is float32 math
- * written so that C, SIMD-vectorised C and CUDA produce bit-identical results: no FMA contraction
- * (the build passes -ffp-contract=off / --fmad=false), IEEE division, explicit rounding. */
+/* csrc/formats.h: the numerical contract of FORMATS.md as C: every format code and enum the ops
+ * take (weight formats, kinds, dtypes, STE modes, distillation-loss kinds), the level tables,
+ * per-group scales, the per-element encode / decode / fake-quant / gradient helpers, the group
+ * parameters as quantize stores them, and bit packing; layout sizes come from csrc/layouts.h.
+ * Shared by the C kernels (csrc/cpu), the CUDA kernels (cuda/) and the op glue. Everything here
+ * is float32 math written so that C, SIMD-vectorised C and CUDA produce bit-identical results:
+ * no FMA contraction (the build passes -ffp-contract=off / --fmad=false), IEEE division,
+ * explicit rounding. Python reads these numbers from the module (csrc/module.c), never copies. */
 #ifndef LOWBIT_FORMATS_H
 #define LOWBIT_FORMATS_H
 
+#include <math.h>
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define LB_HD static __host__ __device__ __forceinline__
-#include <math.h>
-#else
-#define LB_HD static inline __attribute__((always_inline))
-#include <math.h>
-#endif
+#include "layouts.h"
 
-/* Format kinds: the op-level encoding of (format, symmetric). */
-enum { LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2 };
+/* Weight formats (the `fmt` int of the ops) and the bit widths each supports (bit b set). */
+enum { LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2, LB_FMT_COUNT = 3 };
+#define LB_FMT_INT_BITS ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 8))
+#define LB_FMT_NF_BITS ((1u << 3) | (1u << 4))
+#define LB_FMT_FP_BITS ((1u << 3) | (1u << 4))
+#define LB_MAX_BITS 8
+/* Format kinds: what (format, symmetric) resolves to; every kernel switches on these. */
 enum { LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3 };
-/* Weight dtypes as lowbit numbers them at the op boundary. */
-enum { LB_DT_F32 = 0, LB_DT_BF16 = 1, LB_DT_F16 = 2 };
+/* Float dtypes as lowbit numbers them at the op boundary (the `dtype` int of dequantize). */
+enum { LB_DT_F32 = 0, LB_DT_BF16 = 1, LB_DT_F16 = 2, LB_DT_COUNT = 3 };
+/* Straight-through estimators of fake_quant (the `ste` int, FORMATS.md 1.5). */
+enum { LB_STE_BITDISTILLER = 0, LB_STE_IDENTITY = 1 };
+/* Distillation losses (the `kind` int of kl_loss, FORMATS.md 2). */
+enum { LB_KL_FORWARD = 0, LB_KL_REVERSE = 1, LB_KL_CAKLD = 2, LB_KL_JSD = 3 };
 
 /* Scale floors of FORMATS.md 1.1-1.4. */
 #define LB_INT_EPS 1e-5f
 #define LB_LVL_EPS 1e-8f
 #define LB_MAX_LEVELS 16
 
-/* Normalised level tables (sorted ascending, endpoints -1 and 1), FORMATS.md 1.3. Kept as
- * initialiser macros so the C side and CUDA's __constant__ memory are filled from one text. */
+/* Normalised level tables (sorted ascending, endpoints -1 and 1), FORMATS.md 1.3, as
+ * initialiser macros (lb_fmt_init copies them into the by-value lb_fmt every kernel takes). */
 #define LB_NF3_LEVELS { -1.0f, -0.5350227355957031f, -0.2469314038753510f, 0.0f, \
     0.1833375245332718f, 0.3819939494132996f, 0.6229856610298157f, 1.0f }
 #define LB_NF4_LEVELS { -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, \
@@ -46,6 +53,15 @@ enum { LB_DT_F32 = 0, LB_DT_BF16 = 1, LB_DT_F16 = 2 };
 #define LB_NF4_N 16
 #define LB_FP4_N 15
 #define LB_FP3_N 7
+#ifndef __cplusplus /* compound literals: C only (the C build checks them once for everyone) */
+#define LB_COUNT_LEVELS(tbl) (sizeof((float[])tbl) / sizeof(float))
+LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_NF3_LEVELS) == LB_NF3_N, "NF3 has 8 levels");
+LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_NF4_LEVELS) == LB_NF4_N, "NF4 has 16 levels");
+LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_FP4_LEVELS) == LB_FP4_N, "FP4 has 15 levels");
+LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_FP3_LEVELS) == LB_FP3_N, "FP3 has 7 levels");
+#endif
+LB_STATIC_ASSERT(LB_NF4_N <= LB_MAX_LEVELS && LB_NF4_N <= (1 << 4), "4-bit codes index the levels");
+LB_STATIC_ASSERT(LB_NF3_N <= (1 << 3) && LB_FP3_N <= (1 << 3), "3-bit codes index the levels");
 
 /* A resolved format: what every kernel needs to know about (format, bits, symmetric). */
 typedef struct {
@@ -69,8 +85,9 @@ LB_HD int lb_fmt_init(lb_fmt* f, int fmt, int bits, int symmetric) {
     f->qmax = 0.0f;
     f->qmin = 0.0f;
     for (k = 0; k < LB_MAX_LEVELS; ++k) { f->lev[k] = 0.0f; f->mid[k] = 0.0f; }
+    if (bits < 1 || bits > LB_MAX_BITS) return -1;
     if (fmt == LB_FMT_INT) {
-        if (bits != 2 && bits != 3 && bits != 4 && bits != 8) return -1;
+        if (!((LB_FMT_INT_BITS >> bits) & 1u)) return -1;
         if (symmetric) {
             f->kind = LB_KIND_INT_SYM;
             f->qmax = (float)((1 << (bits - 1)) - 1);
@@ -95,9 +112,6 @@ LB_HD int lb_fmt_init(lb_fmt* f, int fmt, int bits, int symmetric) {
     for (; k < LB_MAX_LEVELS; ++k) f->mid[k] = 2.0f;
     return 0;
 }
-
-/* Bytes of one packed row of K codes of b bits (the bitstream of lb_put_code). */
-LB_HD int64_t lb_row_bytes(int64_t K, int bits) { return (K * bits + 7) / 8; }
 
 /* R(t) = sign(t) * floor(|t| + 0.5), round half away from zero, evaluated exactly as the
  * float32 expression of FORMATS.md (|t| + 0.5 is itself rounded to float32). */
@@ -148,9 +162,22 @@ LB_HD lb_gparams lb_group_params(const lb_fmt* f, lb_gstats st) {
     return p;
 }
 
+/* ---- per-element helpers. Each takes the kind as an argument: called with a constant (a
+ * `case` of LB_FOR_KIND, a CUDA template parameter) the switch folds away and the element loop
+ * vectorises; lb_encode / lb_decode / lb_grad_elem are the same with f->kind. ---- */
+
+/* Runs STMT with the int constant NAME = f->kind, one case per kind. */
+#define LB_FOR_KIND(kind, NAME, STMT)                                    \
+    switch (kind) {                                                      \
+    case LB_KIND_INT_ASYM: { const int NAME = LB_KIND_INT_ASYM; STMT; } break; \
+    case LB_KIND_INT_SYM: { const int NAME = LB_KIND_INT_SYM; STMT; } break;   \
+    case LB_KIND_LVL2: { const int NAME = LB_KIND_LVL2; STMT; } break;         \
+    default: { const int NAME = LB_KIND_LVL1; STMT; } break;                   \
+    }
+
 /* The stored code of one value (FORMATS.md 1.6): INT asym q; INT sym q + 2^(b-1); levels: index. */
-LB_HD int lb_encode(const lb_fmt* f, lb_gparams p, float x) {
-    switch (f->kind) {
+LB_HD int lb_encode_k(const lb_fmt* f, lb_gparams p, float x, const int kind) {
+    switch (kind) {
     case LB_KIND_INT_ASYM:
         return (int)lb_clampf(lb_round_away(x / p.s) + p.z, 0.0f, f->qmax);
     case LB_KIND_INT_SYM:
@@ -162,11 +189,10 @@ LB_HD int lb_encode(const lb_fmt* f, lb_gparams p, float x) {
     }
 }
 
-/* The value a code stands for: Q(x) = decode(encode(x)) bit-exactly, which is what makes
- * dequantize(quantize(W)) equal fake_quantize(W). For the two-scale kinds the sign of the level
- * picks the scale (a negative x whose level is 0 decodes to +0 either way). */
-LB_HD float lb_decode(const lb_fmt* f, lb_gparams p, int code) {
-    switch (f->kind) {
+/* The value a code stands for. For the two-scale kinds the sign of the level picks the scale (a
+ * negative x whose level is 0 decodes to +0 either way). */
+LB_HD float lb_decode_k(const lb_fmt* f, lb_gparams p, int code, const int kind) {
+    switch (kind) {
     case LB_KIND_INT_ASYM:
         return ((float)code - p.z) * p.s;
     case LB_KIND_INT_SYM:
@@ -180,20 +206,38 @@ LB_HD float lb_decode(const lb_fmt* f, lb_gparams p, int code) {
     }
 }
 
-/* Q(x) of one value. */
-LB_HD float lb_fake_quant_value(const lb_fmt* f, lb_gparams p, float x) {
-    return lb_decode(f, p, lb_encode(f, p, x));
+/* Q(x) of one value without the int round trip (what fake_quant computes), equal bit for bit to
+ * lb_decode_k(lb_encode_k(x)) for every finite x -- which is what makes dequantize(quantize(W))
+ * equal fake_quantize(W). The round trip turns a rounded -0 into code 0 and so +0; the float
+ * form gets the same +0 from (c - z) (c == z gives +0 under round-to-nearest) and, for INT sym,
+ * from the + 0.0f, where a plain c * s would keep the -0 of a small negative x. */
+LB_HD float lb_quant_value_k(const lb_fmt* f, lb_gparams p, float x, const int kind) {
+    switch (kind) {
+    case LB_KIND_INT_ASYM: {
+        float c = lb_clampf(lb_round_away(x / p.s) + p.z, 0.0f, f->qmax);
+        return (c - p.z) * p.s;
+    }
+    case LB_KIND_INT_SYM:
+        return (lb_clampf(lb_round_away(x / p.s), f->qmin, f->qmax) + 0.0f) * p.s;
+    case LB_KIND_LVL2: {
+        float c = f->lev[lb_nearest_index(f, x >= 0.0f ? x / p.sp : x / p.sn)];
+        return c * (c >= 0.0f ? p.sp : p.sn);
+    }
+    default:
+        return f->lev[lb_nearest_index(f, x / p.s)] * p.s;
+    }
 }
 
 /* Gradient pieces of one element for ste="bitdistiller" (FORMATS.md 1.5), given upstream g:
  *   *gx    receives the direct dQ/dx * g (the clamp mask for INT, 1 for the level kinds);
  *   returns the element's contribution to dL/d(scale) of the scale it used; for LVL2,
- *   *to_neg says whether that was s- (x < 0) rather than s+.
+ *   *to_neg says whether that was s- (x < 0, or NaN) rather than s+.
  * INT:    dL/ds += g * ((q - z) - m * x / s)          (z has zero gradient: rne)
  * levels: dL/ds += g * (c - u)                        (identity STE through the snap) */
-LB_HD float lb_grad_elem(const lb_fmt* f, lb_gparams p, float x, float g, float* gx, int* to_neg) {
+LB_HD float lb_grad_elem_k(const lb_fmt* f, lb_gparams p, float x, float g, float* gx,
+                           int* to_neg, const int kind) {
     *to_neg = 0;
-    switch (f->kind) {
+    switch (kind) {
     case LB_KIND_INT_ASYM: {
         float t = x / p.s;
         float v = lb_round_away(t) + p.z;
@@ -225,6 +269,46 @@ LB_HD float lb_grad_elem(const lb_fmt* f, lb_gparams p, float x, float g, float*
         return g * (c - u);
     }
     }
+}
+
+LB_HD int lb_encode(const lb_fmt* f, lb_gparams p, float x) { return lb_encode_k(f, p, x, f->kind); }
+LB_HD float lb_decode(const lb_fmt* f, lb_gparams p, int code) {
+    return lb_decode_k(f, p, code, f->kind);
+}
+/* Q(x) as decode(encode(x)) (the clipping search's candidate values). */
+LB_HD float lb_fake_quant_value(const lb_fmt* f, lb_gparams p, float x) {
+    return lb_decode(f, p, lb_encode(f, p, x));
+}
+LB_HD float lb_grad_elem(const lb_fmt* f, lb_gparams p, float x, float g, float* gx, int* to_neg) {
+    return lb_grad_elem_k(f, p, x, g, gx, to_neg, f->kind);
+}
+
+/* ---- group parameters as quantize stores them (FORMATS.md 1.6): scales float32 (rows, G), or
+ * (rows, G, 2) = [s+, s-] for LVL2; zeros uint8 (rows, G) for INT asym (NULL otherwise).
+ * gidx = row * G + group. The float scales round-trip exactly; z is an integer in [0, 255], so
+ * (float)(uint8_t)z == z up to the sign of a zero, which no code or decoded value observes. ---- */
+LB_HD lb_gparams lb_load_gparams(const lb_fmt* f, const float* scales, const uint8_t* zeros,
+                                 int64_t gidx) {
+    lb_gparams p;
+    p.s = 0.0f; p.z = 0.0f; p.sp = 0.0f; p.sn = 0.0f;
+    if (f->kind == LB_KIND_LVL2) {
+        p.sp = scales[gidx * 2];
+        p.sn = scales[gidx * 2 + 1];
+    } else {
+        p.s = scales[gidx];
+        if (f->kind == LB_KIND_INT_ASYM && zeros) p.z = (float)zeros[gidx];
+    }
+    return p;
+}
+LB_HD void lb_store_gparams(const lb_fmt* f, lb_gparams p, float* scales, uint8_t* zeros,
+                            int64_t gidx) {
+    if (f->kind == LB_KIND_LVL2) {
+        scales[gidx * 2] = p.sp;
+        scales[gidx * 2 + 1] = p.sn;
+    } else {
+        scales[gidx] = p.s;
+    }
+    if (zeros) zeros[gidx] = (uint8_t)p.z;
 }
 
 /* ---- float <-> storage dtype (C side; CUDA uses its own intrinsics) ---- */
@@ -266,5 +350,27 @@ LB_HD int lb_get_code(const uint8_t* row, int64_t j, int bits) {
     if (sh + bits > 8) v |= (uint32_t)row[byte + 1] << 8;
     return (int)((v >> sh) & ((1u << bits) - 1u));
 }
+
+/* ---- the distillation losses (FORMATS.md 2): the argument block of one call, taken by the CPU
+ * kernel (csrc/cpu/kl_loss.h) and the CUDA launcher (cuda/kl_loss.cuh) alike.
+ * S (student) and T (teacher) are contiguous (rows, V) in dtypes dtS/dtT (LB_DT_*); labels
+ * int64 (rows,) or NULL. Outputs:
+ *   loss  float32 (rows,) or NULL: per-row loss (0 for masked rows and for rows where the student
+ *         or the teacher is -inf everywhere)
+ *   grad  (rows, V) in dtS or NULL: d loss_row / d S, times row_scale[r] if row_scale (float32
+ *         (rows,)) is given, else times grad_scale. Zero for masked/degenerate rows. ---- */
+typedef struct {
+    const void* S;
+    const void* T;
+    const int64_t* labels;
+    const float* row_scale;
+    float* loss;
+    void* grad;
+    int dtS, dtT;
+    int64_t rows, V;
+    int kind; /* LB_KL_* */
+    float gamma, beta, inv_tau, grad_scale;
+    int64_t ignore_index;
+} lb_kl_args;
 
 #endif /* LOWBIT_FORMATS_H */

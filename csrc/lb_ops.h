@@ -1,6 +1,6 @@
-/* csrc/lb_ops.h: the op-table type each family (csrc/ops/<stem>.c) exports to module.c. A
- * family's kernel entry points (csrc/cpu/<stem>.c, cuda/<stem>.cu) are declared in
- * csrc/ops/<stem>.h. */
+/* csrc/lb_ops.h: the op-table type each family (csrc/ops/<stem>.c) exports to module.c, and the
+ * device execution context of the glue. A family's kernel entry points are declared in
+ * csrc/cpu/<stem>.h and cuda/<stem>.cuh. */
 #ifndef LOWBIT_OPS_H
 #define LOWBIT_OPS_H
 
@@ -18,7 +18,7 @@ typedef struct {
 
 /* Each op family's table, defined in csrc/ops/<stem>.c. Weak, so module.c can list every family
  * and skip the ones a build does not contain. */
-#define LB_OP_FAMILIES(X) X(fake_quant) X(kl_loss) X(qlinear) X(sparse24) X(qat)
+#define LB_OP_FAMILIES(X) X(fake_quant) X(kl_loss) X(qlinear) X(sparse24) X(clip_search)
 #define LB_DECLARE_FAMILY(stem) extern const lb_op_def lb_ops_##stem[] __attribute__((weak));
 LB_OP_FAMILIES(LB_DECLARE_FAMILY)
 #undef LB_DECLARE_FAMILY
@@ -35,18 +35,8 @@ void lb_exec_end(lb_exec* e);
 /* 0 if rc == 0, else -1 with "CUDA error in <what>: ..." in err. */
 int lb_cuda_status(int rc, const char* what, char* err);
 
-/* CUDA helpers shared by every family's glue (cuda/lb_common.cu); return 0 or a cudaError_t. */
 #ifdef LOWBIT_WITH_CUDA
-#ifdef __cplusplus
-extern "C" {
-#endif
-const char* lb_cuda_error_string(int err);
-/* Copies n bytes device->host on stream and waits (for small results such as counters). */
-int lb_cuda_memcpy_d2h(void* dst, const void* src, int64_t n, void* stream);
-int lb_cuda_memset(void* dst, int value, int64_t n, void* stream);
-#ifdef __cplusplus
-}
-#endif
+#include "../cuda/lb_common.cuh"
 #endif
 
 #endif /* LOWBIT_OPS_H */

@@ -1,7 +1,8 @@
 /* csrc/lb_torch.h: lowbit's own C declarations of the PyTorch stable-ABI functions it uses
  * (prototypes copied by hand from torch/csrc/inductor/aoti_torch/c/shim.h and
  * torch/csrc/stable/c/shim.h, which are C++-only), resolved at import time with dlsym into one
- * table, plus the small helpers every op's glue shares (tensor description, errors, threads). */
+ * table, plus the small helpers every op's glue shares (tensor description, allocation, errors,
+ * unboxing; csrc/ops/lb_common.c). Only csrc/module.c and the glue (csrc/ops) include it. */
 #ifndef LOWBIT_TORCH_H
 #define LOWBIT_TORCH_H
 
@@ -15,7 +16,7 @@ typedef struct TorchLibraryOpaque* TorchLibraryHandle;
 typedef struct DeviceGuardOpaque* DeviceGuardHandle;
 typedef uint64_t StableIValue;
 typedef void (*lb_boxed_fn)(StableIValue* stack, uint64_t nargs, uint64_t nouts);
-typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
+typedef void (*lb_torch_parallel_fn)(int64_t begin, int64_t end, void* ctx);
 
 /* The floor: torch 2.11 (TORCH_ABI_VERSION layout major<<56 | minor<<48 | patch<<40). Passed as
  * the extension build version so newer torch keeps 2.11 semantics for our schemas. */
@@ -57,7 +58,7 @@ typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
     X(aoti_torch_device_type_cpu, int32_t, (void))                                              \
     X(aoti_torch_device_type_cuda, int32_t, (void))                                             \
     X(torch_parallel_for, AOTITorchError,                                                       \
-      (int64_t begin, int64_t end, int64_t grain, lb_parallel_fn fn, void* ctx))                \
+      (int64_t begin, int64_t end, int64_t grain, lb_torch_parallel_fn fn, void* ctx))                \
     X(torch_get_num_threads, AOTITorchError, (uint32_t* out))
 
 /* Optional: only in libtorch_cuda, and only needed when a CUDA tensor reaches a kernel. */
@@ -75,7 +76,7 @@ typedef struct {
 
 extern lb_torch_api lb_t;
 
-/* ---- helpers shared by the op glue (csrc/lb_common.c) ---- */
+/* ---- helpers shared by the op glue (csrc/ops/lb_common.c) ---- */
 
 #define LB_MAX_DIM 8
 #define LB_ERR_LEN 512
@@ -106,14 +107,8 @@ void lb_raise(const char* func, const char* msg);
 int64_t lb_iv_int(StableIValue v);
 bool lb_iv_bool(StableIValue v);
 double lb_iv_double(StableIValue v);
-/* torch.get_num_threads(), for sizing work splits. */
-int lb_num_threads(void);
-/* Runs fn over [0, n) on torch's intra-op thread pool (its OpenMP pool in the stock wheels). */
-void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
-
-/* CPU ISA selection (runtime dispatch among the variants a kernel file compiles). */
-enum { LB_ISA_SCALAR = 0, LB_ISA_AVX2 = 1, LB_ISA_AVX512 = 2 };
-extern int lb_isa;                 /* the active ISA */
-int lb_isa_supported(int isa);     /* can this CPU run it */
+/* Points the CPU kernels' runtime hook (csrc/cpu/lb_cpu.h) at torch's intra-op thread pool
+ * (its OpenMP pool in the stock wheels, sized by torch.set_num_threads). */
+void lb_torch_install_runtime(void);
 
 #endif /* LOWBIT_TORCH_H */

@@ -1,6 +1,7 @@
 /* csrc/module.c: the extension module lowbit._C (plain Python C API): resolves the stable-ABI
  * table from the already-loaded libtorch, registers every op's schema and its CPU/CUDA kernels
- * in PyTorch's dispatcher, and exposes build facts and the CPU ISA switch to Python. */
+ * in PyTorch's dispatcher, points the CPU kernels' runtime hook at torch's thread pool, and
+ * exposes build facts, the CPU ISA switch and every format / layout constant to Python. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cpu/lb_cpu.h"
 #include "lb_ops.h"
 #include "lb_torch.h"
 
@@ -110,9 +112,7 @@ static PyObject* lb_py_load(PyObject* self, PyObject* args) {
             }
         }
     }
-    lb_isa = lb_isa_supported(LB_ISA_AVX512) ? LB_ISA_AVX512
-             : lb_isa_supported(LB_ISA_AVX2) ? LB_ISA_AVX2
-                                              : LB_ISA_SCALAR;
+    lb_torch_install_runtime(); /* torch's pool, the best ISA of this CPU */
     lb_loaded = 1;
     Py_RETURN_NONE;
 }
@@ -121,18 +121,18 @@ static PyObject* lb_py_set_isa(PyObject* self, PyObject* args) {
     int isa;
     (void)self;
     if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
-    if (isa < LB_ISA_SCALAR || isa > LB_ISA_AVX512 || !lb_isa_supported(isa)) {
+    if (isa < 0 || isa >= LB_ISA_COUNT || !lb_isa_supported(isa)) {
         PyErr_Format(PyExc_ValueError, "isa: %d is not supported on this CPU", isa);
         return NULL;
     }
-    lb_isa = isa;
+    lb_rt.isa = isa;
     Py_RETURN_NONE;
 }
 
 static PyObject* lb_py_get_isa(PyObject* self, PyObject* noargs) {
     (void)self;
     (void)noargs;
-    return PyLong_FromLong(lb_isa);
+    return PyLong_FromLong(lb_rt.isa);
 }
 
 static PyObject* lb_py_isa_supported(PyObject* self, PyObject* args) {
@@ -145,7 +145,7 @@ static PyObject* lb_py_isa_supported(PyObject* self, PyObject* args) {
 static PyMethodDef lb_methods[] = {
     {"load", lb_py_load, METH_VARARGS,
      "load(libtorch_cpu, libtorch_cuda_or_None, torch_version): resolve and register ops"},
-    {"set_isa", lb_py_set_isa, METH_VARARGS, "set_isa(code): 0 scalar, 1 avx2, 2 avx512"},
+    {"set_isa", lb_py_set_isa, METH_VARARGS, "set_isa(code): one of the ISA_* codes"},
     {"get_isa", lb_py_get_isa, METH_NOARGS, "the active CPU ISA code"},
     {"isa_supported", lb_py_isa_supported, METH_VARARGS, "whether this CPU runs the ISA"},
     {NULL, NULL, 0, NULL},
@@ -156,6 +156,49 @@ static struct PyModuleDef lb_module = {
     NULL, NULL, NULL, NULL,
 };
 
+/* ---- the constants Python reads instead of copying them (lowbit._C.<NAME>) ----
+ * Formats and codes (csrc/formats.h):
+ *   FMT_INT, FMT_NF, FMT_FP          the `fmt` int of the ops (0, 1, 2)
+ *   FMT_INT_BITS, FMT_NF_BITS, FMT_FP_BITS
+ *                                    supported bit widths per format as a mask: bit b set if
+ *                                    b bits are supported (int: 2, 3, 4, 8; nf, fp: 3, 4)
+ *   MAX_BITS                         the widest code (8)
+ *   KIND_INT_ASYM, KIND_INT_SYM, KIND_LVL2, KIND_LVL1
+ *                                    what (fmt, symmetric) resolves to: INT asymmetric (zero
+ *                                    points stored), INT symmetric, two-scale NF/FP (scales
+ *                                    (N, G, 2) = [s+, s-]), one-scale NF/FP
+ *   DT_F32, DT_BF16, DT_F16          the float dtype codes (dequantize's `dtype`)
+ *   STE_BITDISTILLER, STE_IDENTITY   fake_quant's `ste`
+ *   KL_FORWARD, KL_REVERSE, KL_CAKLD, KL_JSD
+ *                                    kl_loss's `kind`
+ * CPU kernels (csrc/cpu/lb_cpu.h):
+ *   ISA_SCALAR, ISA_AVX2, ISA_AVX512 set_isa / get_isa / isa_supported codes
+ * Layouts (csrc/layouts.h):
+ *   (codes: a row of K b-bit codes is ceil(K*b / 8) bytes)
+ *   QL_TILE                          rows per tile of the qlinear CPU layout (16)
+ *   QL_KBLK                          K per block (32): packed is (ceil(N/16), ceil(K/32) *
+ *                                    bits * 16) int32; the layout exists iff g % 32 == 0 or
+ *                                    g == K
+ *   QL_PARAMS                        floats per (lane, group) of params (2): params is
+ *                                    (ceil(N/16), G * 2 * 16) float32
+ *   S24_GROUP, S24_KEPT              2:4 group length along K (4) and kept values per group (2)
+ *   S24_GROUPS_PER_BYTE              meta nibbles per byte (2): meta is (N, ceil(K/4 / 2))
+ *   S24_GRAD_X_MAX_M                 most rows of g sparse24_grad_x takes (8) */
+#define LB_INT_CONSTANTS(X)                                                                     \
+    X(FMT_INT, LB_FMT_INT) X(FMT_NF, LB_FMT_NF) X(FMT_FP, LB_FMT_FP)                            \
+    X(FMT_INT_BITS, LB_FMT_INT_BITS) X(FMT_NF_BITS, LB_FMT_NF_BITS)                             \
+    X(FMT_FP_BITS, LB_FMT_FP_BITS) X(MAX_BITS, LB_MAX_BITS)                                     \
+    X(KIND_INT_ASYM, LB_KIND_INT_ASYM) X(KIND_INT_SYM, LB_KIND_INT_SYM)                         \
+    X(KIND_LVL2, LB_KIND_LVL2) X(KIND_LVL1, LB_KIND_LVL1)                                       \
+    X(DT_F32, LB_DT_F32) X(DT_BF16, LB_DT_BF16) X(DT_F16, LB_DT_F16)                            \
+    X(STE_BITDISTILLER, LB_STE_BITDISTILLER) X(STE_IDENTITY, LB_STE_IDENTITY)                   \
+    X(KL_FORWARD, LB_KL_FORWARD) X(KL_REVERSE, LB_KL_REVERSE) X(KL_CAKLD, LB_KL_CAKLD)          \
+    X(KL_JSD, LB_KL_JSD)                                                                        \
+    X(ISA_SCALAR, LB_ISA_SCALAR) X(ISA_AVX2, LB_ISA_AVX2) X(ISA_AVX512, LB_ISA_AVX512)          \
+    X(QL_TILE, LB_QL_TILE) X(QL_KBLK, LB_QL_KBLK) X(QL_PARAMS, LB_QL_PARAMS)                    \
+    X(S24_GROUP, LB24_GROUP) X(S24_KEPT, LB24_KEPT) X(S24_GROUPS_PER_BYTE, LB24_GROUPS_PER_BYTE) \
+    X(S24_GRAD_X_MAX_M, LB24_GRAD_X_MAX_M)
+
 PyMODINIT_FUNC PyInit__C(void) {
     PyObject* m = PyModule_Create(&lb_module);
     if (!m) return NULL;
@@ -165,6 +208,10 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (PyModule_AddIntConstant(m, "CUDA_BUILT", 0)) goto fail;
 #endif
     if (PyModule_AddStringConstant(m, "CUDA_ARCHS", LOWBIT_CUDA_ARCHS)) goto fail;
+#define LB_ADD_CONSTANT(name, value) \
+    if (PyModule_AddIntConstant(m, #name, (long)(value))) goto fail;
+    LB_INT_CONSTANTS(LB_ADD_CONSTANT)
+#undef LB_ADD_CONSTANT
     return m;
 fail:
     Py_DECREF(m);

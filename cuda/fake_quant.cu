@@ -1,8 +1,8 @@
 /* cuda/fake_quant.cu: CUDA kernels of the fake_quant family (fake-quant forward, its exact
  * BitDistiller backward, quantize/pack, dequantize/unpack) behind the extern "C" launchers of
- * csrc/lb_ops.h. They compute exactly what csrc/cpu/fake_quant.c computes: the same float32
- * formulas (the per-element math comes from csrc/formats.h or mirrors the CPU loops line by
- * line), the same branch choices, NaN/Inf groups -> NaN output / NaN gradient. Built with
+ * cuda/fake_quant.cuh. They compute exactly what csrc/cpu/fake_quant.c computes: the same float32
+ * formulas (the per-element encode / decode / fake-quant / gradient helpers and the group
+ * parameters come from csrc/formats.h, as on the CPU), the same branch choices, NaN/Inf groups -> NaN output / NaN gradient. Built with
  * --fmad=false and without --use_fast_math, so '/' is IEEE division and nothing is contracted:
  * forward values, codes and scales are bit-identical to the CPU path. Only the backward's group
  * sums (dL/d scale) are added in a different order than the CPU's 16 fixed lanes.
@@ -19,29 +19,15 @@
  * All indices are int64. Kernels copy the (host) lb_fmt, passed by value, into shared memory so
  * the formats.h helpers index its level/threshold tables with dynamic indices cheaply. */
 #include <cuda_runtime.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
-#include "../csrc/ops/fake_quant.h"
-#include "../csrc/formats.h"
+#include "fake_quant.cuh"
+#include "lb_device.cuh"
 
 #define FQ_THREADS 256                    /* threads per block (a multiple of 32) */
 #define FQ_WARPS (FQ_THREADS / 32)        /* warps per block in the warp-per-group kernels */
 #define FQ_MAX_BLOCKS 8192                /* grid cap; the kernels grid-stride past it */
-#define FQ_FULL 0xffffffffu
-
-/* ---- storage dtype <-> float32 (exact up-conversion; round-to-nearest-even down) ---- */
-__device__ __forceinline__ float fq_ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float fq_ld(const __nv_bfloat16* p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float fq_ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void fq_st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void fq_st(__nv_bfloat16* p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void fq_st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+#define FQ_FULL LB_FULL_MASK
 
 /* The quiet NaN the CPU path writes (C's NAN, 0x7fc00000). */
 __device__ __forceinline__ float fq_nan(void) { return __int_as_float(0x7fc00000); }
@@ -64,8 +50,7 @@ __device__ __forceinline__ float fq_warp_min(float v) {
     return __shfl_sync(FQ_FULL, v, 0);
 }
 __device__ __forceinline__ float fq_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FQ_FULL, v, o);
-    return __shfl_sync(FQ_FULL, v, 0);
+    return __shfl_sync(FQ_FULL, lb_warp_sum(v), 0);
 }
 __device__ __forceinline__ long long fq_warp_sum_ll(long long v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FQ_FULL, v, o);
@@ -82,7 +67,7 @@ __device__ __forceinline__ lb_gstats fq_warp_stats(const T* x, int64_t g, int la
     float mx = -INFINITY, mn = INFINITY, am = 0.0f;
     int bad = 0;
     for (int64_t i = lane; i < g; i += 32) {
-        float v = fq_ld(x, i), a = fabsf(v);
+        float v = lb_ld(x, i), a = fabsf(v);
         mx = v > mx ? v : mx;
         mn = v < mn ? v : mn;
         am = a > am ? a : am;
@@ -102,23 +87,24 @@ __device__ __forceinline__ lb_gstats fq_warp_stats(const T* x, int64_t g, int la
     if (threadIdx.x == 0) sf = (fmt); \
     __syncthreads()
 
-/* Q(x) of one value: fwd_group's loop bodies of csrc/cpu/fake_quant.c, written out (not
- * lb_fake_quant_value, whose int round trip can flip the sign of a zero for INT sym). */
-template <int KIND>
-__device__ __forceinline__ float fq_fwd_value(const lb_fmt* f, const lb_gparams& p, float x) {
-    if (KIND == LB_KIND_INT_ASYM) {
-        float c = lb_clampf(lb_round_away(x / p.s) + p.z, 0.0f, f->qmax);
-        return (c - p.z) * p.s;
-    } else if (KIND == LB_KIND_INT_SYM) {
-        /* + 0.0f: a code of 0 gives +0, exactly what dequantize decodes */
-        return (lb_clampf(lb_round_away(x / p.s), f->qmin, f->qmax) + 0.0f) * p.s;
-    } else if (KIND == LB_KIND_LVL2) {
-        float s = x >= 0.0f ? p.sp : p.sn;
-        float c = f->lev[lb_nearest_index(f, x / s)];
-        return c * (c >= 0.0f ? p.sp : p.sn);
-    } else {
-        return f->lev[lb_nearest_index(f, x / p.s)] * p.s;
+/* The grid-stride loop of the warp-per-group kernels: gid runs over this warp's groups. */
+#define FQ_FOR_EACH_GROUP(gid)                                                                \
+    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;   \
+         gid += (int64_t)gridDim.x * FQ_WARPS)
+
+/* Statistics and scales of the group at base, or NaN over the group's output (and false) when
+ * it holds NaN/Inf, as the CPU's fwd_group / bwd_group do. Warp-collective, warp-uniform. */
+template <typename T>
+__device__ __forceinline__ bool fq_group_setup(const lb_fmt* f, const T* w, T* out, int64_t base,
+                                               int64_t g, int lane, lb_gstats* st,
+                                               lb_gparams* p) {
+    *st = fq_warp_stats(w + base, g, lane);
+    if (st->bad) {
+        for (int64_t i = lane; i < g; i += 32) lb_st(out, base + i, fq_nan());
+        return false;
     }
+    *p = lb_group_params(f, *st);
+    return true;
 }
 
 /* ---- fake-quant forward: one warp per group ---- */
@@ -127,18 +113,13 @@ __global__ void __launch_bounds__(FQ_THREADS)
 fq_fwd_kernel(const T* w, T* out, int64_t ngroups, int64_t g, lb_fmt fmt) {
     FQ_LOAD_FMT(sf, fmt);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const int64_t base = gid * g;
-        const lb_gstats st = fq_warp_stats(w + base, g, lane);
-        if (st.bad) { /* warp-uniform */
-            for (int64_t i = lane; i < g; i += 32) fq_st(out, base + i, fq_nan());
-            continue;
-        }
-        const lb_gparams p = lb_group_params(&sf, st);
+        lb_gstats st;
+        lb_gparams p;
+        if (!fq_group_setup(&sf, w, out, base, g, lane, &st, &p)) continue;
         for (int64_t i = lane; i < g; i += 32)
-            fq_st(out, base + i, fq_fwd_value<KIND>(&sf, p, fq_ld(w, base + i)));
+            lb_st(out, base + i, lb_quant_value_k(&sf, p, lb_ld(w, base + i), KIND));
     }
 }
 
@@ -155,25 +136,20 @@ fq_bwd_kernel(const T* grad, const T* w, T* gw, int64_t ngroups, int64_t g, lb_f
      * max|x| (times sign(x)). */
     const bool two_sided = (KIND == LB_KIND_INT_ASYM || KIND == LB_KIND_LVL2);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const int64_t base = gid * g;
-        const lb_gstats st = fq_warp_stats(w + base, g, lane);
-        if (st.bad) { /* warp-uniform */
-            for (int64_t i = lane; i < g; i += 32) fq_st(gw, base + i, fq_nan());
-            continue;
-        }
-        const lb_gparams p = lb_group_params(&sf, st);
+        lb_gstats st;
+        lb_gparams p;
+        if (!fq_group_setup(&sf, w, gw, base, g, lane, &st, &p)) continue;
 
         /* pass 2 */
         float s1 = 0.0f, s2 = 0.0f;  /* s1: the (only / s+) scale; s2: s- (LVL2) */
         long long n_hi = 0, n_lo = 0; /* ties at max (or max|x|) and at min */
         for (int64_t i = lane; i < g; i += 32) {
-            const float x = fq_ld(w, base + i), gq = fq_ld(grad, base + i);
+            const float x = lb_ld(w, base + i), gq = lb_ld(grad, base + i);
             float gx;
             int neg;
-            const float d = lb_grad_elem(&sf, p, x, gq, &gx, &neg);
+            const float d = lb_grad_elem_k(&sf, p, x, gq, &gx, &neg, KIND);
             if (KIND == LB_KIND_LVL2 && neg) s2 += d;
             else s1 += d;
             if (two_sided) {
@@ -212,17 +188,17 @@ fq_bwd_kernel(const T* grad, const T* w, T* gw, int64_t ngroups, int64_t g, lb_f
 
         /* pass 3 */
         for (int64_t i = lane; i < g; i += 32) {
-            const float x = fq_ld(w, base + i), gq = fq_ld(grad, base + i);
+            const float x = lb_ld(w, base + i), gq = lb_ld(grad, base + i);
             float gx;
             int neg;
-            (void)lb_grad_elem(&sf, p, x, gq, &gx, &neg);
+            (void)lb_grad_elem_k(&sf, p, x, gq, &gx, &neg, KIND);
             if (two_sided) {
                 if (add_hi && x == st.mx) gx += each_hi;
                 if (add_lo && x == st.mn) gx += each_lo;
             } else if (add_hi && fabsf(x) == st.amax) {
                 gx += x > 0.0f ? each_hi : (x < 0.0f ? -each_hi : 0.0f);
             }
-            fq_st(gw, base + i, gx);
+            lb_st(gw, base + i, gx);
         }
     }
 }
@@ -236,40 +212,14 @@ fq_qstats_kernel(const T* w, int64_t ngroups, int64_t g, lb_fmt fmt, float* scal
                  uint8_t* zeros, int32_t* bad_groups) {
     FQ_LOAD_FMT(sf, fmt);
     const int lane = (int)(threadIdx.x & 31);
-    const int64_t nwarps = (int64_t)gridDim.x * FQ_WARPS;
-    for (int64_t gid = (int64_t)blockIdx.x * FQ_WARPS + (threadIdx.x >> 5); gid < ngroups;
-         gid += nwarps) {
+    FQ_FOR_EACH_GROUP(gid) {
         const lb_gstats st = fq_warp_stats(w + gid * g, g, lane);
         const lb_gparams p = lb_group_params(&sf, st);
         if (lane == 0) {
             if (st.bad && bad_groups) atomicAdd(bad_groups, 1);
-            if (sf.kind == LB_KIND_LVL2) {
-                scales[gid * 2] = p.sp;
-                scales[gid * 2 + 1] = p.sn;
-            } else {
-                scales[gid] = p.s;
-            }
-            if (zeros) zeros[gid] = (uint8_t)p.z;
+            lb_store_gparams(&sf, p, scales, zeros, gid);
         }
     }
-}
-
-/* The parameters of group gidx as stored by quantize (scales (N*G) or (N*G, 2) float32, zero
- * points uint8 or NULL), read back exactly as the CPU's dequant_rows does. The float scales
- * round-trip exactly; z is an integer in [0, qmax] <= 255, so (float)(uint8_t)z == z up to the
- * sign of a zero, which no code or decoded value can observe. */
-__device__ __forceinline__ lb_gparams fq_load_params(const lb_fmt* f, const float* scales,
-                                                      const uint8_t* zeros, int64_t gidx) {
-    lb_gparams p;
-    p.s = p.sp = p.sn = p.z = 0.0f;
-    if (f->kind == LB_KIND_LVL2) {
-        p.sp = scales[gidx * 2];
-        p.sn = scales[gidx * 2 + 1];
-    } else {
-        p.s = scales[gidx];
-    }
-    if (zeros) p.z = (float)zeros[gidx];
-    return p;
 }
 
 /* ---- quantize, step 2: pack the codes ----
@@ -302,8 +252,8 @@ fq_pack_kernel(const T* w, int64_t N, int64_t K, int64_t g, lb_fmt fmt, const fl
         uint32_t byte = 0;
         for (int64_t j = j0; j <= j1; ++j) {
             const int64_t gidx = r * G + j / g;
-            const lb_gparams p = fq_load_params(&sf, scales, zeros, gidx);
-            const uint32_t code = (uint32_t)lb_encode(&sf, p, fq_ld(w, r * K + j)) & mask;
+            const lb_gparams p = lb_load_gparams(&sf, scales, zeros, gidx);
+            const uint32_t code = (uint32_t)lb_encode(&sf, p, lb_ld(w, r * K + j)) & mask;
             const int pos = (int)(j * bits - bit0); /* in (-bits, 8) */
             byte |= pos >= 0 ? code << pos : code >> (-pos);
         }
@@ -325,9 +275,9 @@ fq_dequant_kernel(const uint8_t* codes, const float* scales, const uint8_t* zero
          idx += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = idx / K;
         const int64_t col = idx - r * K;
-        const lb_gparams p = fq_load_params(&sf, scales, zeros, r * G + col / g);
+        const lb_gparams p = lb_load_gparams(&sf, scales, zeros, r * G + col / g);
         const int code = lb_get_code(codes + r * rb, col, bits);
-        fq_st(out, idx, lb_decode(&sf, p, code));
+        lb_st(out, idx, lb_decode(&sf, p, code));
     }
 }
 
@@ -403,7 +353,7 @@ static int fq_dequantize_t(const uint8_t* codes, const float* scales, const uint
     return (int)cudaGetLastError();
 }
 
-/* ---- the extern "C" launchers of csrc/lb_ops.h ---- */
+/* ---- the extern "C" launchers of cuda/fake_quant.cuh ---- */
 extern "C" {
 
 int lb_fq_forward_cuda(const void* w, void* out, int dt, int64_t N, int64_t K, int64_t g,

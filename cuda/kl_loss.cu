@@ -1,5 +1,5 @@
 /* cuda/kl_loss.cu: CUDA kernels of the kl_loss family (FORMATS.md section 2) behind the
- * extern "C" launcher lb_kl_cuda of csrc/ops/kl_loss.h. Same math, same edge-case rules as
+ * extern "C" launcher lb_kl_cuda of cuda/kl_loss.cuh. Same math, same edge-case rules as
  * csrc/cpu/kl_loss.c (read its file comment): a = T / tau, b = S / tau in float32,
  *   FKL = W_T / Z_T - (mT - mS) - (log Z_T - log Z_S),  W_T = sum e^(a - mT) (a - b)
  *   RKL = W_S / Z_S + (mT - mS) - (log Z_S - log Z_T),  W_S = sum e^(b - mS) (b - a)
@@ -13,27 +13,15 @@
  * with shuffles and shared memory. JSD adds a sweep for KL(p||m), KL(q||m). The last sweep
  * re-reads the row (hot in L2) and writes the gradient. No rows x V temporary besides it.
  * Built with --fmad=false, without --use_fast_math. */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../csrc/ops/kl_loss.h"
+#include "kl_loss.cuh"
+#include "lb_device.cuh"
 
-#define KL_FULL 0xffffffffu
+#define KL_FULL LB_FULL_MASK
 #define KL_BLOCK_NT 512
 #define KL_WARP_ROWS 8
-
-__device__ __forceinline__ float kl_ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float kl_ld(const __nv_bfloat16* p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float kl_ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void kl_st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void kl_st(__nv_bfloat16* p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void kl_st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 
 /* Online (max, sum e^(x - m), sum e^(x - m) d) */
 struct kl_acc {
@@ -80,10 +68,6 @@ __device__ __forceinline__ kl_acc kl_warp_acc(kl_acc a) {
     return a;
 }
 
-__device__ __forceinline__ float kl_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(KL_FULL, v, o);
-    return v;
-}
 
 __device__ __forceinline__ int kl_warp_or(int v) { return __any_sync(KL_FULL, v); }
 
@@ -118,7 +102,7 @@ __device__ __forceinline__ kl_acc kl_group_acc(kl_acc a, float* sh) {
 
 template <int NT>
 __device__ __forceinline__ float kl_group_sum(float v, float* sh) {
-    v = kl_warp_sum(v);
+    v = lb_warp_sum(v);
     if (NT == 32) return v;
     const int nw = NT / 32;
     __syncthreads();
@@ -154,14 +138,14 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
     if (A.labels && A.labels[r] == A.ignore_index) {
         if (tid == 0 && A.loss) A.loss[r] = 0.0f;
         if (G)
-            for (int64_t i = tid; i < V; i += NT) kl_st(G, base + i, 0.0f);
+            for (int64_t i = tid; i < V; i += NT) lb_st(G, base + i, 0.0f);
         return;
     }
     /* sweep 1 */
     kl_acc at = {-INFINITY, 0.0f, 0.0f}, as = {-INFINITY, 0.0f, 0.0f};
     int bad = 0;
     for (int64_t i = tid; i < V; i += NT) {
-        float a = kl_ld(T, base + i) * it, b = kl_ld(S, base + i) * it;
+        float a = lb_ld(T, base + i) * it, b = lb_ld(S, base + i) * it;
         bad |= (a != a) | (b != b) | (a == INFINITY) | (b == INFINITY);
         float d = a - b;
         kl_acc_add(at, a, d);
@@ -175,7 +159,7 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
         float v = bad ? __int_as_float(0x7fc00000) : 0.0f;
         if (tid == 0 && A.loss) A.loss[r] = v;
         if (G)
-            for (int64_t i = tid; i < V; i += NT) kl_st(G, base + i, v);
+            for (int64_t i = tid; i < V; i += NT) lb_st(G, base + i, v);
         return;
     }
     const float mT = at.m, mS = as.m;
@@ -214,13 +198,13 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
         if (A.beta == 0.0f || A.beta == 1.0f) {
             if (tid == 0 && A.loss) A.loss[r] = 0.0f;
             if (G)
-                for (int64_t i = tid; i < V; i += NT) kl_st(G, base + i, 0.0f);
+                for (int64_t i = tid; i < V; i += NT) lb_st(G, base + i, 0.0f);
             return;
         }
         float kp = 0.0f, kq = 0.0f;
         for (int64_t i = tid; i < V; i += NT) {
-            float lp = (kl_ld(T, base + i) * it - mT) - lzT;
-            float lq = (kl_ld(S, base + i) * it - mS) - lzS;
+            float lp = (lb_ld(T, base + i) * it - mT) - lzT;
+            float lq = (lb_ld(S, base + i) * it - mS) - lzS;
             float p = expf(lp), q = expf(lq);
             float m = be * p + ob * q;
             float lm = logf(m);
@@ -240,7 +224,7 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
     if (!G) return;
     const float wf = 1.0f - wr;
     for (int64_t i = tid; i < V; i += NT) {
-        float a = kl_ld(T, base + i) * it, b = kl_ld(S, base + i) * it;
+        float a = lb_ld(T, base + i) * it, b = lb_ld(S, base + i) * it;
         float lq = (b - mS) - lzS, q = expf(lq), g;
         if (mode == KG_FKL) {
             g = q - expf((a - mT) - lzT);
@@ -255,7 +239,7 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
             float m = be * p + ob * q;
             g = (q > 0.0f && m > 0.0f) ? wr * (q * ((lq - logf(m)) - c)) : 0.0f;
         }
-        kl_st(G, base + i, g * sc);
+        lb_st(G, base + i, g * sc);
     }
 }
 

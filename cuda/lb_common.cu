@@ -1,9 +1,9 @@
 /* cuda/lb_common.cu: the CUDA helpers every op family's glue shares (error text, small copies
- * and fills on the current stream), behind the extern "C" declarations of csrc/lb_ops.h. */
+ * and fills on the current stream), behind the extern "C" declarations of cuda/lb_common.cuh. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../csrc/lb_ops.h"
+#include "lb_common.cuh"
 
 extern "C" {
 

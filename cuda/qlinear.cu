@@ -1,6 +1,6 @@
 /* cuda/qlinear.cu: CUDA kernels of the qlinear family: y = x W^T (+ bias) with W packed (the
  * canonical per-row bitstream of csrc/formats.h: codes, scales, zeros), behind the extern "C"
- * launcher of csrc/ops/qlinear.h. Every format of FORMATS.md section 1; x float32 / bf16 / f16.
+ * launcher of cuda/qlinear.cuh. Every format of FORMATS.md section 1; x float32 / bf16 / f16.
  *
  *   qlc_gemv_kernel (M <= 16, and every M for float32 x): one warp per output row n and up to
  *     QLC_MT rows of x per block (grid.y covers the rest). Lane l decodes codes k = l, l+32, ...
@@ -15,18 +15,15 @@
  *     to add bias and round to x's dtype with bounds checks.
  * All indices are int64. The (host) lb_fmt is copied into shared memory so lb_decode's level
  * table is indexed cheaply. Built for sm_80 / sm_90 (bf16 WMMA needs sm_80). */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <stdint.h>
 
 #include <type_traits>
 
-#include "../csrc/formats.h"
-#include "../csrc/ops/qlinear.h"
+#include "lb_device.cuh"
+#include "qlinear.cuh"
 
-#define QLC_FULL 0xffffffffu
 #define QLC_WARPS 4  /* rows (warps) per GEMV block */
 #define QLC_MT 8     /* x rows per GEMV block */
 #define QLC_BM 64
@@ -34,35 +31,9 @@
 #define QLC_BK 32
 #define QLC_PAD 8
 
-__device__ __forceinline__ float qlc_ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float qlc_ld(const __nv_bfloat16* p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float qlc_ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void qlc_st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void qlc_st(__nv_bfloat16* p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void qlc_st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 __device__ __forceinline__ __half qlc_cvt(float v, __half*) { return __float2half_rn(v); }
 __device__ __forceinline__ __nv_bfloat16 qlc_cvt(float v, __nv_bfloat16*) {
     return __float2bfloat16_rn(v);
-}
-
-/* Parameters of group gi of row n. */
-__device__ __forceinline__ lb_gparams qlc_params(const lb_fmt* f, const float* scales,
-                                                 const uint8_t* zeros, int64_t n, int64_t G,
-                                                 int64_t gi) {
-    lb_gparams p;
-    p.s = 0.0f; p.z = 0.0f; p.sp = 0.0f; p.sn = 0.0f;
-    if (f->kind == LB_KIND_LVL2) {
-        p.sp = scales[(n * G + gi) * 2];
-        p.sn = scales[(n * G + gi) * 2 + 1];
-    } else {
-        p.s = scales[n * G + gi];
-        if (f->kind == LB_KIND_INT_ASYM) p.z = (float)zeros[n * G + gi];
-    }
-    return p;
 }
 
 /* The exact float32 value of W[n, k] (lb_decode, as dequantize computes it). */
@@ -71,7 +42,7 @@ __device__ __forceinline__ float qlc_weight(const lb_fmt* f, const uint8_t* code
                                             int64_t k, int64_t K, int64_t g) {
     const uint8_t* row = codes + n * lb_row_bytes(K, f->bits);
     const int64_t G = K / g, gi = k / g;
-    return lb_decode(f, qlc_params(f, scales, zeros, n, G, gi), lb_get_code(row, k, f->bits));
+    return lb_decode(f, lb_load_gparams(f, scales, zeros, n * G + gi), lb_get_code(row, k, f->bits));
 }
 
 template <typename T>
@@ -93,15 +64,14 @@ qlc_gemv_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
         const float w = qlc_weight(&f, codes, scales, zeros, n, k, K, g);
 #pragma unroll
         for (int m = 0; m < QLC_MT; ++m)
-            if (m < mc) acc[m] += w * qlc_ld(x, (m0 + m) * K + k);
+            if (m < mc) acc[m] += w * lb_ld(x, (m0 + m) * K + k);
     }
 #pragma unroll
     for (int m = 0; m < QLC_MT; ++m) {
-        float v = acc[m];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(QLC_FULL, v, o);
+        float v = lb_warp_sum(acc[m]);
         if (lane == 0 && m < mc) {
-            if (bias) v += qlc_ld(bias, n);
-            qlc_st(y, (m0 + m) * N + n, v);
+            if (bias) v += lb_ld(bias, n);
+            lb_st(y, (m0 + m) * N + n, v);
         }
     }
 }
@@ -164,8 +134,8 @@ qlc_wmma_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
         const int64_t m = m0 + r, n = n0 + cc;
         if (m < M && n < N) {
             float v = Cs[r][cc];
-            if (bias) v += qlc_ld(bias, n);
-            qlc_st(y, m * N + n, v);
+            if (bias) v += lb_ld(bias, n);
+            lb_st(y, m * N + n, v);
         }
     }
 }

@@ -1,6 +1,6 @@
 /* cuda/sparse24.cu: CUDA side of the sparse24 family (2:4 structured sparsity).
  *
- *   lb24_decompress_cuda   one thread per group of 4: the lb24 layout (csrc/ops/sparse24.h) to
+ *   lb24_decompress_cuda   one thread per group of 4: the lb24 layout (csrc/layouts.h) to
  *                          a dense (N, K) weight.
  *   lb24_linear_cuda       lowbit's own gather kernel on the lb24 layout, any dtype and shape:
  *                          one warp per (output row n, up to 4 rows of x); lanes stride over the
@@ -23,8 +23,6 @@
  *   bias (N values, per row of D) through CUSPARSELT_MATMUL_BIAS_POINTER; compute 32F.
  * The compressed weight depends only on A's descriptor (cusparseLtSpMMACompress2), so it is made
  * once per weight; the matmul plan is initialised per call (no cache: tens of microseconds). */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <pthread.h>
@@ -33,22 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../csrc/ops/sparse24.h"
+#include "lb_device.cuh"
+#include "sparse24.cuh"
 
 #define S24_THREADS 256
 #define S24_WARPS (S24_THREADS / 32)
 #define S24_ROWS_X 4 /* rows of x per warp in the gather kernel */
-
-__device__ __forceinline__ float s24_ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float s24_ld(const __nv_bfloat16* p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float s24_ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void s24_st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void s24_st(__nv_bfloat16* p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void s24_st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 
 /* ---- decompress: thread per group ---- */
 template <typename T>
@@ -80,20 +68,19 @@ __global__ void s24_linear_kernel(const T* __restrict__ x, const T* __restrict__
     float acc[S24_ROWS_X] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t q = lane; q < G; q += 32) {
         const int b = (meta[n * MB + (q >> 1)] >> ((q & 1) << 2)) & 15;
-        const float v0 = s24_ld(v, n * (K / 2) + 2 * q), v1 = s24_ld(v, n * (K / 2) + 2 * q + 1);
+        const float v0 = lb_ld(v, n * (K / 2) + 2 * q), v1 = lb_ld(v, n * (K / 2) + 2 * q + 1);
         const int64_t k0 = 4 * q + (b & 3), k1 = 4 * q + (b >> 2);
 #pragma unroll
         for (int r = 0; r < S24_ROWS_X; ++r) {
             const int64_t m = m0 + r;
-            if (m < M) acc[r] += v0 * s24_ld(x, m * K + k0) + v1 * s24_ld(x, m * K + k1);
+            if (m < M) acc[r] += v0 * lb_ld(x, m * K + k0) + v1 * lb_ld(x, m * K + k1);
         }
     }
 #pragma unroll
     for (int r = 0; r < S24_ROWS_X; ++r) {
-        float a = acc[r];
-        for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+        const float a = lb_warp_sum(acc[r]);
         const int64_t m = m0 + r;
-        if (lane == 0 && m < M) s24_st(y, m * N + n, a + (bias ? s24_ld(bias, n) : 0.0f));
+        if (lane == 0 && m < M) lb_st(y, m * N + n, a + (bias ? lb_ld(bias, n) : 0.0f));
     }
 }
 
@@ -191,7 +178,7 @@ static int cslt_load(char* err) {
         }
     }
     if (cslt.loaded < 0) {
-        snprintf(err, LB_ERR_LEN, "%s", cslt.why);
+        snprintf(err, LB_CUDA_ERR_LEN, "%s", cslt.why);
         return -1;
     }
     return 0;
@@ -207,12 +194,12 @@ static const cslt_handle_t* cslt_handle(int device, char* err) {
     pthread_mutex_lock(&cslt_lock);
     if (cslt_load(err) == 0) {
         if (device < 0 || device >= CSLT_MAX_DEV) {
-            snprintf(err, LB_ERR_LEN, "cuSPARSELt: device index %d out of range", device);
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt: device index %d out of range", device);
         } else {
             if (!cslt_handle_ok[device]) {
                 cslt_status st = cslt.cusparseLtInit(&cslt_handles[device]);
                 if (st == 0) cslt_handle_ok[device] = 1;
-                else snprintf(err, LB_ERR_LEN, "cusparseLtInit: %s (status %d)", cslt_errstr(st), st);
+                else snprintf(err, LB_CUDA_ERR_LEN, "cusparseLtInit: %s (status %d)", cslt_errstr(st), st);
             }
             if (cslt_handle_ok[device]) h = &cslt_handles[device];
         }
@@ -225,13 +212,37 @@ static const cslt_handle_t* cslt_handle(int device, char* err) {
     do {                                                                                       \
         cslt_status st_ = (call);                                                              \
         if (st_ != 0) {                                                                        \
-            snprintf(err, LB_ERR_LEN, "cuSPARSELt %s: %s (status %d)", what,                   \
-                     cslt_errstr(st_), st_);                                 \
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt %s: %s (status %d)", what,              \
+                     cslt_errstr(st_), st_);                                                   \
             goto done;                                                                         \
         }                                                                                      \
     } while (0)
 
+
+/* rc, or -1 with the message when a launch of the call just made failed. */
+static int cslt_launch_status(int rc, const char* what, char* err) {
+    if (rc == 0) {
+        cudaError_t ce = cudaGetLastError();
+        if (ce != cudaSuccess) {
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt %s: %s", what, cudaGetErrorString(ce));
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
 static int cslt_type(int dt) { return dt == LB_DT_BF16 ? CSLT_R_16BF : CSLT_R_16F; }
+
+/* A: the pruned (N, K) weight as a column-major (K, N) matrix, 50% structured. 0 or -1. */
+static int cslt_weight_init(const cslt_handle_t* h, cslt_mat_t* a, int dt, int64_t N, int64_t K,
+                            char* err) {
+    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, a, K, N, K, 16, cslt_type(dt),
+                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
+               "StructuredDescriptorInit");
+    return 0;
+done:
+    return -1;
+}
 
 extern "C" {
 
@@ -292,9 +303,7 @@ int lb24_cslt_compressed_size(int device, int dt, int64_t N, int64_t K, int64_t*
     size_t sz = 0, sc = 0;
     int rc = -1, have_a = 0;
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, cslt_type(dt),
-                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtSpMMACompressedSize2(h, &a, &sz, &sc), "SpMMACompressedSize2");
     *size = (int64_t)sz;
@@ -311,9 +320,7 @@ int lb24_cslt_compress(int device, int dt, int64_t N, int64_t K, const void* den
     cslt_mat_t a;
     int rc = -1, have_a = 0;
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, cslt_type(dt),
-                                                       CSLT_ORDER_COL, CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtSpMMACompress2(h, &a, 1, CSLT_OP_T, dense, packed, scratch,
                                              (cudaStream_t)stream),
@@ -321,14 +328,7 @@ int lb24_cslt_compress(int device, int dt, int64_t N, int64_t K, const void* den
     rc = 0;
 done:
     if (have_a) cslt.cusparseLtMatDescriptorDestroy(&a);
-    if (rc == 0) {
-        cudaError_t ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
-            snprintf(err, LB_ERR_LEN, "cuSPARSELt compress: %s", cudaGetErrorString(ce));
-            rc = -1;
-        }
-    }
-    return rc;
+    return cslt_launch_status(rc, "compress", err);
 }
 
 int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const void* x,
@@ -345,9 +345,7 @@ int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const 
     const float alpha = 1.0f, beta = 0.0f;
     const int ty = cslt_type(dt);
     if (!h) return -1;
-    CSLT_CHECK(cslt.cusparseLtStructuredDescriptorInit(h, &a, K, N, K, 16, ty, CSLT_ORDER_COL,
-                                                       CSLT_SPARSITY_50),
-               "StructuredDescriptorInit");
+    if (cslt_weight_init(h, &a, dt, N, K, err)) goto done;
     have_a = 1;
     CSLT_CHECK(cslt.cusparseLtDenseDescriptorInit(h, &b, K, M, K, 16, ty, CSLT_ORDER_COL),
                "DenseDescriptorInit(x)");
@@ -371,7 +369,7 @@ int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const 
     if (ws_size > 0) {
         cudaError_t ce = cudaMallocAsync(&ws, ws_size, s);
         if (ce != cudaSuccess) {
-            snprintf(err, LB_ERR_LEN, "cuSPARSELt workspace: %s", cudaGetErrorString(ce));
+            snprintf(err, LB_CUDA_ERR_LEN, "cuSPARSELt workspace: %s", cudaGetErrorString(ce));
             ws = NULL;
             goto done;
         }
@@ -386,14 +384,7 @@ done:
     if (have_c) cslt.cusparseLtMatDescriptorDestroy(&c);
     if (have_b) cslt.cusparseLtMatDescriptorDestroy(&b);
     if (have_a) cslt.cusparseLtMatDescriptorDestroy(&a);
-    if (rc == 0) {
-        cudaError_t ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
-            snprintf(err, LB_ERR_LEN, "cuSPARSELt matmul: %s", cudaGetErrorString(ce));
-            rc = -1;
-        }
-    }
-    return rc;
+    return cslt_launch_status(rc, "matmul", err);
 }
 
 } /* extern "C" */

@@ -36,12 +36,12 @@
  * the loops (libm's expf is a call it will not vectorise without -ffast-math). Unlike the
  * fake_quant kernels the variants are therefore NOT bit-identical to each other; each stays
  * within a few float32 ulps of the reference (the tests check every variant to 1e-5). Rows are
- * split over torch's intra-op thread pool. */
+ * split over the runtime's thread pool. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "../ops/kl_loss.h"
+#include "kl_loss.h"
 #include "lb_cpu.h"
 
 /* Without this gcc will not if-convert `cond ? 0 : x * y` (the multiply might raise an FP
@@ -52,23 +52,6 @@
 #define BLK 1024 /* elements per block: the four float blocks (16 KiB) stay in L1 */
 
 /* ---- vectorisable expf / logf (branch-free; gcc turns the selects into blends) ---- */
-/* union punning (defined in C): gcc vectorises it, where a memcpy of a float into an int can
- * stay a memory access that blocks vectorisation */
-typedef union {
-    float f;
-    uint32_t u;
-} kl_pun;
-LB_INLINE float kl_f32(uint32_t u) {
-    kl_pun p;
-    p.u = u;
-    return p.f;
-}
-LB_INLINE uint32_t kl_u32(float f) {
-    kl_pun p;
-    p.f = f;
-    return p.u;
-}
-
 /* Explicit fused multiply-adds (the build has -ffp-contract=off): only the AVX2/AVX-512
  * variants, whose targets include FMA, reach the polynomials; measured ~1.5x faster than the
  * separate multiply/add form there and at least as accurate. */
@@ -91,7 +74,7 @@ LB_INLINE float lb_kl_expf(float x) {
     y = KL_FMA(y, z, r) + 1.0f;
     int32_t ni = (int32_t)n;
     int32_t e1 = ni >> 1, e2 = ni - e1; /* each in [-75, 64]: both factors are normal */
-    float res = (y * kl_f32((uint32_t)(e1 + 127) << 23)) * kl_f32((uint32_t)(e2 + 127) << 23);
+    float res = (y * lb_u32_as_f32((uint32_t)(e1 + 127) << 23)) * lb_u32_as_f32((uint32_t)(e2 + 127) << 23);
     res = x < lo ? 0.0f : res;
     res = x > hi ? INFINITY : res;
     return res;
@@ -101,9 +84,9 @@ LB_INLINE float lb_kl_expf(float x) {
 LB_INLINE float lb_kl_logf(float x) {
     int den = x < 1.17549435e-38f;
     float xs = den ? x * 8388608.0f : x;
-    uint32_t u = kl_u32(xs);
+    uint32_t u = lb_f32_as_u32(xs);
     int32_t e = (int32_t)((u >> 23) & 0xffu) - 126 - (den ? 23 : 0);
-    float m = kl_f32((u & 0x007fffffu) | 0x3f000000u); /* [0.5, 1) */
+    float m = lb_u32_as_f32((u & 0x007fffffu) | 0x3f000000u); /* [0.5, 1) */
     int small = m < 0.707106781186547524f;
     e = small ? e - 1 : e;
     float f = small ? (m + m) - 1.0f : m - 1.0f;
@@ -132,49 +115,11 @@ LB_INLINE float lb_kl_logf(float x) {
 #define KL_EXP(x) (libm ? expf(x) : lb_kl_expf(x))
 #define KL_LOG(x) (libm ? logf(x) : lb_kl_logf(x))
 
-/* ---- dtype conversion of one block ---- */
-LB_INLINE void kl_load(const void* src, int dt, int64_t off, int64_t n, float scale, float* dst) {
-    if (dt == LB_DT_F32) {
-        const float* s = (const float*)src + off;
-        for (int64_t i = 0; i < n; ++i) dst[i] = s[i] * scale;
-    } else if (dt == LB_DT_BF16) {
-        const uint16_t* s = (const uint16_t*)src + off;
-        for (int64_t i = 0; i < n; ++i) dst[i] = kl_f32((uint32_t)s[i] << 16) * scale;
-    } else {
-        const _Float16* s = (const _Float16*)src + off;
-        for (int64_t i = 0; i < n; ++i) dst[i] = (float)s[i] * scale;
-    }
-}
-
-LB_INLINE void kl_store(void* dst, int dt, int64_t off, int64_t n, const float* src) {
-    if (dt == LB_DT_F32) {
-        memcpy((float*)dst + off, src, (size_t)n * sizeof(float));
-    } else if (dt == LB_DT_BF16) {
-        uint16_t* d = (uint16_t*)dst + off;
-        for (int64_t i = 0; i < n; ++i) d[i] = lb_f32_to_bf16(src[i]);
-    } else {
-        _Float16* d = (_Float16*)dst + off;
-        for (int64_t i = 0; i < n; ++i) d[i] = (_Float16)src[i];
-    }
-}
-
+/* ---- a block of one value ---- */
 LB_INLINE void kl_fill(void* dst, int dt, int64_t off, int64_t n, float v) {
     float buf[BLK];
     for (int64_t i = 0; i < BLK; ++i) buf[i] = v;
-    for (int64_t j = 0; j < n; j += BLK) kl_store(dst, dt, off + j, n - j < BLK ? n - j : BLK, buf);
-}
-
-/* Sum in LANES fixed lanes, then the lanes in order (vectorises without reassociation). */
-LB_INLINE float kl_lane_sum(const float* c, int64_t n) {
-    float acc[LANES];
-    int64_t i = 0;
-    float s = 0.0f;
-    for (int l = 0; l < LANES; ++l) acc[l] = 0.0f;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; ++l) acc[l] += c[i + l];
-    for (int l = 0; i < n; ++i, ++l) acc[l] += c[i];
-    for (int l = 0; l < LANES; ++l) s += acc[l];
-    return s;
+    for (int64_t j = 0; j < n; j += BLK) lb_store_row(dst, dt, off + j, n - j < BLK ? n - j : BLK, buf);
 }
 
 /* ---- per-row statistics ---- */
@@ -197,8 +142,8 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
         float lmT[LANES], lmS[LANES];
         int bad[LANES];
         int64_t i;
-        kl_load(A->T, A->dtT, base + j, n, A->inv_tau, a);
-        kl_load(A->S, A->dtS, base + j, n, A->inv_tau, b);
+        lb_load_row(A->T, A->dtT, base + j, n, A->inv_tau, a);
+        lb_load_row(A->S, A->dtS, base + j, n, A->inv_tau, b);
         for (int l = 0; l < LANES; ++l) {
             lmT[l] = lmS[l] = -INFINITY;
             bad[l] = 0;
@@ -251,10 +196,10 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
             a[i] = ea > 0.0f ? ea * d : 0.0f;
             b[i] = eb > 0.0f ? eb * -d : 0.0f;
         }
-        ZT += kl_lane_sum(c0, n);
-        ZS += kl_lane_sum(c1, n);
-        WT += kl_lane_sum(a, n);
-        WS += kl_lane_sum(b, n);
+        ZT += lb_lane_sum(c0, n);
+        ZS += lb_lane_sum(c1, n);
+        WT += lb_lane_sum(a, n);
+        WS += lb_lane_sum(b, n);
     }
     st->mT = mT;
     st->mS = mS;
@@ -277,8 +222,8 @@ LB_INLINE void kl_jsd_sums(const lb_kl_args* A, int64_t r, float* a, float* b, c
     double KP = 0.0, KQ = 0.0;
     for (int64_t j = 0; j < V; j += BLK) {
         const int64_t n = V - j < BLK ? V - j : BLK;
-        kl_load(A->T, A->dtT, base + j, n, A->inv_tau, a);
-        kl_load(A->S, A->dtS, base + j, n, A->inv_tau, b);
+        lb_load_row(A->T, A->dtT, base + j, n, A->inv_tau, a);
+        lb_load_row(A->S, A->dtS, base + j, n, A->inv_tau, b);
         for (int64_t i = 0; i < n; ++i) {
             float lp = (a[i] - mT) - lzT, lq = (b[i] - mS) - lzS;
             float p = KL_EXP(lp), q = KL_EXP(lq);
@@ -290,8 +235,8 @@ LB_INLINE void kl_jsd_sums(const lb_kl_args* A, int64_t r, float* a, float* b, c
             a[i] = m > 0.0f ? tp : 0.0f;
             b[i] = m > 0.0f ? tq : 0.0f;
         }
-        KP += kl_lane_sum(a, n);
-        KQ += kl_lane_sum(b, n);
+        KP += lb_lane_sum(a, n);
+        KQ += lb_lane_sum(b, n);
     }
     *kp_out = KP;
     *kq_out = KQ;
@@ -310,8 +255,8 @@ LB_INLINE void kl_grad_pass(const lb_kl_args* A, int64_t r, float* a, float* b, 
     const float wf = 1.0f - wr, be = A->beta;
     for (int64_t j = 0; j < V; j += BLK) {
         const int64_t n = V - j < BLK ? V - j : BLK;
-        kl_load(A->T, A->dtT, base + j, n, A->inv_tau, a);
-        kl_load(A->S, A->dtS, base + j, n, A->inv_tau, b);
+        lb_load_row(A->T, A->dtT, base + j, n, A->inv_tau, a);
+        lb_load_row(A->S, A->dtS, base + j, n, A->inv_tau, b);
         /* the gradient overwrites b (each element is read before it is written) */
         switch (mode) {
         case G_FKL:
@@ -347,7 +292,7 @@ LB_INLINE void kl_grad_pass(const lb_kl_args* A, int64_t r, float* a, float* b, 
             }
             break;
         }
-        kl_store(A->grad, A->dtS, base + j, n, b);
+        lb_store_row(A->grad, A->dtS, base + j, n, b);
     }
 }
 
@@ -425,26 +370,14 @@ LB_INLINE void kl_rows(const lb_kl_args* A, int64_t r0, int64_t r1, int libm) {
     }
 }
 
-/* ---- the three ISA variants ---- */
-
-LB_SCALAR_ATTR static void kl_rows_ref(int64_t r0, int64_t r1, void* c) {
-    kl_rows((const lb_kl_args*)c, r0, r1, 1);
+/* ---- the three ISA variants: libm in the scalar twin, the polynomials in the SIMD ones ---- */
+LB_INLINE void kl_rows_body(void* c, int64_t r0, int64_t r1, int simd) {
+    kl_rows((const lb_kl_args*)c, r0, r1, !simd);
 }
-#if defined(__x86_64__)
-LB_AVX2_ATTR static void kl_rows_avx2(int64_t r0, int64_t r1, void* c) {
-    kl_rows((const lb_kl_args*)c, r0, r1, 0);
-}
-LB_AVX512_ATTR static void kl_rows_avx512(int64_t r0, int64_t r1, void* c) {
-    kl_rows((const lb_kl_args*)c, r0, r1, 0);
-}
-#endif
+LB_ISA_VARIANTS(kl_rows, kl_rows_body)
 
 int lb_kl_cpu(const lb_kl_args* a) {
-    lb_parallel_fn fn = kl_rows_ref;
-#if defined(__x86_64__)
-    if (lb_isa == LB_ISA_AVX512) fn = kl_rows_avx512;
-    else if (lb_isa == LB_ISA_AVX2) fn = kl_rows_avx2;
-#endif
+    lb_parallel_fn fn = kl_rows_pick();
     /* rows per task: about 32K elements of work each */
     int64_t grain = a->V >= 32768 ? 1 : 32768 / a->V;
     lb_parallel(a->rows, grain, fn, (void*)a);

@@ -1,16 +1,144 @@
-/* csrc/cpu/lb_cpu.h: what every CPU kernel file shares — the always-inline body marker, the
- * fixed reduction width, and the three ISA variants each kernel body is compiled into (scalar
- * twin with vectorisation off, AVX2, AVX-512) via function attributes, picked at run time by
- * lb_isa (no host-specific -march flag). */
+/* csrc/cpu/lb_cpu.h: what every CPU kernel file shares and the only way a kernel reaches the
+ * outside: the runtime hook (thread pool, thread count, ISA choice; csrc/module.c points it at
+ * torch's intra-op pool at load, its defaults run serially so kernels also run in a plain C
+ * program), the ISA codes and the x86 guard, the three ISA variants each kernel body is
+ * compiled into (scalar twin with vectorisation off, AVX2, AVX-512 via function attributes,
+ * picked at run time; no host-specific -march flag), dtype conversion of row segments and the
+ * fixed-lane reductions. Includes no torch header. */
 #ifndef LOWBIT_CPU_H
 #define LOWBIT_CPU_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "../formats.h"
+
+/* x86 SIMD variants are built on x86 unless LB_NO_X86 is defined (tests/c builds the kernels
+ * that way too, proving the scalar twins stand alone, as on any other architecture). */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(LB_NO_X86)
+#define LB_X86 1
+#else
+#define LB_X86 0
+#endif
+
+/* CPU ISA codes (lowbit._C.ISA_*): the kernel variant in use. */
+enum { LB_ISA_SCALAR = 0, LB_ISA_AVX2 = 1, LB_ISA_AVX512 = 2, LB_ISA_COUNT = 3 };
+
+typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
+
+/* The runtime hook. parallel_for(n, grain, fn, ctx) must run fn over a partition of [0, n)
+ * (NULL: one call fn(0, n)); num_threads() sizes work splits (NULL: 1). */
+typedef struct {
+    int isa; /* LB_ISA_*, one lb_isa_supported() accepts */
+    void (*parallel_for)(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
+    int (*num_threads)(void);
+} lb_runtime;
+extern lb_runtime lb_rt;
+
+/* Can this CPU run the variant (cpuid; scalar always). */
+int lb_isa_supported(int isa);
+/* The best variant this CPU runs. */
+int lb_isa_best(void);
+/* Runs fn over [0, n) through the hook; n <= grain (or no hook) runs it in the calling thread. */
+void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
+int lb_num_threads(void);
 
 #define LB_INLINE static inline __attribute__((always_inline))
 /* Reductions run in this many fixed lanes so the variants that share a body sum alike. */
 #define LANES 16
 
 #define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
+#if LB_X86
 #define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
 #define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#endif
+
+/* LB_ISA_VARIANTS(name, body): the worker entry points name_ref (scalar twin), name_avx2 and
+ * name_avx512 (x86 only) of one always-inline body(void* ctx, int64_t a, int64_t b, int simd)
+ * (simd is 0 for the scalar twin), and name_pick() returning the one lb_rt.isa selects. */
+#if LB_X86
+#define LB_ISA_VARIANTS(name, body)                                                        \
+    LB_SCALAR_ATTR static void name##_ref(int64_t a, int64_t b, void* c) { body(c, a, b, 0); } \
+    LB_AVX2_ATTR static void name##_avx2(int64_t a, int64_t b, void* c) { body(c, a, b, 1); }  \
+    LB_AVX512_ATTR static void name##_avx512(int64_t a, int64_t b, void* c) { body(c, a, b, 1); } \
+    static lb_parallel_fn name##_pick(void) {                                              \
+        return lb_rt.isa == LB_ISA_AVX512 ? name##_avx512                                  \
+               : lb_rt.isa == LB_ISA_AVX2 ? name##_avx2                                    \
+                                          : name##_ref;                                    \
+    }
+#else
+#define LB_ISA_VARIANTS(name, body)                                                        \
+    LB_SCALAR_ATTR static void name##_ref(int64_t a, int64_t b, void* c) { body(c, a, b, 0); } \
+    static lb_parallel_fn name##_pick(void) { return name##_ref; }
+#endif
+
+/* ---- float32 <-> storage dtype (LB_DT_*), one element or a row segment ----
+ * Union punning (defined in C): gcc vectorises it, where a memcpy of a float into an int can
+ * stay a memory access that blocks vectorisation. */
+typedef union {
+    float f;
+    uint32_t u;
+} lb_pun;
+LB_INLINE float lb_u32_as_f32(uint32_t u) {
+    lb_pun p;
+    p.u = u;
+    return p.f;
+}
+LB_INLINE uint32_t lb_f32_as_u32(float f) {
+    lb_pun p;
+    p.f = f;
+    return p.u;
+}
+
+LB_INLINE float lb_ld1(const void* p, int dt, int64_t i) {
+    if (dt == LB_DT_F32) return ((const float*)p)[i];
+    if (dt == LB_DT_BF16) return lb_u32_as_f32((uint32_t)((const uint16_t*)p)[i] << 16);
+    return (float)((const _Float16*)p)[i];
+}
+LB_INLINE void lb_st1(void* p, int dt, int64_t i, float v) {
+    if (dt == LB_DT_F32) ((float*)p)[i] = v;
+    else if (dt == LB_DT_BF16) ((uint16_t*)p)[i] = lb_f32_to_bf16(v);
+    else ((_Float16*)p)[i] = (_Float16)v;
+}
+/* dst[0, n) = scale * src[off, off + n) (scale 1 is exact). */
+LB_INLINE void lb_load_row(const void* src, int dt, int64_t off, int64_t n, float scale,
+                           float* dst) {
+    if (dt == LB_DT_F32) {
+        const float* s = (const float*)src + off;
+        if (scale == 1.0f) memcpy(dst, s, (size_t)n * sizeof(float));
+        else for (int64_t i = 0; i < n; ++i) dst[i] = s[i] * scale;
+    } else if (dt == LB_DT_BF16) {
+        const uint16_t* s = (const uint16_t*)src + off;
+        for (int64_t i = 0; i < n; ++i) dst[i] = lb_u32_as_f32((uint32_t)s[i] << 16) * scale;
+    } else {
+        const _Float16* s = (const _Float16*)src + off;
+        for (int64_t i = 0; i < n; ++i) dst[i] = (float)s[i] * scale;
+    }
+}
+/* dst[off, off + n) = src[0, n) rounded to dt (round to nearest even). */
+LB_INLINE void lb_store_row(void* dst, int dt, int64_t off, int64_t n, const float* src) {
+    if (dt == LB_DT_F32) {
+        memcpy((float*)dst + off, src, (size_t)n * sizeof(float));
+    } else if (dt == LB_DT_BF16) {
+        uint16_t* d = (uint16_t*)dst + off;
+        for (int64_t i = 0; i < n; ++i) d[i] = lb_f32_to_bf16(src[i]);
+    } else {
+        _Float16* d = (_Float16*)dst + off;
+        for (int64_t i = 0; i < n; ++i) d[i] = (_Float16)src[i];
+    }
+}
+
+/* Sum in LANES fixed lanes, then the lanes in order: the same result on every ISA. */
+LB_INLINE float lb_lane_sum(const float* c, int64_t n) {
+    float acc[LANES];
+    int64_t i = 0;
+    float s = 0.0f;
+    for (int j = 0; j < LANES; ++j) acc[j] = 0.0f;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; ++j) acc[j] += c[i + j];
+    for (int j = 0; i < n; ++i, ++j) acc[j] += c[i];
+    for (int j = 0; j < LANES; ++j) s += acc[j];
+    return s;
+}
 
 #endif /* LOWBIT_CPU_H */

@@ -1,7 +1,9 @@
 /* csrc/cpu/qlinear_body.h: the qlinear CPU kernels written once over a 16-lane vector
- * abstraction and included three times by csrc/cpu/qlinear.c (scalar twin, AVX2, AVX-512), each
- * time with QL(name), the types vf/vi/vt, QL_MR and the VF_/VI_/VT_ operations defined. One lane
- * is one output row (see the layout in csrc/ops/qlinear.h). Not a standalone header. */
+ * abstraction and included by three files -- csrc/cpu/qlinear.c (scalar twin) and
+ * csrc/cpu/arch/x86/qlinear_avx2.c, qlinear_avx512.c -- each time with QL(name), the types
+ * vf/vi/vt, QL_MR and the VF_/VI_/VT_ operations defined. One lane is one output row (see the
+ * layout in csrc/layouts.h). Defines the lb_ql_*_worker_<isa> entry points of
+ * csrc/cpu/qlinear_impl.h. Not a standalone header. */
 
 /* Decodes every k of one 32-block: for each k runs STEP(cc, kk) with cc the vector of codes
  * (only the low 4 bits are meaningful for bits <= 4; 8-bit codes are masked) and kk = k % 32. */
@@ -195,7 +197,7 @@ LB_INLINE void QL(gemm_pairs)(ql_ctx* c, int64_t p0, int64_t p1, const int BITS,
 #define QL_GV_CASE(BB, TT, MM) \
     case BB * 100 + TT * 10 + MM: for (int64_t nt = a; nt < b; ++nt) QL(gemv_tile)(c, nt, MM, BB, TT); break;
 #define QL_GV_M(BB, TT) QL_GV_CASE(BB, TT, 1) QL_GV_CASE(BB, TT, 2) QL_GV_CASE(BB, TT, 3) QL_GV_CASE(BB, TT, 4)
-QL_ATTR static void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
+QL_ATTR void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
     const ql_ctx* c = (const ql_ctx*)ctx;
     switch (c->bits * 100 + c->two * 10 + c->M) {
         QL_GV_M(2, 0) QL_GV_M(2, 1) QL_GV_M(3, 0) QL_GV_M(3, 1) QL_GV_M(4, 0) QL_GV_M(4, 1)
@@ -208,7 +210,7 @@ QL_ATTR static void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
 
 #define QL_GM_CASE(BB, TT) \
     case BB * 10 + TT: QL(gemm_pairs)(c, a, b, BB, TT); break;
-QL_ATTR static void QL(gemm_worker)(int64_t a, int64_t b, void* ctx) {
+QL_ATTR void QL(gemm_worker)(int64_t a, int64_t b, void* ctx) {
     ql_ctx* c = (ql_ctx*)ctx;
     switch (c->bits * 10 + c->two) {
         QL_GM_CASE(2, 0) QL_GM_CASE(2, 1) QL_GM_CASE(3, 0) QL_GM_CASE(3, 1) QL_GM_CASE(4, 0)
@@ -226,7 +228,7 @@ QL_ATTR static void QL(gemm_worker)(int64_t a, int64_t b, void* ctx) {
             for (int64_t nt = 0; nt < c->NT; ++nt) \
                 QL(deq_tile)(c, nt, kb, kb + 1, (float*)c->y + (kb - c->kb0) * 32 * ld + nt * 16, ld, BB, TT); \
         break;
-QL_ATTR static void QL(deqt_worker)(int64_t a, int64_t b, void* ctx) {
+QL_ATTR void QL(deqt_worker)(int64_t a, int64_t b, void* ctx) {
     const ql_ctx* c = (const ql_ctx*)ctx;
     const int64_t ld = c->NT * 16;
     switch (c->bits * 10 + c->two) {

@@ -1,9 +1,9 @@
-/* csrc/ops/qat.h: kernel entry points of the qat family (calibration for QAT: the asymmetric
- * clipping grid search of BitDistiller), shared by csrc/ops/qat.c and csrc/cpu/qat.c. */
-#ifndef LOWBIT_OPS_QAT_H
-#define LOWBIT_OPS_QAT_H
+/* csrc/cpu/clip_search.h: the CPU kernel of the clip_search family (csrc/cpu/clip_search.c):
+ * BitDistiller's asymmetric clipping grid search, the calibration step of QAT. */
+#ifndef LOWBIT_CPU_CLIP_SEARCH_H
+#define LOWBIT_CPU_CLIP_SEARCH_H
 
-#include "../lb_ops.h"
+#include "../formats.h"
 
 /* w: contiguous float32 (N, K); gram: contiguous float32 (K/g, g, g), the per-group sum of
  * x x^T over calibration tokens. For every (row, group) tries hi = max*(1 - i/n_grid),
@@ -13,4 +13,4 @@
 int lb_clip_search_cpu(const float* w, const float* gram, int64_t N, int64_t K, int64_t g,
                        const lb_fmt* f, int n_grid, int shrink, float* lo, float* hi);
 
-#endif /* LOWBIT_OPS_QAT_H */
+#endif /* LOWBIT_CPU_CLIP_SEARCH_H */

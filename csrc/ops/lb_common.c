@@ -1,12 +1,14 @@
-/* csrc/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares
- * (tensor description, allocation, errors, unboxing, threads, CPU ISA detection). */
-#include "lb_ops.h"
+/* csrc/ops/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares (tensor
+ * description, allocation, errors, unboxing, the device context), and the torch side of the CPU
+ * kernels' runtime hook (torch's thread pool and thread count). */
+#include "../lb_ops.h"
+
+#include "../cpu/lb_cpu.h"
 
 #include <stdio.h>
 #include <string.h>
 
 lb_torch_api lb_t;
-int lb_isa = LB_ISA_SCALAR;
 
 int lb_describe(AtenTensorHandle h, const char* argname, lb_tensor* t, char* err) {
     int64_t *sz = NULL, *st = NULL;
@@ -56,11 +58,16 @@ int lb_empty(int64_t ndim, const int64_t* sizes, int32_t dtype, const lb_tensor*
              AtenTensorHandle* out, char* err) {
     int64_t strides[LB_MAX_DIM];
     int64_t acc = 1;
+    *out = NULL;
     for (int64_t i = ndim - 1; i >= 0; --i) {
         strides[i] = acc;
-        acc *= sizes[i] > 0 ? sizes[i] : 1;
+        /* the callers size outputs from checked arithmetic; this is the last line of defence */
+        if (sizes[i] < 0 || lb_mul64(acc, sizes[i] > 0 ? sizes[i] : 1, &acc)) {
+            snprintf(err, LB_ERR_LEN, "output: a %lld-d result of this size does not fit in memory",
+                     (long long)ndim);
+            return -1;
+        }
     }
-    *out = NULL;
     if (lb_t.aoti_torch_empty_strided(ndim, sizes, strides, dtype, like->device_type,
                                       like->device_index, out)) {
         snprintf(err, LB_ERR_LEN, "out of memory allocating a %lld-d tensor", (long long)ndim);
@@ -91,34 +98,22 @@ double lb_iv_double(StableIValue v) {
     return x;
 }
 
-int lb_num_threads(void) {
+/* ---- the CPU runtime hook on torch ---- */
+static int lb_torch_num_threads(void) {
     uint32_t n = 1;
     if (lb_t.torch_get_num_threads(&n) || n == 0) n = 1;
     return (int)n;
 }
 
-void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx) {
-    if (n <= 0) return;
-    if (n <= grain) {
-        fn(0, n, ctx);
-        return;
-    }
-    /* torch's parallel_for runs fn on its intra-op pool, sized by torch.set_num_threads. */
+static void lb_torch_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx) {
+    /* torch's parallel_for runs fn on its intra-op pool, sized by torch.set_num_threads */
     if (lb_t.torch_parallel_for(0, n, grain, fn, ctx)) fn(0, n, ctx);
 }
 
-int lb_isa_supported(int isa) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (isa == LB_ISA_SCALAR) return 1;
-    if (isa == LB_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == LB_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return 0;
-#else
-    return isa == LB_ISA_SCALAR;
-#endif
+void lb_torch_install_runtime(void) {
+    lb_rt.parallel_for = lb_torch_parallel;
+    lb_rt.num_threads = lb_torch_num_threads;
+    lb_rt.isa = lb_isa_best();
 }
 
 /* ---- device execution context (see lb_ops.h) ---- */

@@ -1,15 +1,16 @@
-/* csrc/cpu/qat.c: CPU kernel of the qat family — BitDistiller's asymmetric clipping search.
+/* csrc/cpu/clip_search.c: CPU kernel of the clip_search family — BitDistiller's asymmetric
+ * clipping search (the calibration step of QAT).
  * The output error of a group's candidate is d^T H d with d = Q(clamp(w)) - w and H the group's
  * Gram matrix of calibration activations, so each candidate costs one g x g matrix-vector
  * product instead of a pass over the tokens. Candidate quantization uses formats.h exactly as
- * fake_quantize does. Scalar twin + AVX2 + AVX-512 variants (same body), rows over torch's pool. */
+ * fake_quantize does. Scalar twin + AVX2 + AVX-512 variants (same body), rows over the runtime's
+ * thread pool. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/qat.h"
+#include "clip_search.h"
 #include "lb_cpu.h"
-
 
 typedef struct {
     const float* w;
@@ -94,9 +95,11 @@ LB_INLINE void clip_rows(clip_ctx* c, int64_t r0, int64_t r1) {
     free(buf);
 }
 
-LB_SCALAR_ATTR static void clip_rows_ref(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }
-LB_AVX2_ATTR static void clip_rows_avx2(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }
-LB_AVX512_ATTR static void clip_rows_avx512(int64_t a, int64_t b, void* c) { clip_rows((clip_ctx*)c, a, b); }
+LB_INLINE void clip_rows_body(void* c, int64_t a, int64_t b, int simd) {
+    (void)simd;
+    clip_rows((clip_ctx*)c, a, b);
+}
+LB_ISA_VARIANTS(clip_rows, clip_rows_body)
 
 int lb_clip_search_cpu(const float* w, const float* gram, int64_t N, int64_t K, int64_t g,
                        const lb_fmt* f, int n_grid, int shrink, float* lo, float* hi) {
@@ -104,7 +107,6 @@ int lb_clip_search_cpu(const float* w, const float* gram, int64_t N, int64_t K, 
     memset(&c, 0, sizeof c);
     c.w = w; c.gram = gram; c.N = N; c.K = K; c.g = g; c.f = f;
     c.n_grid = n_grid; c.shrink = shrink; c.lo = lo; c.hi = hi;
-    lb_parallel(N, 1, lb_isa == LB_ISA_AVX512 ? clip_rows_avx512
-                      : lb_isa == LB_ISA_AVX2 ? clip_rows_avx2 : clip_rows_ref, &c);
+    lb_parallel(N, 1, clip_rows_pick(), &c);
     return c.oom ? -1 : 0;
 }

@@ -1,0 +1,58 @@
+"""The CPU kernels without Python or torch: compiles tests/c/test_kernels.c with csrc/cpu (every
+kernel source, so none of them may need a torch header) and csrc/formats.h, runs it, and does
+the same with the x86 variants switched off (-DLB_NO_X86), as on a non-x86 machine, where the
+scalar twins must stand alone. -O0 keeps the compile short; the optimised kernels are what the
+rest of the suite tests through the extension."""
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+@pytest.mark.parametrize("x86", [True, False], ids=["x86-variants", "scalar-only"])
+def test_kernels_in_plain_c(tmp_path, x86):
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "**", "*.c"), recursive=True))
+    exe = str(tmp_path / "test_kernels")
+    cmd = [CC, "-std=c11", "-O0", "-ffp-contract=off", "-fno-math-errno", "-Wall",
+           "-Wno-unused-function", "-I", os.path.join(ROOT, "csrc"),
+           os.path.join(ROOT, "tests", "c", "test_kernels.c"), *sources, "-lm", "-o", exe]
+    if not x86:
+        cmd.insert(1, "-DLB_NO_X86")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout[-4000:] + r.stderr[-2000:]
+    assert ("x86 variants built" in r.stdout) == (x86 and os.uname().machine in ("x86_64", "i686"))
+
+
+def _includes(path):
+    with open(path) as f:
+        return re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read(), re.M)
+
+
+def test_includes_point_one_way():
+    """module.c -> csrc/ops (glue, the only C that sees lb_torch.h) -> csrc/cpu kernels and cuda/
+    launchers -> csrc/formats.h: a kernel file includes no glue or torch header, a launcher no
+    CPU or glue header, and a family's glue only its own kernels' headers."""
+    glue = {"lb_torch.h", "lb_ops.h", "lb_check.h"}
+    for path in glob.glob(os.path.join(ROOT, "csrc", "cpu", "**", "*.[ch]"), recursive=True):
+        for inc in _includes(path):
+            name = os.path.basename(inc)
+            assert name not in glue and "ops/" not in inc, f"{path} includes {inc}"
+    for path in glob.glob(os.path.join(ROOT, "cuda", "*.cu*")):
+        for inc in _includes(path):
+            assert os.path.basename(inc) not in glue and "ops/" not in inc and "cpu/" not in inc, \
+                f"{path} includes {inc}"
+    shared = {"lb_cpu.h", "lb_common.cuh"}  # the runtime hook, the CUDA helpers
+    for path in glob.glob(os.path.join(ROOT, "csrc", "ops", "*.c")):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for inc in _includes(path):
+            if ("cpu/" in inc or "cuda/" in inc) and os.path.basename(inc) not in shared:
+                assert os.path.splitext(os.path.basename(inc))[0] == stem, f"{path} includes {inc}"
