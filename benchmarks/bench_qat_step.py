@@ -18,6 +18,7 @@ the lowbit variants and plain.
 
     python benchmarks/bench_qat_step.py [--steps 3] [--batch 4] [--seq 128] [--vocab 49152]
                                         [--device cpu|cuda] [--autocast] [--profile]
+                                        [--threads 1 --clock cpu]
 """
 import argparse
 import copy
@@ -83,7 +84,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def make_step(variant, student, teacher, ids, device, autocast, gamma=0.5):
+def make_step(variant, student, teacher, ids, device, autocast, clock, gamma=0.5):
     """A callable running one full step; with phases=True it returns per-phase seconds."""
     import lowbit
     from lowbit import distill
@@ -101,12 +102,12 @@ def make_step(variant, student, teacher, ids, device, autocast, gamma=0.5):
     dt = torch.bfloat16
 
     def step(phases=False):
-        marks = [time.perf_counter()]
+        marks = [clock()]
 
         def mark():
             if phases:
                 _sync(device)
-                marks.append(time.perf_counter())
+                marks.append(clock())
 
         with torch.autocast(device, dtype=dt, enabled=autocast):
             if variant == "lowbit-fused":
@@ -134,7 +135,7 @@ def make_step(variant, student, teacher, ids, device, autocast, gamma=0.5):
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
-        marks.append(time.perf_counter())
+        marks.append(clock())
         if phases:
             return [b - a for a, b in zip(marks, marks[1:])]
         return loss.item()
@@ -142,9 +143,14 @@ def make_step(variant, student, teacher, ids, device, autocast, gamma=0.5):
     return step
 
 
-def child(variant, steps, batch, seq, device, vocab, autocast, profile):
+def child(variant, steps, batch, seq, device, vocab, autocast, profile, threads, cpu_clock):
     from lowbit import data
 
+    if threads:
+        torch.set_num_threads(threads)
+    # --clock cpu: CPU seconds of this process (with --threads 1 the work itself, unaffected by
+    # other jobs waiting for the cores); wall: elapsed seconds
+    clock = time.process_time if cpu_clock else time.perf_counter
     torch.manual_seed(0)
     model, _ = data.load_causal_lm(device=device)
     if vocab and vocab != model.config.vocab_size:
@@ -153,7 +159,7 @@ def child(variant, steps, batch, seq, device, vocab, autocast, profile):
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     student = build(variant, model).train()
     ids = torch.randint(0, V, (batch, seq), device=device)
-    step = make_step(variant, student, teacher, ids, device, autocast)
+    step = make_step(variant, student, teacher, ids, device, autocast, clock)
     step()  # warm-up: allocator, thread pool, optimizer state
     if profile:
         rows = [step(phases=True) for _ in range(steps)]
@@ -169,9 +175,9 @@ def child(variant, steps, batch, seq, device, vocab, autocast, profile):
         base = rss_kb("VmRSS")
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
@@ -183,7 +189,8 @@ def child(variant, steps, batch, seq, device, vocab, autocast, profile):
 def run_child(a, v, profile=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--steps", str(a.steps),
            "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device,
-           "--vocab", str(a.vocab or 0)] + (["--autocast"] if a.autocast else []) + \
+           "--vocab", str(a.vocab or 0), "--threads", str(a.threads or 0),
+           "--clock", a.clock] + (["--autocast"] if a.autocast else []) + \
         (["--profile"] if profile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -202,19 +209,24 @@ def main():
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (all variants)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--profile", action="store_true", help="per-phase times of one step")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU seconds (use with --threads 1 on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps")
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
     if a.quick:
         a.steps = 2
     if a.child:
-        return child(a.child, a.steps, a.batch, a.seq, a.device, a.vocab, a.autocast, a.profile)
+        return child(a.child, a.steps, a.batch, a.seq, a.device, a.vocab, a.autocast, a.profile,
+                     a.threads, a.clock == "cpu")
     variants = [v for v in a.variants.split(",") if v]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# QAT self-distillation step, SmolLM2-135M, int2-g64, batch {a.batch}x{a.seq} "
           f"tokens, vocab {a.vocab or 'native (49152)'}, {a.device}"
           f"{', bf16 autocast' if a.autocast else ''}; torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, {platform.machine()}, load average at start {load:.1f}")
+          f"{a.threads or torch.get_num_threads()}, {a.clock} clock, {platform.machine()}, "
+          f"load average at start {load:.1f}")
     print()
     if a.profile:
         names = ["teacher forward", "student forward", "loss", "backward", "optimizer"]

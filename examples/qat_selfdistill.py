@@ -136,7 +136,8 @@ def main(argv=None):
     with stage("QAT"):
         trainer = distill.DistillTrainer(student, teacher, lr=a.lr, kind=a.loss, gamma="auto",
                                          fused_head=not a.no_fused_head, scheduler=a.scheduler,
-                                         warmup_steps=a.warmup)
+                                         warmup_steps=a.warmup,
+                                         cache_teacher=len(train) < a.steps)  # epochs: reuse
         hist = trainer.fit(train, steps=a.steps, eval_batches=held, eval_every=a.steps,
                            out_dir=a.out, resume=False)
     # fit evaluates after its last step (--steps 0: calibration only)

@@ -413,3 +413,28 @@ def test_resume_keeps_schedule_and_matches_uninterrupted_run(gen, tmp_path):
     with open(tmp_path / "b" / "log.csv") as f:
         logged = [float(r["lr"]) for r in csv.DictReader(f)]
     assert logged == pytest.approx([r["lr"] for r in tr.history])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cache_teacher_reuses_only_unchanged_batches(fused, gen):
+    student, teacher = _pair(19)
+    calls = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    batches = [_padded_batch(gen, (9, 7))[0] for _ in range(2)]
+    plain = distill.DistillTrainer(student, teacher, gamma=0.4, fused_head=fused)
+    cached = distill.DistillTrainer(student, teacher, gamma=0.4, fused_head=fused,
+                                    cache_teacher=True)
+    ref = [plain.loss(b).item() for b in batches]
+    assert [cached.loss(b).item() for b in batches] == ref
+    calls.clear()
+    for _ in range(2):
+        assert [cached.loss(b).item() for b in batches] == ref
+    assert not calls  # the teacher ran once per batch, not per use
+    batches[0]["input_ids"][0, 1] = (batches[0]["input_ids"][0, 1] + 1) % V  # edited in place
+    calls.clear()
+    assert cached.loss(batches[0]).item() == pytest.approx(plain.loss(batches[0]).item())
+    assert len(calls) == 2  # the edited batch is recomputed (and the plain trainer ran once)
+    copy_b = {k: v.clone() for k, v in batches[1].items()}  # equal content, other objects
+    calls.clear()
+    cached.loss(copy_b)
+    assert len(calls) == 1

@@ -298,7 +298,8 @@ def generate_data(teacher, tokenizer, prompts, *, max_new_tokens=256, temperatur
     if progress:
         try:
             from tqdm.auto import tqdm
-            bar = tqdm(total=n_batches * max_new_tokens, desc="generate", unit="tok")
+            bar = tqdm(total=n_batches * max_new_tokens, desc=f"generate ({len(enc)} "
+                       f"prompts, {batch_size} at a time)", unit="step")
         except ImportError:
             bar = None
     procs = LogitsProcessorList([_Progress(bar)]) if bar is not None else None
@@ -477,13 +478,17 @@ class DistillTrainer:
     on CUDA, off on CPU), True or False. optimizer: any torch optimizer over the student's
     trainable parameters (default AdamW(lr, weight_decay=0), fused where torch has the kernel).
     scheduler: "constant" (default), "cosine" (to 0 at ``total_steps``, which defaults to
-    fit's ``steps``) or any torch LR scheduler over ``optimizer``; warmup_steps: linear warmup of the named schedules. The
-    scheduler steps once per optimizer step; its state is checkpointed."""
+    fit's ``steps``) or any torch LR scheduler over ``optimizer``; warmup_steps: linear warmup
+    of the named schedules. The scheduler steps once per optimizer step; its state is
+    checkpointed. cache_teacher: keep the teacher's output of every batch object seen (last
+    hidden states with fused_head, B x T x H; else the logits, B x T x V) and reuse it when the
+    same batch comes again (epochs over a fixed list): the frozen teacher's forward then runs
+    once per batch."""
 
     def __init__(self, student, teacher, lr=2e-5, kind="cakld", gamma="auto", beta=0.5,
                  temperature=1.0, grad_accum=1, optimizer=None, autocast=None,
                  max_grad_norm=1.0, ignore_index=-100, fused_head=False, scheduler="constant",
-                 warmup_steps=0, total_steps=None):
+                 warmup_steps=0, total_steps=None, cache_teacher=False):
         from .kl_loss import kl_div_loss  # noqa: F401  (fail early if the loss is missing)
 
         if kind not in KINDS:
@@ -509,6 +514,8 @@ class DistillTrainer:
             _body_and_head(student, "student")
             _body_and_head(teacher, "teacher")
         self._head_checked = False
+        self.cache_teacher = bool(cache_teacher)
+        self._teacher_cache = {}
         self.optimizer = optimizer or _default_optimizer(student, lr)
         if isinstance(scheduler, str):
             if scheduler not in ("constant", "cosine"):
@@ -556,17 +563,41 @@ class DistillTrainer:
             _check_head_matches(self.teacher, batch, "teacher")
             self._head_checked = True
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            t = self._teacher_out(batch)
             if self.fused_head:
-                with torch.no_grad():
-                    th, tw, tb = _hidden_and_head(self.teacher, batch, "teacher")
+                th, tw, tb = t
                 sh, sw, sb = _hidden_and_head(self.student, batch, "student")
                 return fused_linear_kl_loss(sh[:, :-1], sw, teacher_hidden=th[:, :-1],
                                             teacher_weight=tw, student_bias=sb,
                                             teacher_bias=tb, **kw)
-            with torch.no_grad():
-                t = _logits(self.teacher, batch)[:, :-1]
             s = _logits(self.student, batch)[:, :-1]
-        return kl_div_loss(s, t, **kw)
+        return kl_div_loss(s, t[:, :-1], **kw)
+
+    @torch.no_grad()
+    def _teacher_out(self, batch):
+        """The teacher's (last hidden states, head weight, head bias) with fused_head, else its
+        logits. With cache_teacher the hidden states / logits are kept per batch object and
+        reused while its tensors are unchanged (same objects, same version counters): the
+        frozen teacher gives the same output for the same batch."""
+        key = None
+        if self.cache_teacher:
+            ids = _ids(batch)
+            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+            key = (ids, ids._version, mask, None if mask is None else mask._version)
+            hit = self._teacher_cache.get(id(ids))
+            if hit is not None and all(a is b if isinstance(a, torch.Tensor) or a is None
+                                       else a == b for a, b in zip(hit[0], key)):
+                if not self.fused_head:
+                    return hit[1]
+                return (hit[1],) + _head_weight(_body_and_head(self.teacher, "teacher")[1])
+        if self.fused_head:
+            out = _hidden_and_head(self.teacher, batch, "teacher")
+            keep = out[0]
+        else:
+            out = keep = _logits(self.teacher, batch)
+        if key is not None:
+            self._teacher_cache[id(key[0])] = (key, keep)
+        return out
 
     def step(self, batch):
         """One micro-batch: loss, backward; an optimizer step (and a scheduler step) every
