@@ -5,7 +5,9 @@ and peak extra memory (measured per variant in a child process from peak RSS).
     python benchmarks/bench_fake_quant.py [--device cpu|cuda] [--quick] [--json PATH]
 
 Prints a markdown table. "extra MB" is peak memory above the inputs (w, upstream grad) and the
-two outputs every implementation must produce (Q(w) and dL/dw): the temporaries.
+two outputs every implementation must produce (Q(w) and dL/dw): the temporaries. "f16-scale ms"
+is lowbit with QuantSpec(scale_dtype="float16") (scales rounded to float16, FORMATS.md 1.6) and
+"f16/f32" its time over the float32 spec's.
 """
 import torch
 
@@ -52,8 +54,9 @@ SHAPES = [(4096, 4096), (11008, 4096)]
 
 def step(impl, w, up, fmt, bits, g):
     w.grad = None
-    if impl == "lowbit":
-        q = lowbit.fake_quantize(w, lowbit.QuantSpec(fmt, bits, g))
+    if impl in ("lowbit", "lowbit-f16scale"):
+        sd = "float16" if impl == "lowbit-f16scale" else "float32"
+        q = lowbit.fake_quantize(w, lowbit.QuantSpec(fmt, bits, g, scale_dtype=sd))
     else:
         q = baseline_fake_quant(w, fmt, bits, g)
     q.backward(up)
@@ -82,7 +85,8 @@ def main():
     shapes = SHAPES[:1] if a.quick else SHAPES
     rep = H.Report(f"fake-quant forward+backward, float32, {a.device}", a)
     t = rep.table([("shape", "{}"), ("format", "{}"), ("baseline ms", "{:.1f}"),
-                   ("lowbit ms", "{:.1f}"), ("speedup", "{:.2f}x"), ("baseline extra MB", "{:.0f}"),
+                   ("lowbit ms", "{:.1f}"), ("speedup", "{:.2f}x"), ("f16-scale ms", "{:.1f}"),
+                   ("f16/f32", "{:.3f}"), ("baseline extra MB", "{:.0f}"),
                    ("lowbit extra MB", "{:.0f}"), ("weight MB", "{:.0f}")])
     min_run = 0.5 if a.quick else 2.0
     for n, k in shapes:
@@ -90,12 +94,14 @@ def main():
         w = (torch.randn(n, k, device=a.device) * 0.02).requires_grad_(True)
         up = torch.randn(n, k, device=a.device)
         for fmt, bits, g in CASES:
-            tb, tl = (H.median_time(lambda: step(impl, w, up, fmt, bits, g), a.device, min_run)
-                      for impl in ("baseline", "lowbit"))
+            tb = H.median_time(lambda: step("baseline", w, up, fmt, bits, g), a.device, min_run)
+            # the two lowbit variants alternate, so a shared machine's noise hits both alike
+            tl, th = H.interleaved([lambda i=i: step(i, w, up, fmt, bits, g)
+                                    for i in ("lowbit", "lowbit-f16scale")], a.device, min_run)
             mb_b, mb_l = (peak_extra_mb(impl, n, k, fmt, bits, g, a.device)
                           for impl in ("baseline", "lowbit"))
-            t.row(f"{n}x{k}", f"{fmt}{bits}-g{g}", tb * 1e3, tl * 1e3, tb / tl, mb_b, mb_l,
-                  H.mb(n * k * 4))
+            t.row(f"{n}x{k}", f"{fmt}{bits}-g{g}", tb * 1e3, tl * 1e3, tb / tl, th * 1e3, th / tl,
+                  mb_b, mb_l, H.mb(n * k * 4))
     rep.save()
 
 

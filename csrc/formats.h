@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "layouts.h"
 
@@ -70,6 +71,7 @@ typedef struct {
     int nlev;        /* level-table size (level kinds) */
     float qmax;      /* int asym: 2^b-1; int sym: 2^(b-1)-1 */
     float qmin;      /* int sym: -2^(b-1) */
+    int scale_dt;    /* LB_DT_*: the dtype every scale is rounded to (FORMATS.md 1.6) */
     float lev[LB_MAX_LEVELS];      /* level table (level kinds) */
     float mid[LB_MAX_LEVELS];      /* midpoints lev[k] + (lev[k+1]-lev[k])/2 ... see lb_fmt_init */
 } lb_fmt;
@@ -81,6 +83,7 @@ LB_HD int lb_fmt_init(lb_fmt* f, int fmt, int bits, int symmetric) {
     const float* src = 0;
     int k;
     f->bits = bits;
+    f->scale_dt = LB_DT_F32; /* the ops that compute scales set theirs (scale_dtype) */
     f->nlev = 0;
     f->qmax = 0.0f;
     f->qmin = 0.0f;
@@ -137,26 +140,81 @@ typedef struct {
     int bad;             /* NaN or Inf present */
 } lb_gstats;
 
-/* Scales of a group from its statistics (FORMATS.md 1.1-1.4). */
+/* The bits of a float32 and back (device intrinsics under CUDA; memcpy, which compiles to a
+ * register move, elsewhere). */
+LB_HD uint32_t lb_float_bits(float f) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+#endif
+}
+LB_HD float lb_bits_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+#endif
+}
+
+/* A scale rounded to the scale dtype dt (FORMATS.md 1.6): to nearest even in dt, back to
+ * float32. A nonzero scale that rounds to 0 becomes dt's smallest positive subnormal; a finite
+ * scale that rounds past dt's largest finite value becomes that value (FORMATS.md 1.6 leaves
+ * overflow open; lowbit saturates so that the grid stays finite and storable in dt). NaN and
+ * inf pass through (their groups are NaN/Inf groups, handled before any scale is used). Done on
+ * the bits, so C, every SIMD variant and CUDA round identically without half-float support. */
+LB_HD float lb_round_scale(float s, int dt) {
+    uint32_t u, a, sign;
+    if (dt != LB_DT_BF16 && dt != LB_DT_F16) return s;
+    u = lb_float_bits(s);
+    sign = u & 0x80000000u;
+    a = u ^ sign;
+    if (a >= 0x7f800000u) return s;
+    if (dt == LB_DT_BF16) {
+        /* bfloat16 is the top half of float32: round away the low 16 bits, subnormals too */
+        a = (a + 0x7fffu + ((a >> 16) & 1u)) & 0xffff0000u;
+        if (a == 0x7f800000u) a = 0x7f7f0000u;      /* past 3.3895e38: the largest finite */
+        else if (a == 0u) a = 0x00010000u;          /* 2^-133 */
+    } else if (a >= 0x38800000u) {
+        /* float16 normals (>= 2^-14): round away the low 13 of float32's 23 mantissa bits */
+        a = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
+        if (a > 0x477fe000u) a = 0x477fe000u;       /* past 65504: 65504 */
+    } else {
+        /* float16 subnormals: multiples of 2^-24. s * 2^24 is exact, rintf rounds to nearest
+         * even, and the product back is exact (an integer <= 1024 times a power of two). */
+        a = lb_float_bits(rintf(lb_bits_float(a) * 16777216.0f) * 5.9604644775390625e-08f);
+        if (a == 0u) a = 0x33800000u;               /* 2^-24 */
+    }
+    return lb_bits_float(a | sign);
+}
+
+/* Scales of a group from its statistics (FORMATS.md 1.1-1.4), each computed in float32 with its
+ * floor and then rounded to f->scale_dt (1.6) before anything uses it: z, codes and Q(x) all
+ * see the rounded scale. */
 LB_HD lb_gparams lb_group_params(const lb_fmt* f, lb_gstats st) {
     lb_gparams p;
+    const int dt = f->scale_dt;
     p.s = 0.0f; p.z = 0.0f; p.sp = 0.0f; p.sn = 0.0f;
     switch (f->kind) {
     case LB_KIND_INT_ASYM: {
         float r = st.mx - st.mn;
-        p.s = (r >= LB_INT_EPS ? r : LB_INT_EPS) / f->qmax;
+        p.s = lb_round_scale((r >= LB_INT_EPS ? r : LB_INT_EPS) / f->qmax, dt);
         p.z = lb_clampf(rintf(-st.mn / p.s), 0.0f, f->qmax);
         break;
     }
     case LB_KIND_INT_SYM:
-        p.s = (st.amax >= LB_INT_EPS ? st.amax : LB_INT_EPS) / f->qmax;
+        p.s = lb_round_scale((st.amax >= LB_INT_EPS ? st.amax : LB_INT_EPS) / f->qmax, dt);
         break;
     case LB_KIND_LVL2:
-        p.sp = st.mx >= LB_LVL_EPS ? st.mx : LB_LVL_EPS;
-        p.sn = -st.mn >= LB_LVL_EPS ? -st.mn : LB_LVL_EPS;
+        p.sp = lb_round_scale(st.mx >= LB_LVL_EPS ? st.mx : LB_LVL_EPS, dt);
+        p.sn = lb_round_scale(-st.mn >= LB_LVL_EPS ? -st.mn : LB_LVL_EPS, dt);
         break;
     default:
-        p.s = st.amax >= LB_LVL_EPS ? st.amax : LB_LVL_EPS;
+        p.s = lb_round_scale(st.amax >= LB_LVL_EPS ? st.amax : LB_LVL_EPS, dt);
         break;
     }
     return p;
@@ -175,7 +233,7 @@ LB_HD lb_gparams lb_group_params(const lb_fmt* f, lb_gstats st) {
     default: { const int NAME = LB_KIND_LVL1; STMT; } break;                   \
     }
 
-/* The stored code of one value (FORMATS.md 1.6): INT asym q; INT sym q + 2^(b-1); levels: index. */
+/* The stored code of one value (FORMATS.md 1.7): INT asym q; INT sym q + 2^(b-1); levels: index. */
 LB_HD int lb_encode_k(const lb_fmt* f, lb_gparams p, float x, const int kind) {
     switch (kind) {
     case LB_KIND_INT_ASYM:
@@ -233,7 +291,9 @@ LB_HD float lb_quant_value_k(const lb_fmt* f, lb_gparams p, float x, const int k
  *   returns the element's contribution to dL/d(scale) of the scale it used; for LVL2,
  *   *to_neg says whether that was s- (x < 0, or NaN) rather than s+.
  * INT:    dL/ds += g * ((q - z) - m * x / s)          (z has zero gradient: rne)
- * levels: dL/ds += g * (c - u)                        (identity STE through the snap) */
+ * levels: dL/ds += g * (c - u)                        (identity STE through the snap)
+ * s is the rounded scale of p; the rounding has identity gradient (FORMATS.md 1.6), so these
+ * sums are also the gradient of the float32 scale before rounding. */
 LB_HD float lb_grad_elem_k(const lb_fmt* f, lb_gparams p, float x, float g, float* gx,
                            int* to_neg, const int kind) {
     *to_neg = 0;
@@ -283,9 +343,10 @@ LB_HD float lb_grad_elem(const lb_fmt* f, lb_gparams p, float x, float g, float*
     return lb_grad_elem_k(f, p, x, g, gx, to_neg, f->kind);
 }
 
-/* ---- group parameters as quantize stores them (FORMATS.md 1.6): scales float32 (rows, G), or
+/* ---- group parameters as quantize stores them (FORMATS.md 1.7): scales float32 (rows, G), or
  * (rows, G, 2) = [s+, s-] for LVL2; zeros uint8 (rows, G) for INT asym (NULL otherwise).
- * gidx = row * G + group. The float scales round-trip exactly; z is an integer in [0, 255], so
+ * gidx = row * G + group. The float scales round-trip exactly (already rounded to the spec's
+ * scale dtype, 1.6, so an exporter storing them in that dtype stores them exactly); z is an integer in [0, 255], so
  * (float)(uint8_t)z == z up to the sign of a zero, which no code or decoded value observes. ---- */
 LB_HD lb_gparams lb_load_gparams(const lb_fmt* f, const float* scales, const uint8_t* zeros,
                                  int64_t gidx) {
@@ -313,7 +374,6 @@ LB_HD void lb_store_gparams(const lb_fmt* f, lb_gparams p, float* scales, uint8_
 
 /* ---- float <-> storage dtype (C side; CUDA uses its own intrinsics) ---- */
 #ifndef __CUDACC__
-#include <string.h>
 LB_HD float lb_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -330,7 +390,7 @@ LB_HD uint16_t lb_f32_to_bf16(float f) {
 }
 #endif
 
-/* ---- bit packing (FORMATS.md 1.6) ----
+/* ---- bit packing (FORMATS.md 1.7) ----
  * Layout (lowbit's own): codes of one row form a little-endian bitstream; code j of the row
  * occupies bits [j*b, (j+1)*b) counting from bit 0 of byte 0; each row is padded to whole bytes
  * (lb_row_bytes). For b = 2, 4, 8 codes never straddle bytes; for b = 3 they may straddle two. */

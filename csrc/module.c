@@ -167,7 +167,9 @@ static struct PyModuleDef lb_module = {
  *                                    what (fmt, symmetric) resolves to: INT asymmetric (zero
  *                                    points stored), INT symmetric, two-scale NF/FP (scales
  *                                    (N, G, 2) = [s+, s-]), one-scale NF/FP
- *   DT_F32, DT_BF16, DT_F16          the float dtype codes (dequantize's `dtype`)
+ *   DT_F32, DT_BF16, DT_F16          the float dtype codes (dequantize's `dtype`; the
+ *                                    `scale_dtype` of fake_quant, fake_quant_backward,
+ *                                    quantize and clip_search, FORMATS.md 1.6)
  *   STE_BITDISTILLER, STE_IDENTITY   fake_quant's `ste`
  *   KL_FORWARD, KL_REVERSE, KL_CAKLD, KL_JSD
  *                                    kl_loss's `kind`

@@ -2,8 +2,10 @@
  * BitDistiller backward, quantize/pack, dequantize/unpack) behind the extern "C" launchers of
  * cuda/fake_quant.cuh. They compute exactly what csrc/cpu/fake_quant.c computes: the same float32
  * formulas (the per-element encode / decode / fake-quant / gradient helpers and the group
- * parameters come from csrc/formats.h, as on the CPU), the same branch choices, NaN/Inf groups -> NaN output / NaN gradient. Built with
- * --fmad=false and without --use_fast_math, so '/' is IEEE division and nothing is contracted:
+ * parameters come from csrc/formats.h, as on the CPU, scales rounded to the format's scale dtype
+ * by the same lb_round_scale), the same branch choices, NaN/Inf groups -> NaN output / NaN
+ * gradient. Built with --fmad=false and without --use_fast_math (no flush of subnormals), so '/'
+ * is IEEE division and nothing is contracted:
  * forward values, codes and scales are bit-identical to the CPU path. Only the backward's group
  * sums (dL/d scale) are added in a different order than the CPU's 16 fixed lanes.
  *
@@ -292,6 +294,7 @@ static int fq_grid(int64_t work, int64_t per_block) {
 static bool fq_args_ok(int64_t N, int64_t K, int64_t g, const lb_fmt* f) {
     if (!f || N < 0 || K <= 0 || g <= 0 || K % g != 0) return false;
     if (f->bits != 2 && f->bits != 3 && f->bits != 4 && f->bits != 8) return false;
+    if (f->scale_dt < 0 || f->scale_dt >= LB_DT_COUNT) return false;
     return f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM ||
            f->kind == LB_KIND_LVL2 || f->kind == LB_KIND_LVL1;
 }

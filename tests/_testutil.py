@@ -9,7 +9,7 @@ import zlib
 
 import torch
 
-from reference import LEVELS, round_half_away
+from reference import LEVELS, round_half_away, round_scale
 
 # Relative margin kept between any pre-rounding value and a rounding boundary. Float32 round-off
 # in a differently ordered (but correct) implementation is a few ulps (~1e-7 relative); 1e-5
@@ -36,22 +36,24 @@ def _near_half(t: torch.Tensor, margin: float) -> torch.Tensor:
     return (frac - 0.5).abs() < margin * torch.clamp(a, min=1.0)
 
 
-def near_tie_masks(xg: torch.Tensor, fmt: str, bits: int, symmetric: bool, margin=TIE_MARGIN):
-    """xg: float32 (N, G, g). Returns (bad_elements (N,G,g) bool, bad_groups (N,G) bool)."""
+def near_tie_masks(xg: torch.Tensor, fmt: str, bits: int, symmetric: bool, margin=TIE_MARGIN,
+                   scale_dtype="float32"):
+    """xg: float32 (N, G, g). Returns (bad_elements (N,G,g) bool, bad_groups (N,G) bool), the
+    boundaries those of the grid with scales rounded to scale_dtype (FORMATS.md 1.6)."""
     N, G, g = xg.shape
     bad_group = torch.zeros(N, G, dtype=torch.bool)
     with torch.no_grad():
         if fmt == "int":
             if symmetric:
                 qpos = 2 ** (bits - 1) - 1
-                s = xg.abs().amax(-1, keepdim=True).clamp(min=1e-5) / qpos
+                s = round_scale(xg.abs().amax(-1, keepdim=True).clamp(min=1e-5) / qpos, scale_dtype)
                 t = xg / s
                 bad = _near_half(t, margin) & (t.abs() < qpos + 1.5)
             else:
                 qmax = 2**bits - 1
                 mx = xg.amax(-1, keepdim=True)
                 mn = xg.amin(-1, keepdim=True)
-                s = (mx - mn).clamp(min=1e-5) / qmax
+                s = round_scale((mx - mn).clamp(min=1e-5) / qmax, scale_dtype)
                 t0 = -mn / s
                 bad_group = (_near_half(t0, margin) & (t0 > -1.5) & (t0 < qmax + 1.5)).squeeze(-1)
                 z = torch.round(t0).clamp(0, qmax)
@@ -64,11 +66,11 @@ def near_tie_masks(xg: torch.Tensor, fmt: str, bits: int, symmetric: bool, margi
             table = LEVELS[(fmt, bits)]
             mids = (table[1:] + table[:-1]) / 2
             if symmetric:
-                s = xg.abs().amax(-1, keepdim=True).clamp(min=1e-8)
+                s = round_scale(xg.abs().amax(-1, keepdim=True).clamp(min=1e-8), scale_dtype)
                 u = xg / s
             else:
-                sp = xg.amax(-1, keepdim=True).clamp(min=1e-8)
-                sn = (-xg.amin(-1, keepdim=True)).clamp(min=1e-8)
+                sp = round_scale(xg.amax(-1, keepdim=True).clamp(min=1e-8), scale_dtype)
+                sn = round_scale((-xg.amin(-1, keepdim=True)).clamp(min=1e-8), scale_dtype)
                 u = torch.where(xg >= 0, xg / sp, xg / sn)
             d = (u.unsqueeze(-1) - mids).abs().amin(-1)
             bad = d < margin
@@ -91,9 +93,11 @@ def make_weight(
     scale=None,
     avoid_ties=True,
     max_iter=100,
+    scale_dtype="float32",
 ):
     """Random (N, K) weight in `dtype` with per-row magnitudes spread over several decades,
-    resampled so that no element sits within TIE_MARGIN of a rounding boundary of the spec."""
+    resampled so that no element sits within TIE_MARGIN of a rounding boundary of the spec (its
+    grid with scales rounded to scale_dtype)."""
     N, K = shape
     g = resolve_group(K, group_size)
     if scale is None:
@@ -110,7 +114,7 @@ def make_weight(
         return w.to(dtype)
     for _ in range(max_iter):
         xg = w.reshape(N, K // g, g)
-        bad, bad_group = near_tie_masks(xg, fmt, bits, symmetric)
+        bad, bad_group = near_tie_masks(xg, fmt, bits, symmetric, scale_dtype=scale_dtype)
         if not bad.any() and not bad_group.any():
             return w.to(dtype)
         xg = xg.clone()

@@ -8,7 +8,11 @@ Conventions (FORMATS.md 1.5):
   * amax/amin (gradient split evenly among ties), clamp with the inclusive mask (gradient 1 on
     [lo, hi], bounds included), |x| with gradient sign(x) (0 at 0);
   * scales are NOT detached for ste="bitdistiller";
-  * level formats snap with an identity STE and the two-scale branch is chosen by the sign of x.
+  * level formats snap with an identity STE and the two-scale branch is chosen by the sign of x;
+  * scale_dtype (FORMATS.md 1.6): every scale, computed in float32 with its floor, is rounded to
+    that dtype by torch's own conversion (round to nearest even) and back, with identity
+    gradient; a scale that rounds to 0 becomes the dtype's smallest positive subnormal, and one
+    that overflows to inf the dtype's largest finite value (lowbit's rule where 1.6 is silent).
 
 Every non-smooth piece is written out here (_clamp, _amax/_amin, _abs, _R, _rne, _snap_ste) with
 the gradient FORMATS.md fixes, instead of taking whatever the installed torch's autograd gives:
@@ -36,6 +40,8 @@ __all__ = [
     "ref_params",
     "ref_decode",
     "round_half_away",
+    "round_scale",
+    "SCALE_DTYPES",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +98,8 @@ STE_MODES = ("bitdistiller", "identity")
 
 _INT_SCALE_FLOOR = 1e-5
 _LEVEL_SCALE_FLOOR = 1e-8
+
+SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +189,29 @@ def _abs(t: torch.Tensor) -> torch.Tensor:
     return _Abs.apply(t)
 
 
+def _scale_dtype(scale_dtype) -> torch.dtype:
+    if isinstance(scale_dtype, torch.dtype) and scale_dtype in SCALE_DTYPES.values():
+        return scale_dtype
+    if isinstance(scale_dtype, str) and scale_dtype in SCALE_DTYPES:
+        return SCALE_DTYPES[scale_dtype]
+    raise ValueError(f"reference: unknown scale_dtype {scale_dtype!r}")
+
+
+def round_scale(s: torch.Tensor, scale_dtype) -> torch.Tensor:
+    """FORMATS.md 1.6: s rounded to scale_dtype (torch's .to(), round to nearest even) and back
+    to s's dtype; 0 -> the dtype's smallest positive subnormal (bit pattern 1); a finite s that
+    becomes inf -> the dtype's largest finite value. Identity gradient (exact forward value)."""
+    dt = _scale_dtype(scale_dtype)
+    if dt == torch.float32:
+        return s
+    v = s.detach()
+    r = v.to(dt).to(v.dtype)
+    tiny = torch.tensor(1, dtype=torch.int16).view(dt).to(v.dtype)
+    r = torch.where(r == 0, tiny, r)
+    r = torch.where(torch.isinf(r) & torch.isfinite(v), torch.finfo(dt).max, r)
+    return s - v + r
+
+
 def _rne(t: torch.Tensor) -> torch.Tensor:
     """Round half to even with zero gradient."""
     return torch.round(t.detach())
@@ -222,29 +253,29 @@ def _groups(x: torch.Tensor, g: int) -> torch.Tensor:
 # The quantizers, on grouped float tensors x of shape (N, G, g).
 # Each returns (Q, codes, params) where params is a dict of the per-group parameters.
 # ---------------------------------------------------------------------------------------------
-def _int_asym(x, bits):
+def _int_asym(x, bits, sd):
     qmax = 2**bits - 1
     mx = _amax(x)
     mn = _amin(x)
-    s = _clamp(mx - mn, lo=_INT_SCALE_FLOOR) / qmax
+    s = round_scale(_clamp(mx - mn, lo=_INT_SCALE_FLOOR) / qmax, sd)
     z = _rne(-mn / s).clamp(0, qmax)  # detached: no gradient flows through z
     q = _clamp(_R(x / s) + z, 0, qmax)
     Q = (q - z) * s
     return Q, q.detach(), {"scales": s.squeeze(-1), "zeros": z.squeeze(-1)}
 
 
-def _int_sym(x, bits):
+def _int_sym(x, bits, sd):
     qpos = 2 ** (bits - 1) - 1
     qneg = -(2 ** (bits - 1))
-    s = _clamp(_amax(_abs(x)), lo=_INT_SCALE_FLOOR) / qpos
+    s = round_scale(_clamp(_amax(_abs(x)), lo=_INT_SCALE_FLOOR) / qpos, sd)
     q = _clamp(_R(x / s), qneg, qpos)
     Q = q * s
     return Q, (q.detach() + 2 ** (bits - 1)), {"scales": s.squeeze(-1), "zeros": None}
 
 
-def _level_two_scale(x, table):
-    sp = _clamp(_amax(x), lo=_LEVEL_SCALE_FLOOR)
-    sn = _clamp(-_amin(x), lo=_LEVEL_SCALE_FLOOR)
+def _level_two_scale(x, table, sd):
+    sp = round_scale(_clamp(_amax(x), lo=_LEVEL_SCALE_FLOOR), sd)
+    sn = round_scale(_clamp(-_amin(x), lo=_LEVEL_SCALE_FLOOR), sd)
     pos = x >= 0
     u = torch.where(pos, x / sp, x / sn)
     idx = _nearest_index(u, table)
@@ -255,8 +286,8 @@ def _level_two_scale(x, table):
     return Q, idx, {"scales": scales, "zeros": None}
 
 
-def _level_one_scale(x, table):
-    s = _clamp(_amax(_abs(x)), lo=_LEVEL_SCALE_FLOOR)
+def _level_one_scale(x, table, sd):
+    s = round_scale(_clamp(_amax(_abs(x)), lo=_LEVEL_SCALE_FLOOR), sd)
     u = x / s
     idx = _nearest_index(u, table)
     c = table.to(x.device)[idx]
@@ -264,11 +295,11 @@ def _level_one_scale(x, table):
     return Q, idx, {"scales": s.squeeze(-1), "zeros": None}
 
 
-def _quantize_groups(x, fmt, bits, symmetric):
+def _quantize_groups(x, fmt, bits, symmetric, sd):
     if fmt == "int":
-        return _int_sym(x, bits) if symmetric else _int_asym(x, bits)
+        return _int_sym(x, bits, sd) if symmetric else _int_asym(x, bits, sd)
     table = LEVELS[(fmt, bits)]
-    return _level_one_scale(x, table) if symmetric else _level_two_scale(x, table)
+    return _level_one_scale(x, table, sd) if symmetric else _level_two_scale(x, table, sd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,42 +313,48 @@ def ref_fake_quant(
     symmetric: bool,
     ste: str = "bitdistiller",
     *,
+    scale_dtype="float32",
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Fake-quantize a 2-D weight (N, K) per FORMATS.md section 1.
 
     Differentiable through plain autograd; the gradient is FORMATS.md 1.5's.
+    `scale_dtype` ("float32" | "float16" | "bfloat16" or the torch dtype): FORMATS.md 1.6.
     `compute_dtype` exists only to calibrate tolerances (float64 run); the contract is float32.
     """
     g = _check(w, fmt, bits, group_size, symmetric, ste)
+    sd = _scale_dtype(scale_dtype)
     N, K = w.shape
     x = w.to(compute_dtype)
     xg = _groups(x, g)
-    Q, _, _ = _quantize_groups(xg, fmt, bits, symmetric)
+    Q, _, _ = _quantize_groups(xg, fmt, bits, symmetric, sd)
     Q = Q.reshape(N, K)
     if ste == "identity":
         Q = x - x.detach() + Q.detach()
     return Q.to(w.dtype)
 
 
-def ref_codes(w, fmt, bits, group_size, symmetric) -> torch.Tensor:
+def ref_codes(w, fmt, bits, group_size, symmetric, *, scale_dtype="float32") -> torch.Tensor:
     """Integer codes (N, K) int64: q (int asym), q + 2^(b-1) (int sym), index into LEVELS (nf/fp)."""
     g = _check(w, fmt, bits, group_size, symmetric)
+    sd = _scale_dtype(scale_dtype)
     N, K = w.shape
     with torch.no_grad():
-        _, codes, _ = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric)
+        _, codes, _ = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric, sd)
     return codes.reshape(N, K).to(torch.int64)
 
 
-def ref_params(w, fmt, bits, group_size, symmetric) -> dict:
+def ref_params(w, fmt, bits, group_size, symmetric, *, scale_dtype="float32") -> dict:
     """Per-group parameters in lowbit's documented storage layout.
 
     scales float32: (N, G) for one-scale formats (int asym, int sym, nf/fp symmetric),
-    (N, G, 2) = [s+, s-] for two-scale nf/fp; zeros: uint8 (N, G) for int asym, else None.
+    (N, G, 2) = [s+, s-] for two-scale nf/fp (rounded to scale_dtype, held in float32);
+    zeros: uint8 (N, G) for int asym, else None.
     """
     g = _check(w, fmt, bits, group_size, symmetric)
+    sd = _scale_dtype(scale_dtype)
     with torch.no_grad():
-        _, _, p = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric)
+        _, _, p = _quantize_groups(_groups(w.float(), g), fmt, bits, symmetric, sd)
     zeros = p["zeros"]
     return {
         "scales": p["scales"].contiguous(),

@@ -31,17 +31,17 @@ def qat_model(gen, spec, **kw):
     return lowbit.quantize_(m, lowbit.QATConfig(spec))
 
 
-def fp16_exact(model):
-    """Rounds every QuantLinear's float32 scales to float16-representable values in place (what
-    QuantSpec(scale_dtype="float16") will produce): then fp16 carriers hold lowbit's scales
-    exactly, and everything below must be bit-exact."""
-    from lowbit.hf import rebuild_layouts
+def f16(bits, g, sym=False, fmt="int"):
+    """A spec trained on float16 scales (QuantSpec.scale_dtype, FORMATS.md 1.6): fp16 carriers
+    then hold lowbit's scales exactly, and the exported weights must be the trained ones."""
+    return lowbit.QuantSpec(fmt, bits, g, sym, scale_dtype="float16")
 
-    for m in model.modules():
-        if isinstance(m, lowbit.nn.QuantLinear):
-            m.scales.copy_(m.scales.half().float())
-    rebuild_layouts(model)
-    return model
+
+def trained_weights(model):
+    """{layer name: the weight QAT trains with} (QATLinear's fake-quantized weight)."""
+    with torch.no_grad():
+        return {n: m.quantized_weight().detach().clone() for n, m in model.named_modules()
+                if isinstance(m, lowbit.nn.QATLinear)}
 
 
 def packed_layers(model):
@@ -100,19 +100,37 @@ def test_compressed_tensors_read_by_transformers(gen, tmp_path):
             assert lowbit.export(m, d, "compressed-tensors", dtype=dt) == d
             models[d] = (m, dt)
             dirs.append(d)
-    # an fp16-exact model: fp16 storage is then bit-exact too; also sharded, and tied embeddings
-    exact = fp16_exact(lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", 3, 64), tied=True)))
+    # a model trained on float16 scales: fp16 storage holds them exactly, so the reader gets the
+    # trained weights (rounded once, to its fp16 product); also sharded, and tied embeddings
+    qat = qat_model(gen, f16(3, 64), tied=True)
+    trained = trained_weights(qat)
+    exact = lowbit.convert_(qat)
     d = str(tmp_path / "exact-sharded")
     lowbit.export(exact, d, "compressed-tensors", max_shard_size="100KB")
     assert os.path.exists(os.path.join(d, "model.safetensors.index.json"))
     assert len([f for f in os.listdir(d) if f.endswith(".safetensors")]) > 1
     models[d] = (exact, "exact")
     dirs.append(d)
+    # issue 9's promise without convert_: a QAT model on float16 scales exports exactly the
+    # weights its forward trains with (read in the same child process)
+    qat16 = qat_model(gen, f16(4, 32))
+    d = str(tmp_path / "qat-f16")
+    lowbit.export(qat16, d, "compressed-tensors", dtype=torch.float16)
+    models[d] = (qat16, "qat")
+    dirs.append(d)
     torch.save(IDS, tmp_path / "ids.pt")
     run_child(_CT_READER, tmp_path / "ids.pt", tmp_path / "ct.pt", *dirs)
     got = torch.load(tmp_path / "ct.pt")
     for d, (m, dt) in models.items():
         r = got[d]
+        if dt == "qat":
+            trained16 = trained_weights(m)
+            assert sorted(r["w"]) == sorted(n + ".weight" for n in trained16)
+            for n, t in trained16.items():  # the reader's fp16 product rounds once
+                assert torch.equal(r["w"][n + ".weight"], t.half().float()), n
+            with torch.no_grad():
+                assert rel(r["logits"], m(IDS).logits) < 1e-3 and not r["tied"]
+            continue
         stored = {}
         for f in os.listdir(d):
             if f.endswith(".safetensors"):
@@ -128,7 +146,8 @@ def test_compressed_tensors_read_by_transformers(gen, tmp_path):
             elif dt == "exact":
                 # lowbit's scales stored exactly; the reader's fp16 product rounds once
                 assert torch.equal(stored[name + ".weight_scale"].float(), layer.scales)
-                assert torch.equal(w, lowbit.dequantize(layer.qweight).half().float()), (d, name)
+                assert torch.equal(lowbit.dequantize(layer.qweight), trained[name]), name
+                assert torch.equal(w, trained[name].half().float()), (d, name)
             else:
                 # fp16 scales: the reader computes (q - z) * fp16(s) in fp16
                 assert torch.equal(w, ref_weight(layer, torch.float16).half().float()), (d, name)
@@ -177,6 +196,25 @@ def test_compressed_tensors_mixed_specs_and_qat_model(gen, tmp_path):
         assert torch.equal(w[n], m.get_submodule(n).quantized_weight()), n
 
 
+def test_qat_model_on_float16_scales_exports_the_trained_weights_gptq(gen, tmp_path):
+    """Issue 9's promise without convert_ for GPTQ v2 (its float16 scales), decoded by the
+    unpacker written from the format description: exactly the weights QAT trains with. (The
+    compressed-tensors reader checks the same in test_compressed_tensors_read_by_transformers.)"""
+    from safetensors.torch import load_file
+
+    m = qat_model(gen, f16(4, 32))
+    trained = trained_weights(m)
+    d = str(tmp_path / "gptq")
+    lowbit.export(m, d, "gptq")
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    assert sorted(n for n in sd if n.endswith(".qweight")) == sorted(n + ".qweight" for n in trained)
+    for n, t in trained.items():
+        q = gptq_unpack(sd[f"{n}.qweight"].t().contiguous(), 4, t.shape[1])
+        z = gptq_unpack(sd[f"{n}.qzeros"], 4, t.shape[0]).t().repeat_interleave(32, 1)
+        s = sd[f"{n}.scales"].t().float().repeat_interleave(32, 1)
+        assert torch.equal((q - z).float() * s, t), n
+
+
 # ---------------------------------------------------------------- GPTQ v2
 
 def gptq_unpack(words, bits, n):
@@ -197,7 +235,9 @@ def gptq_unpack(words, bits, n):
 def test_gptq_v2_layout(bits, g, sym, gen, tmp_path):
     from safetensors.torch import load_file
 
-    m = fp16_exact(lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", bits, g, sym))))
+    qat = qat_model(gen, f16(bits, g, sym))
+    trained = trained_weights(qat)
+    m = lowbit.convert_(qat)
     d = str(tmp_path / "gptq")
     lowbit.export(m, d, "gptq")
     qc = json.load(open(os.path.join(d, "config.json")))["quantization_config"]
@@ -218,7 +258,7 @@ def test_gptq_v2_layout(bits, g, sym, gen, tmp_path):
         if sym:
             assert bool((z == 1 << (bits - 1)).all())
         w = (q - z.repeat_interleave(gg, 1)).float() * sc.t().float().repeat_interleave(gg, 1)
-        assert torch.equal(w, lowbit.dequantize(layer.qweight)), name
+        assert torch.equal(w, trained[name]), name  # the weights QAT trained, bit for bit
     assert "lm_head.weight" in sd and sd["lm_head.weight"].dtype == torch.float16
 
 
@@ -244,7 +284,7 @@ def test_gptq_read_by_gptqmodel(bits, g, sym, gen, tmp_path):
     py = os.environ.get("LOWBIT_GPTQ_PYTHON")
     if not py:
         pytest.skip("set LOWBIT_GPTQ_PYTHON to a Python with gptqmodel + optimum")
-    m = fp16_exact(lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", bits, g, sym))))
+    m = lowbit.convert_(qat_model(gen, f16(bits, g, sym)))
     d = str(tmp_path / "gptq")
     lowbit.export(m, d, "gptq")
     torch.save(IDS, tmp_path / "ids.pt")
@@ -270,12 +310,19 @@ for p in sys.argv[2:]:
             fields[k] = len(f.contents())
         else:
             fields[k] = f.contents()
-    tensors = {}
+    tensors, blocks = {}, {}
     for t in r.tensors:
         w = gguf.quants.dequantize(t.data, t.tensor_type)
         tensors[t.name] = (t.tensor_type.name, [int(x) for x in t.shape],
                            torch.from_numpy(np.array(w, dtype=np.float32)))
-    out[p] = {"fields": fields, "tensors": tensors}
+        # the fp16 block header (ggml's block_q4_0 / block_q4_1 / block_q8_0: d, then m for Q4_1)
+        nb = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}.get(t.tensor_type.name)
+        if nb:
+            raw = np.ascontiguousarray(t.data).view(np.uint8).reshape(-1, nb)
+            rows = int(t.shape[1])
+            hdr = raw[:, :4].copy().view(np.float16).astype(np.float32).reshape(rows, -1, 2)
+            blocks[t.name] = torch.from_numpy(hdr)
+    out[p] = {"fields": fields, "tensors": tensors, "blocks": blocks}
 torch.save(out, sys.argv[1])
 """
 
@@ -295,26 +342,28 @@ def gguf_names(n_layers, tied):
     return names
 
 
-GGUF_CASES = [(4, 32, False, "Q4_1"), (4, 128, False, "Q4_1"), (2, 64, False, "Q4_1"),
-              (3, 32, False, "Q4_1"), (4, 64, True, "Q4_0"), (2, 32, True, "Q4_0"),
-              (8, 32, True, "Q8_0")]
+# (bits, group, symmetric, block type, scale_dtype the model was trained with)
+GGUF_CASES = [(4, 32, False, "Q4_1", "float16"), (4, 128, False, "Q4_1", "float32"),
+              (2, 64, False, "Q4_1", "float16"), (3, 32, False, "Q4_1", "float32"),
+              (4, 64, True, "Q4_0", "float16"), (2, 32, True, "Q4_0", "float16"),
+              (8, 32, True, "Q8_0", "float16"), (4, 32, True, "Q4_0", "float32")]
 
 
 def test_gguf_read_by_gguf_py(gen, tmp_path):
     tok = tiny_tokenizer()
     cases = {}
-    for bits, g, sym, qtype in GGUF_CASES:
+    for bits, g, sym, qtype, sd in GGUF_CASES:
         tied = bits == 2 and not sym
-        m = lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", bits, g, sym), tied=tied))
-        if sym:
-            fp16_exact(m)  # Q4_0 / Q8_0 hold d * q: bit-exact for fp16 scales
-        p = str(tmp_path / f"b{bits}g{g}{'s' if sym else ''}.gguf")
+        qat = qat_model(gen, lowbit.QuantSpec("int", bits, g, sym, scale_dtype=sd), tied=tied)
+        trained = trained_weights(qat)
+        m = lowbit.convert_(qat)
+        p = str(tmp_path / f"b{bits}g{g}{'s' if sym else ''}-{sd}.gguf")
         dt = torch.float32 if bits == 3 else torch.float16
         assert lowbit.export(m, p, "gguf", tokenizer=tok, dtype=dt) == p
-        cases[p] = (m, qtype, tied, sym, dt)
+        cases[p] = (m, qtype, tied, sym, dt, sd, trained)
     run_child(_GGUF_READER, tmp_path / "g.pt", *cases)
     got = torch.load(tmp_path / "g.pt")
-    for p, (m, qtype, tied, sym, dt) in cases.items():
+    for p, (m, qtype, tied, sym, dt, sd, trained) in cases.items():
         f, t = got[p]["fields"], got[p]["tensors"]
         cfg = m.config
         assert f["general.architecture"] == "llama"
@@ -341,21 +390,32 @@ def test_gguf_read_by_gguf_py(gen, tmp_path):
             ttype, shape, w = t[f"blk.{i}.{kind}.weight"]
             assert ttype == qtype and shape == [layer.in_features, layer.out_features]
             ref = lowbit.dequantize(layer.qweight)
-            if kind == "attn_q":
-                ref = llama_cpp_permute(ref, cfg.num_attention_heads)
-            elif kind == "attn_k":
-                ref = llama_cpp_permute(ref, cfg.num_key_value_heads)
+            assert torch.equal(ref, trained[name]), name
+            per = layer.in_features // layer.scales.shape[1]
+            s = layer.scales.repeat_interleave(per, 1)
+            z = (layer.zeros.float() if not sym else torch.zeros_like(layer.scales)).repeat_interleave(per, 1)
+            nh = cfg.num_attention_heads if kind == "attn_q" else cfg.num_key_value_heads
+            if kind in ("attn_q", "attn_k"):
+                ref, s, z = (llama_cpp_permute(x, nh) for x in (ref, s, z))
+            d, mins = (x.repeat_interleave(32, 1) for x in got[p]["blocks"][f"blk.{i}.{kind}.weight"].unbind(-1))
+            if sd == "float16":
+                assert torch.equal(d, s), (p, name)  # d holds lowbit's scale exactly
+            else:
+                assert torch.equal(d, s.half().float()), (p, name)
             if sym:
-                assert torch.equal(w, ref), (p, name)
-            else:  # d*q + m: fp16 rounding of d = s and of m = -z*s
-                s = layer.scales.repeat_interleave(layer.in_features // layer.scales.shape[1], 1)
-                z = layer.zeros.float().repeat_interleave(layer.in_features // layer.scales.shape[1], 1)
-                if kind in ("attn_q", "attn_k"):
-                    nh = cfg.num_attention_heads if kind == "attn_q" else cfg.num_key_value_heads
-                    s, z = llama_cpp_permute(s, nh), llama_cpp_permute(z, nh)
+                if sd == "float16":
+                    assert torch.equal(w, ref), (p, name)  # d * q: the trained weights, bit for bit
+                else:
+                    assert torch.allclose(w, ref, rtol=2 ** -11, atol=0), (p, name)
+                continue
+            # Q4_1: d*q + m with m = fp16(-z*d) (= fp16(-z*s) when d is s exactly)
+            assert torch.equal(mins, (-z * d).half().float()), (p, name)
+            if sd == "float16":  # d exact: only m's float16 rounding remains
+                tol = 1.01 * 2 ** -11 * s * z + 1e-7 * s
+            else:  # fp16 rounding of d = s and of m = -z*s
                 tol = 1.01 * 2 ** -11 * s * (2 ** layer.spec.bits - 1 + 2 * z) + 1e-7
-                assert bool(((w - ref).abs() <= tol).all()), (p, name, (w - ref).abs().max())
-                assert rel(w, ref) < 2e-3
+            assert bool(((w - ref).abs() <= tol).all()), (p, name, (w - ref).abs().max())
+            assert rel(w, ref) < 2e-3
         emb = t["token_embd.weight"]
         assert emb[0] == ("F32" if dt == torch.float32 else "F16")
         assert torch.equal(emb[2], m.model.embed_tokens.weight.detach().to(dt).float())

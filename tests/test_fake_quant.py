@@ -1,4 +1,5 @@
-"""lowbit weight fake quantization / quantize / dequantize against tests/reference.py.
+"""lowbit weight fake quantization / quantize / dequantize against tests/reference.py, with the
+scales in float32 and rounded to float16 / bfloat16 (QuantSpec.scale_dtype, FORMATS.md 1.6).
 
 The reference (FORMATS.md section 1, plain PyTorch autograd) is the oracle; data comes from
 _testutil.make_weight, which keeps every element away from rounding boundaries so that correct
@@ -21,7 +22,16 @@ from _testutil import (
     resolve_group,
     unpack_codes,
 )
-from reference import ALL_SPECS, STE_MODES, ref_codes, ref_decode, ref_fake_quant, ref_params
+from reference import (
+    ALL_SPECS,
+    SCALE_DTYPES,
+    STE_MODES,
+    ref_codes,
+    ref_decode,
+    ref_fake_quant,
+    ref_params,
+    round_scale,
+)
 
 lowbit = pytest.importorskip("lowbit")
 
@@ -34,8 +44,9 @@ DTYPE_IDS = ["f32", "bf16", "f16"]
 SHAPES = [(3, 128), (17, 256), (64, 384)]
 
 
-def qspec(fmt, bits, group_size, sym):
-    return lowbit.QuantSpec(format=fmt, bits=bits, group_size=group_size, symmetric=sym)
+def qspec(fmt, bits, group_size, sym, sd="float32"):
+    return lowbit.QuantSpec(format=fmt, bits=bits, group_size=group_size, symmetric=sym,
+                            scale_dtype=sd)
 
 
 def run_impl(w, spec, ste="bitdistiller", up=None):
@@ -47,9 +58,9 @@ def run_impl(w, spec, ste="bitdistiller", up=None):
     return Q.detach(), x.grad
 
 
-def run_ref(w, fmt, bits, g, sym, ste="bitdistiller", up=None):
+def run_ref(w, fmt, bits, g, sym, ste="bitdistiller", up=None, sd="float32"):
     x = w.detach().cpu().clone().requires_grad_(True)
-    Q = ref_fake_quant(x, fmt, bits, g, sym, ste)
+    Q = ref_fake_quant(x, fmt, bits, g, sym, ste, scale_dtype=sd)
     if up is None:
         return Q.detach(), None
     Q.backward(up.cpu())
@@ -326,6 +337,191 @@ def test_gradient_ties_at_group_extremes(fmt, bits, sym, dtype, gen):
 
 
 # =============================================================================================
+# Scale precision: QuantSpec.scale_dtype (FORMATS.md 1.6). Every scale is computed in float32
+# with its floor, then rounded to the scale dtype; z, codes and Q(w) use the rounded value.
+# =============================================================================================
+SCALE_DTS = ["float16", "bfloat16"]
+SD_GROUPS = [1, 2, 8, 32, 64, 128, -1]
+SD_CASES = [((9, 128), torch.float32), ((5, 256), torch.bfloat16), ((4, 128), torch.float16)]
+
+
+def test_quantspec_scale_dtype():
+    C = lowbit._ops._C
+    assert lowbit.QuantSpec().scale_dtype == "float32"
+    assert lowbit.QuantSpec("int", 4, 128).name == "int4-g128-asym"  # float32: name unchanged
+    assert qspec("int", 2, 64, False, "float16").name == "int2-g64-asym-f16scale"
+    assert qspec("nf", 3, -1, False, "bfloat16").name == "nf3-gK-bf16scale"
+    assert qspec("fp", 4, 32, True, "float16").name == "fp4-g32-sym-f16scale"
+    # a torch dtype is stored as its name (so the spec stays JSON-serialisable)
+    assert lowbit.QuantSpec(scale_dtype=torch.float16) == qspec("int", 4, 128, False, "float16")
+    assert lowbit.QuantSpec(scale_dtype=torch.bfloat16).scale_dtype == "bfloat16"
+    assert lowbit.QuantSpec(scale_dtype=torch.float32) == lowbit.QuantSpec()
+    assert qspec("int", 4, 128, False, "float16") != lowbit.QuantSpec()
+    assert [qspec("int", 4, 128, False, sd).scale_code for sd in SCALE_DTYPES] == \
+        [C.DT_F32, C.DT_F16, C.DT_BF16]
+    assert [qspec("int", 4, 128, False, sd).scale_torch_dtype for sd in SCALE_DTYPES] == \
+        list(SCALE_DTYPES.values())
+    assert dataclasses.asdict(qspec("nf", 4, 64, True, "float16"))["scale_dtype"] == "float16"
+
+
+@pytest.mark.parametrize("bad,exc", [(16, ValueError), (None, ValueError), (b"float16", ValueError),
+                                     (torch.float64, ValueError), (torch.int8, ValueError),
+                                     ("half", ValueError), ("fp16", ValueError),
+                                     ("Float16", ValueError), ("float64", ValueError)])
+def test_quantspec_rejects_scale_dtype(bad, exc):
+    with pytest.raises(exc, match=r"\bscale_dtype\b"):
+        lowbit.QuantSpec(scale_dtype=bad)
+
+
+def _check_scale_dtype_case(w, fmt, bits, g, sym, sd, dtype, gen, what):
+    """fake_quantize (both STEs, values and gradients) against the reference with scale_dtype,
+    and quantize: scales/zeros/codes the reference's, scales exact in sd, and
+    dequantize(quantize(w)) == fake_quantize(w) bit for bit."""
+    spec = qspec(fmt, bits, g, sym, sd)
+    up = torch.randn(w.shape, generator=gen).to(dtype)
+    for ste in STE_MODES:
+        Qi, gi = run_impl(w, spec, ste, up)
+        Qr, gr = run_ref(w, fmt, bits, g, sym, ste, up, sd)
+        if dtype == torch.float32:  # same float32 expression, same rounded scale: bit for bit
+            assert torch.equal(Qi, Qr), f"{what} ste={ste}: " + describe_mismatch(Qi, Qr)
+        else:
+            check_forward(Qi, Qr, dtype, f"{what} ste={ste}")
+        check_grad(gi, gr, dtype, f"{what} ste={ste}")
+    qw = lowbit.quantize(w, spec)
+    assert qw.spec == spec, what
+    p = ref_params(w, fmt, bits, g, sym, scale_dtype=sd)
+    assert torch.equal(qw.scales, p["scales"]), f"{what}: scales " + describe_mismatch(qw.scales, p["scales"])
+    assert torch.equal(qw.scales.to(SCALE_DTYPES[sd]).float(), qw.scales), f"{what}: scales not exact in {sd}"
+    assert bool((qw.scales > 0).all()), f"{what}: a scale is 0"
+    if p["zeros"] is not None:
+        assert torch.equal(qw.zeros, p["zeros"]), f"{what}: zeros"
+    codes = unpack_codes(qw.codes, w.shape[1], bits)
+    assert torch.equal(codes, ref_codes(w, fmt, bits, g, sym, scale_dtype=sd)), f"{what}: codes"
+    D = lowbit.dequantize(qw)
+    assert torch.equal(D, Qi), f"{what}: dequantize(quantize(w)) != fake_quantize(w): " + describe_mismatch(D, Qi)
+    return qw
+
+
+@pytest.mark.parametrize("sd", SCALE_DTS)
+@pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS, ids=SPEC_IDS)
+def test_scale_dtype_matches_reference(fmt, bits, sym, sd, gen):
+    """Every format x bits x group size (1 .. K) x scale dtype, weights in float32/bf16/f16."""
+    for g in SD_GROUPS:
+        for shape, dtype in SD_CASES:
+            what = f"{fmt}{bits} sym={sym} g={g} scale_dtype={sd} {dtype} shape={shape}"
+            w = make_weight(shape, fmt, bits, g, sym, dtype=dtype, gen=gen, scale_dtype=sd)
+            _check_scale_dtype_case(w, fmt, bits, g, sym, sd, dtype, gen, what)
+
+
+@pytest.mark.parametrize("sd", SCALE_DTS)
+@pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS, ids=SPEC_IDS)
+def test_scale_dtype_tiny_groups(fmt, bits, sym, sd, gen):
+    """Groups of magnitude 1e-12 .. 1e-4 (below, at and above the scale floors), all-zero, all-
+    positive and all-negative groups, in groups of 4 and 32. In float16 a scale at or below
+    2^-25 rounds to 0 and becomes 2^-24, the smallest subnormal (the level formats' floor 1e-8
+    does; the INT floors 1e-5/qmax stay above it and round to a subnormal multiple of 2^-24)."""
+    for g in (4, 32):
+        rows = [make_weight((1, 4 * g), fmt, bits, g, sym, gen=gen, scale=mag, scale_dtype=sd)
+                for mag in (1e-12, 1e-9, 2e-8, 1e-7, 1e-6, 1e-5, 1e-4)]
+        w = torch.cat(rows)
+        w[2, :g] = 0
+        w[3, g:2 * g] = w[3, g:2 * g].abs()
+        w[4, 2 * g:3 * g] = -w[4, 2 * g:3 * g].abs()
+        qw = _check_scale_dtype_case(w, fmt, bits, g, sym, sd, torch.float32, gen,
+                                     f"{fmt}{bits} sym={sym} g={g} scale_dtype={sd} tiny groups")
+        s32 = ref_params(w, fmt, bits, g, sym)["scales"]
+        under = s32 <= 2.0 ** -25
+        if sd == "float16" and fmt != "int":
+            assert bool(under.any()), "no scale underflowed: the case tests nothing"
+            assert bool((qw.scales[under] == 2.0 ** -24).all()), qw.scales[under]
+        if sd == "float16" and fmt == "int":
+            assert not bool(under.any())  # the INT floors keep every scale above 2^-25
+            assert bool((qw.scales < 2.0 ** -14).any())  # ... but some are float16 subnormals
+
+
+def _one_scale_rows(values):
+    """nf4-sym weight rows whose single group's scale is exactly each value (s = max|x|, the
+    value itself; the other elements are 0)."""
+    w = torch.zeros(len(values), 32)
+    w[:, 0] = torch.tensor(values, dtype=torch.float32)
+    return w
+
+
+# float32 values at and around every rounding boundary of each scale dtype
+EDGE_SCALES = {
+    "float16": [1.0, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 / 3, 2.0 ** -14, 2.0 ** -14 * (1 - 2.0 ** -12),
+                2.0 ** -25, 2.0 ** -25 * (1 + 2.0 ** -20), 3 * 2.0 ** -25, 2.0 ** -24, 1e-8, 6.1e-5,
+                65504.0, 65519.0, 65520.0, 7e4, 1e30, 3.4e38],
+    "bfloat16": [1.0, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 1 / 3, 1e-8, 1.17549435e-38 * 1e31, 3.3e38,
+                 3.39e38, 3.4e38, 3.4028234e38],
+}
+
+
+@pytest.mark.parametrize("sd", SCALE_DTS)
+def test_scale_rounding_at_dtype_boundaries(sd, gen, restore_isa):
+    """The rounding itself (formats.h lb_round_scale) against torch's conversion (the reference's
+    round_scale): ties to even, the float16 subnormal range, underflow to the smallest subnormal,
+    overflow (saturating at the largest finite value) and a log-uniform sweep over float32's
+    range; on every CPU ISA, and fake_quantize uses the rounded scale (Q of each group's max is
+    the scale itself where the rounding moved it less than the top level's half-gap)."""
+    sweep = torch.pow(10.0, torch.empty(2000).uniform_(-8, 38.5, generator=gen)).clamp(max=3.4e38)
+    vals = EDGE_SCALES[sd] + sweep.tolist()
+    w = _one_scale_rows(vals)
+    exp = round_scale(torch.tensor(vals, dtype=torch.float32).clamp(min=1e-8), sd)
+    assert bool(torch.isfinite(exp).all()) and bool((exp > 0).all())
+    spec = qspec("nf", 4, 32, True, sd)
+    Qr = ref_fake_quant(w, "nf", 4, 32, True, scale_dtype=sd)
+    # where the rounded scale is at most the value (rounded down, or saturated: u = x/s >= 1 is
+    # past the top level's midpoint) Q is the scale itself; the reference's argmin snap cannot
+    # tell -1 from 1 for u ~ 1e30, so those rows are set here
+    down = w[:, 0] >= exp
+    Qr[:, 0] = torch.where(down, exp, Qr[:, 0])
+    assert bool(down.any()) and bool((~down).any())
+    for isa in lowbit.available_cpu_isas():
+        lowbit.set_cpu_isa(isa)
+        qw = lowbit.quantize(w, spec)
+        assert torch.equal(qw.scales[:, 0], exp), f"isa={isa}: " + describe_mismatch(qw.scales[:, 0], exp)
+        Q = lowbit.fake_quantize(w, spec)
+        assert torch.equal(Q, Qr), f"isa={isa}: " + describe_mismatch(Q, Qr)
+        assert torch.equal(lowbit.dequantize(qw), Q)
+
+
+def test_float16_and_bfloat16_grids_differ(gen):
+    """The two dtypes round differently (11 vs 8 significant bits): each spec's scales are exact
+    in its own dtype, within half an ulp of the float32 scale, and not those of the other."""
+    w = make_weight((16, 256), "int", 4, 32, False, gen=gen)
+    s = {sd: lowbit.quantize(w, qspec("int", 4, 32, False, sd)).scales for sd in SCALE_DTYPES}
+    assert torch.equal(s["float16"].half().float(), s["float16"])
+    assert torch.equal(s["bfloat16"].bfloat16().float(), s["bfloat16"])
+    rel = {sd: ((s[sd] - s["float32"]).abs() / s["float32"]) for sd in SCALE_DTS}
+    assert rel["float16"].max() <= 2.0 ** -11 and rel["bfloat16"].max() <= 2.0 ** -8
+    # (a float32 scale rounds to the same value in both about one time in eight, and is exact in
+    # float16 about one time in 8192: over 128 groups some always differ)
+    assert bool((s["float16"] != s["bfloat16"]).any()) and bool((s["float16"] != s["float32"]).any())
+    Q = {sd: lowbit.fake_quantize(w, qspec("int", 4, 32, False, sd)) for sd in SCALE_DTYPES}
+    assert not torch.equal(Q["float16"], Q["bfloat16"]) and not torch.equal(Q["float16"], Q["float32"])
+    # float32 (the default) is exactly the spec without the field
+    assert torch.equal(Q["float32"], lowbit.fake_quantize(w, lowbit.QuantSpec("int", 4, 32)))
+
+
+def test_scale_dtype_rounding_has_identity_gradient(gen):
+    """ste="bitdistiller" with scale_dtype: the gradient is FORMATS.md 1.5's with the rounded
+    scale in the forward expressions and the scale gradient passed through the rounding: the
+    analytic gradient of the group extremes is that of the float32 spec evaluated on the rounded
+    grid, not zero (a detached rounding would drop it)."""
+    w = make_weight((8, 64), "nf", 3, 32, False, gen=gen, scale_dtype="float16")
+    up = torch.randn(8, 64, generator=gen)
+    _, g16 = run_impl(w, qspec("nf", 3, 32, False, "float16"), "bitdistiller", up)
+    _, gid = run_impl(w, qspec("nf", 3, 32, False, "float16"), "identity", up)
+    _, gr = run_ref(w, "nf", 3, 32, False, "bitdistiller", up, "float16")
+    check_grad(g16, gr, torch.float32, "nf3 f16 scales")
+    xg = w.reshape(8, 2, 32)
+    ext = (xg == xg.amax(-1, keepdim=True)) | (xg == xg.amin(-1, keepdim=True))
+    moved = ((g16 - gid).reshape(8, 2, 32).abs() > 1e-6)
+    assert bool(moved[ext].any()) and not bool(moved[~ext].any())
+
+
+# =============================================================================================
 # Property test (hypothesis)
 # =============================================================================================
 pytest.importorskip("hypothesis")
@@ -342,20 +538,21 @@ def fq_cases(draw):
     dtype = draw(st.sampled_from(DTYPES))
     scale = draw(st.sampled_from([None, 1e-3, 0.05, 1.0, 40.0]))
     ste = draw(st.sampled_from(STE_MODES))
+    sd = draw(st.sampled_from(list(SCALE_DTYPES)))
     seed = draw(st.integers(0, 2**31 - 1))
-    return fmt, bits, sym, g, N, K, dtype, scale, ste, seed
+    return fmt, bits, sym, g, N, K, dtype, scale, ste, sd, seed
 
 
 @given(fq_cases())
 def test_property_fake_quant_and_pack(case):
-    fmt, bits, sym, g, N, K, dtype, scale, ste, seed = case
-    what = f"{fmt}{bits} sym={sym} g={g} ({N},{K}) {dtype} scale={scale} ste={ste}"
+    fmt, bits, sym, g, N, K, dtype, scale, ste, sd, seed = case
+    what = f"{fmt}{bits} sym={sym} g={g} ({N},{K}) {dtype} scale={scale} ste={ste} scale_dtype={sd}"
     gen = torch.Generator().manual_seed(seed)
-    w = make_weight((N, K), fmt, bits, g, sym, dtype=dtype, gen=gen, scale=scale)
+    w = make_weight((N, K), fmt, bits, g, sym, dtype=dtype, gen=gen, scale=scale, scale_dtype=sd)
     up = torch.randn(N, K, generator=gen).to(dtype)
-    spec = qspec(fmt, bits, g, sym)
+    spec = qspec(fmt, bits, g, sym, sd)
     Qi, gi = run_impl(w, spec, ste, up)
-    Qr, gr = run_ref(w, fmt, bits, g, sym, ste, up)
+    Qr, gr = run_ref(w, fmt, bits, g, sym, ste, up, sd)
     check_forward(Qi, Qr, dtype, what)
     check_grad(gi, gr, dtype, what)
     qw = lowbit.quantize(w, spec)
@@ -363,7 +560,7 @@ def test_property_fake_quant_and_pack(case):
     assert D.dtype == dtype and D.shape == w.shape
     assert torch.equal(D, Qi), f"{what}: dequantize(quantize(w)) != fake_quantize(w): " + describe_mismatch(D, Qi)
     codes = unpack_codes(qw.codes, K, bits)
-    assert torch.equal(codes, ref_codes(w, fmt, bits, g, sym)), f"{what}: codes"
+    assert torch.equal(codes, ref_codes(w, fmt, bits, g, sym, scale_dtype=sd)), f"{what}: codes"
 
 
 # =============================================================================================
@@ -491,6 +688,9 @@ def _everything(w, spec, up):
 
 
 ISA_CASES = [((7, 96), 32), ((5, 200), -1), ((3, 120), 24), ((4, 1056), 352), ((2, 1), -1), ((64, 256), 128)]
+# the same with scales rounded (FORMATS.md 1.6), tiny magnitudes included (float16 subnormals)
+ISA_SD_CASES = [((7, 96), 32, "float16", None), ((3, 120), 24, "bfloat16", None),
+                ((6, 64), 8, "float16", 1e-7)]
 
 
 @pytest.fixture
@@ -517,10 +717,10 @@ def test_cpu_isa_api(restore_isa):
 def test_cpu_isas_bit_identical(fmt, bits, sym, dtype, gen, restore_isa):
     isas = lowbit.available_cpu_isas()
     cases = []
-    for shape, g in ISA_CASES:
-        w = make_weight(shape, fmt, bits, g, sym, dtype=dtype, gen=gen)
+    for shape, g, sd, mag in [(sh, g, "float32", None) for sh, g in ISA_CASES] + ISA_SD_CASES:
+        w = make_weight(shape, fmt, bits, g, sym, dtype=dtype, gen=gen, scale=mag, scale_dtype=sd)
         up = torch.randn(shape, generator=gen).to(dtype)
-        cases.append((w, qspec(fmt, bits, g, sym), up))
+        cases.append((w, qspec(fmt, bits, g, sym, sd), up))
     lowbit.set_cpu_isa("scalar")
     base = [_everything(*c) for c in cases]
     for isa in isas:
@@ -715,7 +915,8 @@ def _fake_quant_op():
 
 def test_fake_quant_op_schema():
     s = str(_fake_quant_op()._schema)
-    assert s.startswith("lowbit::fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste)"), s
+    assert s.startswith("lowbit::fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste, "
+                        "int scale_dtype=0)"), s
 
 
 @pytest.mark.parametrize(
@@ -730,6 +931,21 @@ def test_opcheck_fake_quant(fmt, bits, g, sym, ste, dtype, gen):
     torch.library.opcheck(_fake_quant_op(), args)
     # the op called directly agrees with the public wrapper
     assert torch.equal(_fake_quant_op()(*args), lowbit.fake_quantize(w, qspec(fmt, bits, g, sym), ste=ste))
+
+
+@pytest.mark.parametrize("fmt,bits,g,sym,sd", [("int", 3, 32, False, "float16"),
+                                               ("nf", 3, 64, False, "bfloat16")])
+def test_opcheck_scale_dtype(fmt, bits, g, sym, sd, gen):
+    """The ops with their scale_dtype argument: fake kernels, autograd registration, schema."""
+    spec = qspec(fmt, bits, g, sym, sd)
+    w = make_weight((8, 128), fmt, bits, g, sym, gen=gen, scale_dtype=sd).requires_grad_(True)
+    args = (w, FMT_CODE[fmt], bits, resolve_group(128, g), sym, STE_CODE["bitdistiller"], spec.scale_code)
+    torch.library.opcheck(_fake_quant_op(), args)
+    assert torch.equal(_fake_quant_op()(*args), lowbit.fake_quantize(w, spec))
+    qargs = (w.detach(), FMT_CODE[fmt], bits, resolve_group(128, g), sym, spec.scale_code)
+    torch.library.opcheck(torch.ops.lowbit.quantize.default, qargs)
+    torch.library.opcheck(torch.ops.lowbit.fake_quant_backward.default,
+                          (torch.randn(8, 128, generator=gen),) + qargs)
 
 
 # =============================================================================================
@@ -852,3 +1068,36 @@ def test_cuda_sanitizer_small(fmt, bits, sym, gen):
         qw = lowbit.quantize(w.cuda(), spec)
         assert torch.equal(qw.codes.cpu(), lowbit.quantize(w, spec).codes)
         assert torch.equal(lowbit.dequantize(qw).cpu(), Qc)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sd", SCALE_DTS)
+@pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS, ids=SPEC_IDS)
+def test_cuda_scale_dtype(fmt, bits, sym, sd, gen):
+    """The scale_dtype paths of the CUDA kernels (FORMATS.md 1.6): forward, codes, scales and
+    zero points bit-identical to the CPU kernels, gradients the reference's, dequantize(quantize)
+    == fake_quantize; tiny groups whose float16 scales underflow; the rounding boundaries."""
+    for shape, g, dtype, mag in [((9, 128), 32, torch.float32, None), ((300, 2048), -1, torch.bfloat16, None),
+                                 ((5, 96), 8, torch.float16, None), ((6, 64), 4, torch.float32, 1e-9),
+                                 ((6, 64), 16, torch.float32, 1e-7)]:
+        what = f"cuda {fmt}{bits} sym={sym} g={g} scale_dtype={sd} {dtype} shape={shape} mag={mag}"
+        spec = qspec(fmt, bits, g, sym, sd)
+        w = make_weight(shape, fmt, bits, g, sym, dtype=dtype, gen=gen, scale=mag, scale_dtype=sd)
+        up = torch.randn(shape, generator=gen).to(dtype)
+        Qd, gd = run_impl(w.cuda(), spec, "bitdistiller", up.cuda())
+        Qc, _ = run_impl(w, spec, "bitdistiller")
+        assert torch.equal(Qd.cpu(), Qc), f"{what}: cuda != cpu: " + describe_mismatch(Qd.cpu(), Qc)
+        Qr, gr = run_ref(w, fmt, bits, g, sym, "bitdistiller", up, sd)
+        check_forward(Qd, Qr, dtype, what)
+        check_grad(gd, gr, dtype, what)
+        qd, qc = lowbit.quantize(w.cuda(), spec), lowbit.quantize(w, spec)
+        assert torch.equal(qd.scales.cpu(), qc.scales), f"{what}: scales cuda != cpu"
+        assert torch.equal(qd.codes.cpu(), qc.codes), f"{what}: codes cuda != cpu"
+        if qc.zeros is not None:
+            assert torch.equal(qd.zeros.cpu(), qc.zeros), f"{what}: zeros cuda != cpu"
+        assert torch.equal(lowbit.dequantize(qd), Qd), f"{what}: dequantize != fake_quantize"
+    vals = EDGE_SCALES[sd] + torch.pow(10.0, torch.empty(500).uniform_(-8, 38.5, generator=gen)).clamp(max=3.4e38).tolist()
+    w = _one_scale_rows(vals)
+    s1 = qspec("nf", 4, 32, True, sd)
+    assert torch.equal(lowbit.quantize(w.cuda(), s1).scales.cpu(), lowbit.quantize(w, s1).scales)
+    assert torch.equal(lowbit.fake_quantize(w.cuda(), s1).cpu(), lowbit.fake_quantize(w, s1))

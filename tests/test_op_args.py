@@ -61,6 +61,19 @@ CASES = [
     ("clip_search_shrink_wrap", "shrink",
      "torch.ops.lowbit.clip_search(torch.randn(4, 32), torch.eye(32).reshape(1, 32, 32), "
      "0, 4, 32, False, 20, 2**32 + 2)"),
+    # issue 9: the scale dtype code (FORMATS.md 1.6) of the ops that compute scales
+    ("fake_quant_scale_dtype_wrap", "scale_dtype",
+     "torch.ops.lowbit.fake_quant(torch.randn(4, 64), 0, 4, 32, False, 0, 2**32 + 2)"),
+    ("fake_quant_scale_dtype_bad", "scale_dtype",
+     "torch.ops.lowbit.fake_quant(torch.randn(4, 64), 1, 4, 32, False, 0, 3)"),
+    ("fake_quant_backward_scale_dtype_bad", "scale_dtype",
+     "torch.ops.lowbit.fake_quant_backward(torch.randn(4, 64), torch.randn(4, 64), 0, 4, 32, "
+     "False, -1)"),
+    ("quantize_scale_dtype_wrap", "scale_dtype",
+     "torch.ops.lowbit.quantize(torch.randn(4, 64), 0, 4, 32, False, 2**32 + 1)"),
+    ("clip_search_scale_dtype_bad", "scale_dtype",
+     "torch.ops.lowbit.clip_search(torch.randn(4, 32), torch.eye(32).reshape(1, 32, 32), "
+     "0, 4, 32, False, 20, 2, 2**31)"),
     ("kl_loss_kind_wrap", "kind",
      "torch.ops.lowbit.kl_loss(torch.randn(2, 8), torch.randn(2, 8), torch.zeros(2, dtype=torch.long), "
      "2**32 + 1, 0.5, 0.5, 1.0, -100, False, False, 1.0)"),
@@ -149,6 +162,11 @@ def test_exported_constants_are_what_the_ops_take():
     assert torch.equal(torch.ops.lowbit.fake_quant(w, C.FMT_INT, 3, 32, False, C.STE_IDENTITY),
                        torch.ops.lowbit.fake_quant(w, C.FMT_INT, 3, 32, False,
                                                    C.STE_BITDISTILLER))
+    # scale_dtype takes the dtype codes: float16 scales are float16 values, the default float32
+    _, s16, _ = torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False, C.DT_F16)
+    _, sbf, _ = torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False, C.DT_BF16)
+    assert torch.equal(s16.half().float(), s16) and torch.equal(sbf.bfloat16().float(), sbf)
+    assert torch.equal(torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False, C.DT_F32)[1], scales)
     assert len({C.ISA_SCALAR, C.ISA_AVX2, C.ISA_AVX512}) == 3 and C.isa_supported(C.ISA_SCALAR)
     assert {C.KL_FORWARD, C.KL_REVERSE, C.KL_CAKLD, C.KL_JSD} == {0, 1, 2, 3}
     assert C.S24_GROUP == 4 and C.S24_KEPT == 2 and C.S24_GROUPS_PER_BYTE == 2

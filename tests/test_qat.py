@@ -120,7 +120,8 @@ def _clip_candidates(w, x, spec, n_grid=20, shrink=10):
             hi = wg.amax(-1, keepdim=True) * (1 - i / n_grid)
             lo = wg.amin(-1, keepdim=True) * (1 - j / n_grid)
             c = torch.minimum(torch.maximum(wg, lo), hi).reshape(n, k)
-            q = ref_fake_quant(c, spec.format, spec.bits, spec.group_size, spec.symmetric)
+            q = ref_fake_quant(c, spec.format, spec.bits, spec.group_size, spec.symmetric,
+                               scale_dtype=spec.scale_dtype)
             d = (q - w).reshape(n, G, g).double()
             cands.append(c)
             errs.append(torch.einsum("tgi,ngi->ntg", xg.double(), d).pow(2).sum(1))
@@ -148,6 +149,37 @@ def test_calibrate_clip_matches_brute_force(fmt, bits, g, gen):
     best = errs.amin(0)
     assert torch.all(got_err <= best * (1 + 1e-4) + 1e-9 * errs[0].max()), (got_err, best)
     assert torch.all(got_err <= errs[0] * (1 + 1e-6)), "worse than not clipping"
+
+
+@pytest.mark.parametrize("fmt,bits,sd,mag", [("nf", 3, "float16", 1e-7), ("int", 3, "bfloat16", 0.1)])
+def test_clip_search_scores_on_the_rounded_grid(fmt, bits, sd, mag, gen):
+    """calibrate_clip_'s search with scale_dtype (FORMATS.md 1.6), the C op and its torch twin:
+    each group's pick is a least-error candidate of the brute force on the rounded grid. With
+    nf3 weights of ~1e-7 the float16 scales are subnormal (steps of 2^-24, tens of percent of
+    the scale), so the float32 grid's best pair is clearly worse on the rounded grid in some
+    groups: a search that ignored scale_dtype would fail here."""
+    from lowbit.clip_search import group_gram, search_clip, search_clip_torch
+
+    n, k, g = 24, 64, 16
+    G = k // g
+    w = torch.randn(n, k, generator=gen) * mag
+    x = torch.randn(48, k, generator=gen) * torch.linspace(0.2, 3.0, k)
+    spec = lowbit.QuantSpec(fmt, bits, g, scale_dtype=sd)
+    cands, errs = _clip_candidates(w, x, spec)
+    C = cands.shape[0]
+    best = errs.amin(0)
+    for search in (search_clip, search_clip_torch):
+        lo, hi = search(w, spec, group_gram(x, g))
+        got = torch.minimum(torch.maximum(w.reshape(n, G, g), lo), hi).reshape(n, k)
+        match = torch.isclose(cands, got, rtol=1e-6, atol=0).reshape(C, n, G, g).all(-1)
+        assert match.any(0).all(), f"{search.__name__}: a group is none of the candidates"
+        got_err = torch.where(match, errs, torch.full_like(errs, float("inf"))).amin(0)
+        assert torch.all(got_err <= best * (1 + 1e-4) + 1e-9 * errs[0].max()), search.__name__
+    if sd == "float16":
+        _, errs32 = _clip_candidates(w, x, lowbit.QuantSpec(fmt, bits, g))
+        pick32 = errs32.argmin(0, keepdim=True)  # the float32 grid's choice, scored on float16's
+        worse = errs.gather(0, pick32).squeeze(0) > best * 1.01 + 1e-9 * errs[0].max()
+        assert worse.any(), "the float32 grid's choices are as good: the case tests nothing"
 
 
 def _lm_batches(gen, n=3):

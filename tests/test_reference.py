@@ -20,6 +20,7 @@ from reference import (
     ref_fake_quant,
     ref_params,
     round_half_away,
+    round_scale,
 )
 
 f32 = torch.float32
@@ -380,6 +381,69 @@ def test_identity_ste_hand():
 
 
 # ------------------------------------------------------------------------------------------
+# Scale precision (1.6), hand-computed from the IEEE formats: float16 has 11 significant bits,
+# normals from 2^-14, subnormals multiples of 2^-24, largest 65504; bfloat16 has 8 significant
+# bits and float32's exponent range (largest (2 - 2^-7) * 2^127).
+# ------------------------------------------------------------------------------------------
+BF16_MAX = (2 - 2.0 ** -7) * 2.0 ** 127
+
+
+@pytest.mark.parametrize("sd,val,exp", [
+    ("float16", 1 / 3, 1365 / 4096),                        # 1.0101010101|01.. x 2^-2: down
+    ("float16", 1 + 2.0 ** -11, 1.0),                       # tie: to the even 1.0
+    ("float16", 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -9),         # tie: to the even neighbour above
+    ("float16", 2.0 ** -14 * (1 - 2.0 ** -12), 2.0 ** -14),  # subnormal range rounds up to 2^-14
+    ("float16", 3 * 2.0 ** -25, 2.0 ** -23),                # subnormal tie: to the even 2 * 2^-24
+    ("float16", 5 * 2.0 ** -26, 2.0 ** -24),                # 1.25 quanta
+    ("float16", 2.0 ** -25, 2.0 ** -24),                    # tie to 0 -> smallest subnormal
+    ("float16", 1e-8, 2.0 ** -24),                          # the level floor underflows
+    ("float16", 65519.0, 65504.0),
+    ("float16", 65520.0, 65504.0),                          # rounds to inf: the largest finite
+    ("float16", 1e30, 65504.0),
+    ("bfloat16", 1 / 3, 171 / 512),                         # 1.0101010|1010.. x 2^-2: up
+    ("bfloat16", 1 + 2.0 ** -8, 1.0),
+    ("bfloat16", 1 + 3 * 2.0 ** -8, 1 + 2.0 ** -6),
+    ("bfloat16", 1e-8, 43 * 2.0 ** -32),                    # 1.0101011|11.. x 2^-27: up
+    ("bfloat16", 3.4e38, BF16_MAX),                         # past the last midpoint: saturates
+    ("float32", 1 / 3, 1 / 3),
+])
+def test_round_scale_hand(sd, val, exp):
+    s = torch.tensor([val], dtype=f32)
+    r = round_scale(s, sd)
+    assert r.dtype == f32 and r.item() == torch.tensor(exp, dtype=f32).item(), (val, r.item(), exp)
+    assert round_scale(s, getattr(torch, sd)).item() == r.item()
+
+
+def test_round_scale_identity_gradient():
+    s = torch.tensor([1 / 3, 1e-8, 7e4], requires_grad=True)
+    up = torch.tensor([0.5, -2.0, 3.0])
+    round_scale(s, "float16").backward(up)
+    assert torch.equal(s.grad, up)
+
+
+def test_scale_dtype_hand():
+    # int2 asym, range 1: s = 1/3 in float32 -> 1365/4096 in float16; z = rne(0.25 / s) = 1
+    w = t(-0.25, 0.1, 0.4, 0.75)
+    s16 = 1365 / 4096
+    p = ref_params(w, "int", 2, -1, False, scale_dtype="float16")
+    assert p["scales"].item() == s16 and p["zeros"].item() == 1
+    q = [min(max(round_half_away(torch.tensor(x / s16)).item() + 1, 0), 3) for x in w[0].tolist()]
+    assert ref_codes(w, "int", 2, -1, False, scale_dtype="float16")[0].tolist() == q == [0, 1, 2, 3]
+    Q = ref_fake_quant(w, "int", 2, -1, False, scale_dtype="float16")
+    assert Q[0].tolist() == [(c - 1) * s16 for c in q]
+    # bfloat16: 171/512; and the two-scale format rounds s+ and s- each
+    assert ref_params(w, "int", 2, -1, False, scale_dtype="bfloat16")["scales"].item() == 171 / 512
+    w2 = t(1 / 3, -1 / 3, 0.0, 0.1)
+    sc = ref_params(w2, "nf", 3, -1, False, scale_dtype="float16")["scales"]
+    assert sc.tolist() == [[[1365 / 4096, 1365 / 4096]]]
+    # a tiny level-format group: both scales are the float16 smallest subnormal
+    sc = ref_params(t(3e-9, -1e-9, 0.0, 0.0), "nf", 3, -1, False, scale_dtype="float16")["scales"]
+    assert sc.tolist() == [[[2.0 ** -24, 2.0 ** -24]]]
+    with pytest.raises(ValueError, match="scale_dtype"):
+        ref_fake_quant(w, "int", 2, -1, False, scale_dtype="float64")
+
+
+# ------------------------------------------------------------------------------------------
 # Whole-reference properties
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS)
@@ -467,6 +531,8 @@ def test_pack_helper_layout():
 @pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS)
 def test_make_weight_avoids_ties(fmt, bits, sym, gen):
     for dtype in (torch.float32, torch.bfloat16):
-        w = make_weight((8, 128), fmt, bits, 32, sym, dtype=dtype, gen=gen)
-        bad, bad_g = near_tie_masks(w.float().reshape(8, 4, 32), fmt, bits, sym)
-        assert not bad.any() and not bad_g.any()
+        for sd in ("float32", "float16", "bfloat16"):
+            w = make_weight((8, 128), fmt, bits, 32, sym, dtype=dtype, gen=gen, scale_dtype=sd)
+            bad, bad_g = near_tie_masks(w.float().reshape(8, 4, 32), fmt, bits, sym,
+                                        scale_dtype=sd)
+            assert not bad.any() and not bad_g.any()

@@ -1,6 +1,7 @@
 """save_quantized / load_quantized and the transformers round trip: from_pretrained of a
 save_quantized directory (and of model.save_pretrained) returns the packed model through the
-registered "lowbit" quantizer; load_quantized(path); directories written the 0.1 way still load;
+registered "lowbit" quantizer; load_quantized(path); QuantSpec.scale_dtype is saved and loaded
+back (issue 9); directories written the 0.1 way (no scale_dtype) still load, as float32;
 every stored tensor's dtype and shape is checked (issue 11 item 11); a malformed lowbit_config.json
 is a ValueError naming the file and field (item 14); safetensors is a core dependency (item 16)."""
 import json
@@ -80,7 +81,9 @@ def write_old_way(model, directory):
     derived = set()
     for name, mod in model.named_modules():
         if isinstance(mod, lowbit.nn.QuantLinear):
-            cfg["layers"][name] = {"spec": dataclasses.asdict(mod.spec),
+            spec = dataclasses.asdict(mod.spec)
+            assert spec.pop("scale_dtype") == "float32"  # 0.1 had no such field
+            cfg["layers"][name] = {"spec": spec,
                                    "in_features": mod.in_features,
                                    "out_features": mod.out_features,
                                    "bias": mod.bias is not None, "dtype": str(mod.weight_dtype)}
@@ -105,9 +108,36 @@ def test_directory_written_the_old_way_still_loads(tmp_path):
     write_old_way(m, tmp_path)
     back = lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
     assert torch.equal(logits(back), logits(m))
+    specs = [x.spec for x in back.modules() if isinstance(x, lowbit.nn.QuantLinear)]
+    assert specs and all(s.scale_dtype == "float32" for s in specs)
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
     with pytest.raises(FileNotFoundError, match="no config.json.*load_quantized\\(model_skeleton"):
         lowbit.load_quantized(str(tmp_path))
+
+
+def test_scale_dtype_is_saved_and_loaded(tmp_path):
+    """A model trained on float16 / bfloat16 scales (QuantSpec.scale_dtype) saves the field in
+    lowbit_config.json and config.json, keeps its rounded scales, and loads back with it."""
+    m = tiny_llama(3)
+    s16 = lowbit.QuantSpec("int", 3, 32, scale_dtype="float16")
+    sbf = lowbit.QuantSpec("nf", 4, 64, scale_dtype="bfloat16")
+    lowbit.quantize_(m, lowbit.QATConfig(s16, overrides={"*down_proj": sbf}))
+    lowbit.convert_(m)
+    ref = logits(m)
+    lowbit.save_quantized(m, tmp_path)
+    for f in ("lowbit_config.json", "config.json"):
+        cfg = json.load(open(tmp_path / f))
+        layers = cfg["layers"] if f == "lowbit_config.json" else cfg["quantization_config"]["layers"]
+        got = {e["spec"]["scale_dtype"] for e in layers.values()}
+        assert got == {"float16", "bfloat16"}, (f, got)
+    for back in (transformers.AutoModelForCausalLM.from_pretrained(tmp_path),
+                 lowbit.load_quantized(str(tmp_path))):
+        packed = {n: x for n, x in back.named_modules() if isinstance(x, lowbit.nn.QuantLinear)}
+        for n, x in packed.items():
+            assert x.spec == (sbf if n.endswith("down_proj") else s16), n
+            dt = x.spec.scale_torch_dtype
+            assert torch.equal(x.scales.to(dt).float(), x.scales), n
+        assert torch.equal(logits(back), ref)
 
 
 def _rewrite(directory, edit):
@@ -163,6 +193,8 @@ LAYER = "model.layers.0.self_attn.q_proj"
     (lambda c: c["layers"][LAYER].__setitem__("spec", "nf3"), r"\.spec must be an object"),
     (lambda c: c["layers"][LAYER]["spec"].__setitem__("bits", 5), r"\.spec is not a valid QuantSpec: bits"),
     (lambda c: c["layers"][LAYER]["spec"].__setitem__("colour", 1), r"\.spec is not a valid QuantSpec"),
+    (lambda c: c["layers"][LAYER]["spec"].__setitem__("scale_dtype", "float64"), r"\.spec is not a valid QuantSpec: scale_dtype"),
+    (lambda c: c["layers"][LAYER]["spec"].__setitem__("scale_dtype", 16), r"\.spec is not a valid QuantSpec: scale_dtype"),
     (lambda c: c["layers"][LAYER].pop("out_features"), r"\.out_features is missing"),
     (lambda c: c["layers"].__setitem__(LAYER, 3), r"layers\['model.layers.0.self_attn.q_proj'\] must be an object"),
     (lambda c: c.__setitem__("aliases", {"lm_head.weight": "model.nothing.weight"}), r"aliases\['lm_head.weight'\] names tensor 'model.nothing.weight', which is not stored"),

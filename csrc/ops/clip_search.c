@@ -8,12 +8,14 @@
 #include "../cpu/clip_search.h"
 
 /* clip_search(Tensor w, Tensor gram, int fmt, int bits, int group_size, bool symmetric,
- *             int n_grid, int shrink) -> (Tensor lo, Tensor hi) */
+ *             int n_grid, int shrink, int scale_dtype=0) -> (Tensor lo, Tensor hi)
+ * Candidates are scored on the grid fake_quant(scale_dtype) trains on (FORMATS.md 1.6). */
 LB_BOXED(lb_boxed_clip_search) {
     lb_call c;
     lb_tensor w, gm;
     lb_fmt f;
     const int64_t g = lb_iv_int(stack[4]), n_grid = lb_iv_int(stack[6]), shrink = lb_iv_int(stack[7]);
+    const int64_t sdt = lb_iv_int(stack[8]);
     void *plo = NULL, *phi = NULL;
     lb_call_begin(&c, "lowbit::clip_search", stack, 2);
     if (lb_call_arg(&c, 0, "w", &w) || lb_call_arg(&c, 1, "gram", &gm) ||
@@ -33,8 +35,10 @@ LB_BOXED(lb_boxed_clip_search) {
     }
     /* the kernel counts grid steps in C int: range-check before narrowing */
     if (lb_check_int(n_grid, "n_grid", 1, INT_MAX, c.err) ||
-        lb_check_int(shrink, "shrink", 1, n_grid, c.err))
+        lb_check_int(shrink, "shrink", 1, n_grid, c.err) ||
+        lb_check_dtype_code(sdt, "scale_dtype", c.err))
         goto fail;
+    f.scale_dt = (int)sdt;
     {
         const int64_t sz[2] = {w.sizes[0], w.sizes[1] / g};
         if (lb_call_out(&c, 2, sz, lb_t.dt_f32, &w, &plo) ||
@@ -52,7 +56,7 @@ LB_BOXED(lb_boxed_clip_search) {
 const lb_op_def lb_ops_clip_search[] = {
     {"clip_search",
      "clip_search(Tensor w, Tensor gram, int fmt, int bits, int group_size, bool symmetric, "
-     "int n_grid, int shrink) -> (Tensor, Tensor)",
+     "int n_grid, int shrink, int scale_dtype=0) -> (Tensor, Tensor)",
      lb_boxed_clip_search, 0},
     {NULL, NULL, NULL, 0},
 };

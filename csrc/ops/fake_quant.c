@@ -9,11 +9,19 @@
 #include "../../cuda/fake_quant.cuh"
 #endif
 
+/* The `scale_dtype` argument (FORMATS.md 1.6, an LB_DT_* code) into f->scale_dt. */
+static int lb_fq_scale_dtype(StableIValue v, lb_fmt* f, char* err) {
+    const int64_t dt = lb_iv_int(v);
+    if (lb_check_dtype_code(dt, "scale_dtype", err)) return -1;
+    f->scale_dt = (int)dt;
+    return 0;
+}
+
 /* Forward (with_grad == 0) or ste="bitdistiller" backward (stack: grad, w, ...) of fake_quant:
  * the shared body of the two boxed kernels below. spec: the (fmt, bits, group_size, symmetric)
- * slots. */
+ * slots; sdt: the scale_dtype slot. */
 static void lb_fq_run(const char* opname, int with_grad, const StableIValue* spec,
-                      StableIValue* stack) {
+                      StableIValue sdt, StableIValue* stack) {
     lb_call c;
     lb_tensor w, gr;
     lb_fmt f;
@@ -23,7 +31,8 @@ static void lb_fq_run(const char* opname, int with_grad, const StableIValue* spe
     lb_call_begin(&c, opname, stack, with_grad ? 2 : 1);
     if (lb_call_arg(&c, with_grad, "w", &w) || lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(spec[0]), lb_iv_int(spec[1]), g, lb_iv_bool(spec[3]), w.sizes[1],
-                      &f, c.err))
+                      &f, c.err) ||
+        lb_fq_scale_dtype(sdt, &f, c.err))
         goto fail;
     if (with_grad && (lb_call_arg(&c, 0, "grad", &gr) || lb_check_weight(&gr, "grad", c.err)))
         goto fail;
@@ -55,7 +64,8 @@ static void lb_fq_run(const char* opname, int with_grad, const StableIValue* spe
     LB_CALL_END(c);
 }
 
-/* fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste) -> Tensor */
+/* fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste,
+ *            int scale_dtype=0) -> Tensor */
 LB_BOXED(lb_boxed_fake_quant) {
     const int64_t ste = lb_iv_int(stack[5]);
     if (ste != LB_STE_BITDISTILLER && ste != LB_STE_IDENTITY) {
@@ -65,19 +75,21 @@ LB_BOXED(lb_boxed_fake_quant) {
         lb_call_fail(&c);
         return;
     }
-    lb_fq_run("lowbit::fake_quant", 0, stack + 1, stack);
+    lb_fq_run("lowbit::fake_quant", 0, stack + 1, stack[6], stack);
 }
 
-/* fake_quant_backward(Tensor grad, Tensor w, int fmt, int bits, int group_size, bool symmetric)
- * -> Tensor: dL/dw for ste="bitdistiller" (the identity STE needs no kernel). */
+/* fake_quant_backward(Tensor grad, Tensor w, int fmt, int bits, int group_size, bool symmetric,
+ *                     int scale_dtype=0) -> Tensor: dL/dw for ste="bitdistiller" (the identity
+ * STE needs no kernel). */
 LB_BOXED(lb_boxed_fake_quant_backward) {
-    lb_fq_run("lowbit::fake_quant_backward", 1, stack + 2, stack);
+    lb_fq_run("lowbit::fake_quant_backward", 1, stack + 2, stack[6], stack);
 }
 
-/* quantize(Tensor w, int fmt, int bits, int group_size, bool symmetric)
+/* quantize(Tensor w, int fmt, int bits, int group_size, bool symmetric, int scale_dtype=0)
  * -> (Tensor codes, Tensor scales, Tensor zeros)
  * codes uint8 (N, row_bytes) [bitstream layout of formats.h lb_put_code]; scales float32 (N, G)
- * or (N, G, 2) = [s+, s-] for two-scale formats; zeros uint8 (N, G) for INT asym, else (N, 0). */
+ * or (N, G, 2) = [s+, s-] for two-scale formats, holding values exact in scale_dtype; zeros
+ * uint8 (N, G) for INT asym, else (N, 0). */
 LB_BOXED(lb_boxed_quantize) {
     lb_call c;
     lb_tensor w;
@@ -88,7 +100,8 @@ LB_BOXED(lb_boxed_quantize) {
     lb_call_begin(&c, "lowbit::quantize", stack, 1);
     if (lb_call_arg(&c, 0, "w", &w) || lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(stack[1]), lb_iv_int(stack[2]), g, lb_iv_bool(stack[4]),
-                      w.sizes[1], &f, c.err))
+                      w.sizes[1], &f, c.err) ||
+        lb_fq_scale_dtype(stack[5], &f, c.err))
         goto fail;
     N = w.sizes[0];
     K = w.sizes[1];
@@ -174,15 +187,16 @@ LB_BOXED(lb_boxed_dequantize) {
 
 const lb_op_def lb_ops_fake_quant[] = {
     {"fake_quant",
-     "fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste) -> Tensor",
+     "fake_quant(Tensor w, int fmt, int bits, int group_size, bool symmetric, int ste, "
+     "int scale_dtype=0) -> Tensor",
      lb_boxed_fake_quant, 1},
     {"fake_quant_backward",
      "fake_quant_backward(Tensor grad, Tensor w, int fmt, int bits, int group_size, "
-     "bool symmetric) -> Tensor",
+     "bool symmetric, int scale_dtype=0) -> Tensor",
      lb_boxed_fake_quant_backward, 1},
     {"quantize",
-     "quantize(Tensor w, int fmt, int bits, int group_size, bool symmetric) "
-     "-> (Tensor, Tensor, Tensor)",
+     "quantize(Tensor w, int fmt, int bits, int group_size, bool symmetric, "
+     "int scale_dtype=0) -> (Tensor, Tensor, Tensor)",
      lb_boxed_quantize, 1},
     {"dequantize",
      "dequantize(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size, "

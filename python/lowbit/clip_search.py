@@ -18,7 +18,8 @@ def group_gram(x, g):
 @torch.no_grad()
 def search_clip_torch(w, spec, gram, n_grid=20, max_shrink=10, chunk_rows=256):
     """Vectorised-torch twin of the C clip_search (used off CPU, and as its test oracle's
-    neighbour): the same candidates, the same error d^T H d, first minimum in (i, j) order."""
+    neighbour): the same candidates, quantized on the same grid (fake_quantize with ``spec``, its
+    scale_dtype included), the same error d^T H d, first minimum in (i, j) order."""
     n, k = w.shape
     g = spec.group_for(k)
     G = k // g
@@ -50,19 +51,20 @@ def search_clip_torch(w, spec, gram, n_grid=20, max_shrink=10, chunk_rows=256):
 
 
 def search_clip(w, spec, gram, n_grid=20, max_shrink=10):
-    """Clamp bounds (N, G, 1) lo, hi of the best clipping pair per (row, group)."""
+    """Clamp bounds (N, G, 1) lo, hi of the best clipping pair per (row, group), candidates
+    scored on the grid QAT trains on (``spec`` with its scale_dtype, FORMATS.md 1.6)."""
     if w.device.type != "cpu":
         return search_clip_torch(w, spec, gram, n_grid, max_shrink)
     fmt, bits, g, sym = spec.op_args(w.shape[1])
     lo, hi = torch.ops.lowbit.clip_search(w.detach().float().contiguous(),
                                           gram.float().contiguous(), fmt, bits, g, sym,
-                                          n_grid, max_shrink)
+                                          n_grid, max_shrink, spec.scale_code)
     return lo.unsqueeze(-1), hi.unsqueeze(-1)
 
 
 # ---- fake kernel of the op ----
 @torch.library.register_fake("lowbit::clip_search")
-def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink):
+def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink, scale_dtype=0):
     shape = (w.shape[0], w.shape[1] // group_size)
     return w.new_empty(shape, dtype=torch.float32), w.new_empty(shape, dtype=torch.float32)
 

@@ -27,6 +27,7 @@ def fake_quantize(w, spec, ste="bitdistiller"):
     the weights at int2-g128) and a different scale gradient at the group extremes. lowbit's
     kernels do not use torch's clamp: the gradient is the same on every torch version.
     ``ste="identity"``: dQ/dw = 1 (scales detached), as torchao does.
+    The scales are rounded to ``spec.scale_dtype`` (FORMATS.md 1.6) with identity gradient.
     Returns a tensor of w's shape and dtype.
     """
     check_spec(spec)
@@ -34,19 +35,22 @@ def fake_quantize(w, spec, ste="bitdistiller"):
         raise ValueError(f"ste: must be one of {sorted(STE_CODES)}, got {ste!r}")
     check_weight(w)
     fmt, bits, g, sym = spec.op_args(w.shape[1])
-    return torch.ops.lowbit.fake_quant(w.contiguous(), fmt, bits, g, sym, STE_CODES[ste])
+    return torch.ops.lowbit.fake_quant(w.contiguous(), fmt, bits, g, sym, STE_CODES[ste],
+                                       spec.scale_code)
 
 
 def quantize(w, spec):
     """Packs ``w`` into a QuantizedWeight such that ``dequantize(quantize(w, spec))`` equals
-    ``fake_quantize(w, spec)`` bit for bit. NaN/Inf in w raise ValueError. The CPU kernel layout
-    of quant_linear is not built here (quant_linear / QuantLinear build it when they need it)."""
+    ``fake_quantize(w, spec)`` bit for bit. NaN/Inf in w raise ValueError. The scales are stored
+    in float32 holding values exact in ``spec.scale_dtype``. The CPU kernel layout of quant_linear
+    is not built here (quant_linear / QuantLinear build it when they need it)."""
     check_spec(spec)
     check_weight(w)
     fmt, bits, g, sym = spec.op_args(w.shape[1])
     try:  # the kernel finds NaN/Inf in its pass over w (a separate isfinite pass cost as much)
         with torch.no_grad():
-            codes, scales, zeros = torch.ops.lowbit.quantize(w.contiguous(), fmt, bits, g, sym)
+            codes, scales, zeros = torch.ops.lowbit.quantize(w.contiguous(), fmt, bits, g, sym,
+                                                             spec.scale_code)
     except RuntimeError as exc:
         if not str(exc).startswith("w: contains NaN or Inf"):
             raise
@@ -68,17 +72,17 @@ def dequantize(qw):
 
 # ---- fake kernels and autograd of the ops ----
 @torch.library.register_fake("lowbit::fake_quant")
-def _fake_quant_fake(w, fmt, bits, group_size, symmetric, ste):
+def _fake_quant_fake(w, fmt, bits, group_size, symmetric, ste, scale_dtype=0):
     return torch.empty_like(w, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("lowbit::fake_quant_backward")
-def _fake_quant_backward_fake(grad, w, fmt, bits, group_size, symmetric):
+def _fake_quant_backward_fake(grad, w, fmt, bits, group_size, symmetric, scale_dtype=0):
     return torch.empty_like(w, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("lowbit::quantize")
-def _quantize_fake(w, fmt, bits, group_size, symmetric):
+def _quantize_fake(w, fmt, bits, group_size, symmetric, scale_dtype=0):
     n, k = w.shape
     g = k // group_size
     codes = w.new_empty((n, C.codes_bytes(k, bits)), dtype=torch.uint8)
@@ -93,8 +97,8 @@ def _dequantize_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K, 
 
 
 def _fake_quant_setup(ctx, inputs, output):
-    w, fmt, bits, group_size, symmetric, ste = inputs
-    ctx.args = (fmt, bits, group_size, symmetric)
+    w, fmt, bits, group_size, symmetric, ste, scale_dtype = inputs
+    ctx.args = (fmt, bits, group_size, symmetric, scale_dtype)
     ctx.ste = ste
     if ste == STE_CODES["bitdistiller"]:
         ctx.save_for_backward(w)
@@ -106,7 +110,7 @@ def _fake_quant_backward(ctx, grad):
     else:
         (w,) = ctx.saved_tensors
         gw = torch.ops.lowbit.fake_quant_backward(grad.to(w.dtype).contiguous(), w, *ctx.args)
-    return gw, None, None, None, None, None
+    return gw, None, None, None, None, None, None
 
 
 torch.library.register_autograd("lowbit::fake_quant", _fake_quant_backward,

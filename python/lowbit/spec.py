@@ -2,20 +2,44 @@
 (FORMATS.md section 1), and its mapping to the op-level integer codes."""
 from dataclasses import dataclass
 
+import torch
+
+from . import _ops
 from ._constants import FORMAT_BITS, FORMAT_CODES
+
+# scale_dtype name -> (the LB_DT_* code the ops take, read from lowbit._C; torch dtype; the
+# suffix it adds to QuantSpec.name)
+SCALE_DTYPES = {
+    "float32": (_ops._C.DT_F32, torch.float32, ""),
+    "float16": (_ops._C.DT_F16, torch.float16, "-f16scale"),
+    "bfloat16": (_ops._C.DT_BF16, torch.bfloat16, "-bf16scale"),
+}
+_SCALE_DTYPE_NAMES = {v[1]: k for k, v in SCALE_DTYPES.items()}
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """A weight format: ``format`` "int" | "nf" | "fp", ``bits``, ``group_size`` (a positive
-    group length along in_features, or -1 for one group per row) and ``symmetric`` (False: the
-    asymmetric INT of BitDistiller / the two-scale NF/FP of AFPQ; True: the one-scale baselines).
+    group length along in_features, or -1 for one group per row), ``symmetric`` (False: the
+    asymmetric INT of BitDistiller / the two-scale NF/FP of AFPQ; True: the one-scale baselines)
+    and ``scale_dtype`` "float32" (default) | "float16" | "bfloat16" (a torch dtype is accepted
+    and stored as its name).
+
+    ``scale_dtype`` (FORMATS.md 1.6): every scale (s; s+ and s- each) is computed in float32 as
+    before and then rounded to that dtype (to nearest even; a scale that would round to 0 becomes
+    the dtype's smallest positive subnormal, one that would overflow its largest finite value), and
+    zero points, codes and Q(w) all use the rounded scale — in fake_quantize, quantize and the
+    clipping search, on every device. QAT then trains on exactly the grid a checkpoint storing
+    float16 (GPTQ, GGUF, compressed-tensors in float16) or bfloat16 scales holds, so
+    ``lowbit.export`` of such a model is bit-identical to the trained weights. The rounding has
+    identity gradient. Packed weights still store float32 scales (exact in the dtype).
     """
 
     format: str = "int"
     bits: int = 4
     group_size: int = 128
     symmetric: bool = False
+    scale_dtype: str = "float32"
 
     def __post_init__(self):
         if not isinstance(self.format, str) or self.format not in FORMAT_BITS:
@@ -32,13 +56,34 @@ class QuantSpec:
                              f"got {self.group_size}")
         if not isinstance(self.symmetric, bool):
             raise TypeError(f"symmetric: must be a bool, got {type(self.symmetric).__name__}")
+        sd = self.scale_dtype
+        if isinstance(sd, torch.dtype):
+            if sd not in _SCALE_DTYPE_NAMES:
+                raise ValueError(f"scale_dtype: must be one of {list(SCALE_DTYPES)}, got {sd}")
+            object.__setattr__(self, "scale_dtype", _SCALE_DTYPE_NAMES[sd])
+        elif not isinstance(sd, str):
+            raise ValueError(f"scale_dtype: must be one of {list(SCALE_DTYPES)} (or the torch "
+                             f"dtype), got {type(sd).__name__} {sd!r:.40}")
+        elif sd not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype: must be one of {list(SCALE_DTYPES)}, got {sd!r}")
 
     @property
     def name(self):
-        """Short name, e.g. 'int4-g128-asym', 'nf3-g64', 'fp4-gK-sym'."""
+        """Short name, e.g. 'int4-g128-asym', 'nf3-g64', 'fp4-gK-sym'; a scale_dtype other than
+        float32 adds '-f16scale' or '-bf16scale' ('int4-g128-asym-f16scale')."""
         g = "K" if self.group_size == -1 else str(self.group_size)
         tail = "-sym" if self.symmetric else ("-asym" if self.format == "int" else "")
-        return f"{self.format}{self.bits}-g{g}{tail}"
+        return f"{self.format}{self.bits}-g{g}{tail}{SCALE_DTYPES[self.scale_dtype][2]}"
+
+    @property
+    def scale_torch_dtype(self):
+        """scale_dtype as a torch dtype."""
+        return SCALE_DTYPES[self.scale_dtype][1]
+
+    @property
+    def scale_code(self):
+        """scale_dtype as the ops' ``scale_dtype`` int (lowbit._C.DT_*)."""
+        return SCALE_DTYPES[self.scale_dtype][0]
 
     def group_for(self, K):
         """The group length for a weight with K input features (raises if it does not divide)."""
@@ -48,7 +93,8 @@ class QuantSpec:
         return g
 
     def op_args(self, K):
-        """(fmt, bits, group_size, symmetric) as the ops take them."""
+        """(fmt, bits, group_size, symmetric) as the ops take them (the ops that compute scales
+        also take ``scale_code``)."""
         return FORMAT_CODES[self.format], self.bits, self.group_for(K), self.symmetric
 
 
