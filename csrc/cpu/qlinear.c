@@ -227,38 +227,59 @@ void lb_ql_unpack_cpu(const int32_t* packed, int64_t N, int64_t K, int bits, uin
 }
 
 /* ================================ group parameters, tables ================================ */
+/* The format switch is outside the loops (one branch-free loop per kind): with small groups this
+ * runs for every (row, group) of the weight on each call, and with the switch inside it cost as
+ * much as the integer dot products themselves (int2-g64 ran at a third of whole-row speed). */
 void lb_ql_tile_params(const ql_ctx* c, int64_t nt, int64_t g0, int64_t g1, int integer,
                        float* tp) {
     const lb_fmt* f = c->f;
-    const int64_t G = c->G;
+    const int64_t G = c->G, ng = g1 - g0;
     const float S = c->lscale;
+    const int lvl_p1 = integer && c->sch == QI_LOFF; /* p1 = S, else p0 (PN) or 0 (float) */
     for (int64_t j = 0; j < 16; ++j) {
         const int64_t n = nt * 16 + j;
-        for (int64_t gi = g0; gi < g1; ++gi) {
-            float p0 = 0.0f, p1 = 0.0f;
-            if (n < c->N) {
-                const int64_t gx = n * G + gi;
-                switch (f->kind) {
-                case LB_KIND_INT_ASYM:
-                    p0 = c->scales[gx];
-                    p1 = (float)c->zeros[gx];
-                    break;
-                case LB_KIND_INT_SYM:
-                    p0 = c->scales[gx];
-                    p1 = -f->qmin;
-                    break;
-                case LB_KIND_LVL2:
-                    p0 = integer ? c->scales[2 * gx] / S : c->scales[2 * gx];
-                    p1 = integer ? c->scales[2 * gx + 1] / S : c->scales[2 * gx + 1];
-                    break;
-                default:
-                    p0 = integer ? c->scales[gx] / S : c->scales[gx];
-                    p1 = !integer ? 0.0f : c->sch == QI_LOFF ? S : p0;
-                    break;
-                }
+        float* t0 = tp + j;
+        float* t1 = tp + 16 + j;
+        if (n >= c->N) {
+            for (int64_t i = 0; i < ng; ++i) t0[i * 32] = t1[i * 32] = 0.0f;
+            continue;
+        }
+        switch (f->kind) {
+        case LB_KIND_INT_ASYM: {
+            const float* s = c->scales + n * G + g0;
+            const uint8_t* z = c->zeros + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                t0[i * 32] = s[i];
+                t1[i * 32] = (float)z[i];
             }
-            tp[(gi - g0) * 32 + j] = p0;
-            tp[(gi - g0) * 32 + 16 + j] = p1;
+            break;
+        }
+        case LB_KIND_INT_SYM: {
+            const float* s = c->scales + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                t0[i * 32] = s[i];
+                t1[i * 32] = (float)-f->qmin;
+            }
+            break;
+        }
+        case LB_KIND_LVL2: {
+            const float* s = c->scales + 2 * (n * G + g0);
+            for (int64_t i = 0; i < ng; ++i) {
+                /* x / S, not x * (1/S): bit-identical to the former per-element form */
+                t0[i * 32] = integer ? s[2 * i] / S : s[2 * i];
+                t1[i * 32] = integer ? s[2 * i + 1] / S : s[2 * i + 1];
+            }
+            break;
+        }
+        default: {
+            const float* s = c->scales + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                const float p0 = integer ? s[i] / S : s[i];
+                t0[i * 32] = p0;
+                t1[i * 32] = !integer ? 0.0f : lvl_p1 ? S : p0;
+            }
+            break;
+        }
         }
     }
 }
