@@ -1,9 +1,16 @@
-"""benchmarks/bench_qlinear.py: packed low-bit linear (lowbit.quant_linear) against torch's
-float32 / bfloat16 F.linear and torch's own int4 kernel, same process, same inputs. Median
-wall time per call; "bits/w" counts codes + scales + zero points per weight.
+"""benchmarks/bench_qlinear.py: packed low-bit linear (lowbit.quant_linear) in each accuracy mode
+against torch's float32 / bfloat16 F.linear and torch's own int4 kernel, same process, same
+inputs. Median wall time per call. Columns: "mode" (lowbit's act, and the scheme "auto" ran:
+int8x2 = int8 activations + an int8 residual, float), "bits/w" (codes + scales + zero points
+per weight), "GB/s" (those weight bytes / time: the effective weight bandwidth), "% read" (that
+against a streaming read of a buffer of the same size, torch sum, measured in the same run just
+before), "err gauss" / "err heavy" (||y - y_ref|| / ||y_ref|| against float64 F.linear over the
+dequantized weight, on Gaussian and heavy-tailed activations: FORMATS.md 4).
 
-    python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--threads N] [--json PATH]
+    python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--big] [--threads N]
+                                       [--json PATH]
 
+--big adds 16384 -> 28672 (a weight larger than the last-level cache; needs ~12 GB of memory).
 CPU baselines: F.linear float32, F.linear bfloat16, and for int4
 torch.ops.aten._weight_int4pack_mm_for_cpu after _convert_weight_to_int4pack_for_cpu (group 128,
 bf16 activations and scales). CUDA baselines: F.linear float16 and torch's int4 tinygemm
@@ -14,16 +21,20 @@ import torch.nn.functional as F
 
 import _harness as H
 import lowbit
+from lowbit import _constants as C
+from lowbit import _ops
 from lowbit.qlinear import ensure_kernel_layout
 
-SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K in, N out)
-SPECS = [("int", 4, 128, False), ("int", 3, 128, False), ("int", 2, 64, False),
-         ("nf", 4, 128, False), ("nf", 3, 128, False)]
+SHAPES = [(4096, 11008), (11008, 4096)]  # (K in, N out)
+BIG = [(16384, 28672)]
+SPECS = [("int", 4, 128, False), ("int", 3, 128, False), ("int", 2, 128, False),
+         ("int", 2, 64, False), ("nf", 4, 128, False), ("fp", 4, 128, False)]
+MODES = ("float", "auto", "int8")
 
 
-def timeit(fn, device):
+def timeit(fn, device, quick=False):
     """Median ms per call."""
-    return H.median_time(fn, device, min_run=0.25) * 1e3
+    return H.median_time(fn, device, min_run=0.1 if quick else 0.25) * 1e3
 
 
 def torch_int4(w, g, device, act_dtype):
@@ -46,9 +57,35 @@ def torch_int4(w, g, device, act_dtype):
     return packed, sz.to(device)
 
 
+def heavy_tailed(M, K, gen):
+    """FORMATS.md 4's second input kind: Student-t (3 dof), every 128th channel times 30."""
+    chi2 = (torch.randn(M, K, 3, generator=gen) ** 2).sum(-1) / 3
+    x = torch.randn(M, K, generator=gen) / chi2.clamp_min(1e-6).sqrt()
+    x[:, 5::128] *= 30
+    return x
+
+
+def rel_err(y, x, w64):
+    """Over the outputs w64 has rows for (all of them, or the first ERR_ROWS of a --big layer)."""
+    ref = F.linear(x.double(), w64)
+    y = y[..., :w64.shape[0]]
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+ERR_ROWS = 2048  # --big: the error columns use the first 2048 outputs (a float64 W is 3.8 GB)
+
+
+def read_bw(nbytes, device, quick):
+    """GB/s of a streaming read (torch sum) of a float32 buffer of nbytes."""
+    buf = torch.ones(max(1, nbytes // 4), device=device)
+    t = timeit(lambda: buf.sum(), device, quick)
+    return buf.numel() * 4 / (t * 1e-3) / 1e9
+
+
 def main():
     ap = H.parser(__doc__)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--big", action="store_true", help="add 16384 -> 28672 (beyond the LLC)")
     args = ap.parse_args()
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
@@ -56,56 +93,84 @@ def main():
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    ms = ([1, 16] if args.quick else [1, 16, 256]) if dev == "cpu" else \
+    shapes = (SHAPES[:1] if args.quick else SHAPES) + (BIG if args.big else [])
+    ms = ([1, 16] if args.quick else [1, 4, 16, 256]) if dev == "cpu" else \
         ([1, 16] if args.quick else [1, 2, 4, 8, 16, 256])
-    specs = SPECS[:3] if args.quick else SPECS
+    specs = SPECS[:4] if args.quick else SPECS
     act = torch.bfloat16 if dev == "cpu" else torch.float16
     rep = H.Report(f"bench_qlinear device={dev}", args)
-    t = rep.table([("K->N", "{}"), ("M", "{}"), ("impl", "{}"), ("bits/w", "{:.3f}"),
-                   ("ms", "{:.3f}"), ("vs f32", "{:.2f}x"), ("vs bf16/f16", "{:.2f}x"),
-                   ("vs torch int4", "{:.2f}x")])
+    t = rep.table([("K->N", "{}"), ("M", "{}"), ("impl", "{}"), ("mode", "{}"),
+                   ("bits/w", "{:.3f}"), ("ms", "{:.3f}"), ("vs f32", "{:.2f}x"),
+                   ("vs torch int4", "{:.2f}x"), ("GB/s", "{:.1f}"), ("% read", "{:.0f}%"),
+                   ("err gauss", "{:.1e}"), ("err heavy", "{:.1e}")])
     gen = torch.Generator().manual_seed(0)
     for K, N in shapes:
-        w = (torch.randn(N, K, generator=gen) * 0.02).to(dev)
-        w16 = w.to(act)
-        # the CPU kernel layout is built once here, as QuantLinear does (not timed)
-        qws = {s: ensure_kernel_layout(lowbit.quantize(w, lowbit.QuantSpec(*s))) for s in specs}
-        # torch's int4 kernels take bf16 activations and scales (tinygemm on CUDA: bf16 only)
-        x4dt = torch.bfloat16
+        big = (K, N) in BIG
+        w = (torch.randn(N, K, generator=gen) * 0.02)
+        w16 = w.to(act).to(dev)
+        # the CPU kernel layout is built once here, as QuantLinear's first call does (not timed)
+        qws = {s: ensure_kernel_layout(lowbit.quantize(w.to(dev), lowbit.QuantSpec(*s)))
+               for s in (specs[:1] + specs[3:4] if big else specs)}
+        r = ERR_ROWS if big else N
+
+        def w64(qw):
+            z = None if qw.zeros is None else qw.zeros[:r].cpu()
+            return lowbit.dequantize(lowbit.QuantizedWeight(
+                qw.codes[:r].cpu(), qw.scales[:r].cpu(), z, qw.spec, (r, K),
+                torch.float32)).double()
+
+        w64s = {s: w64(qw) for s, qw in qws.items()}
+        w = w.to(dev)
+        x4dt = torch.bfloat16  # torch's int4 kernels take bf16 activations and scales
         try:
             t4 = torch_int4(w.cpu(), 128, dev, x4dt)
         except Exception as e:  # noqa: BLE001 - report and go on
             t4 = None
             rep.note(f"<!-- torch int4 unavailable: {type(e).__name__}: {e} -->")
-        for M in ms:
-            x = torch.randn(M, K, generator=gen).to(dev)
+        for M in ms if not big else [1, 16]:
+            xg = torch.randn(M, K, generator=gen)
+            xh = heavy_tailed(M, K, gen)
+            x = xg.to(dev)
             x16 = x.to(act)
-            x4 = x.to(x4dt)
             rows = []
-            base32 = timeit(lambda: F.linear(x, w), dev) if dev == "cpu" else None
-            base16 = timeit(lambda: F.linear(x16, w16), dev)
+            base32 = timeit(lambda: F.linear(x, w), dev, args.quick) if dev == "cpu" else None
+            base16 = timeit(lambda: F.linear(x16, w16), dev, args.quick)
             if dev == "cpu":
-                rows.append(("torch F.linear f32", 32.0, base32))
-            rows.append((f"torch F.linear {str(act).split('.')[-1]}", 16.0, base16))
+                rows.append(("torch F.linear f32", "-", 32.0, base32, None, None))
+            rows.append((f"torch F.linear {str(act).split('.')[-1]}", "-", 16.0, base16, None,
+                         None))
             ti4 = None
             if t4 is not None:
                 fn = (torch.ops.aten._weight_int4pack_mm_for_cpu if dev == "cpu"
                       else torch.ops.aten._weight_int4pack_mm)
+                x4 = x.to(x4dt)
                 try:
-                    ti4 = timeit(lambda: fn(x4, t4[0], 128, t4[1]), dev)
+                    ti4 = timeit(lambda: fn(x4, t4[0], 128, t4[1]), dev, args.quick)
                     rows.append(("torch int4 g128 (bf16)" if dev == "cpu" else
-                                 "torch int4 tinygemm g128 (bf16)", 4 + 2 * 16 / 128, ti4))
+                                 "torch int4 tinygemm g128 (bf16)", "-", 4 + 2 * 16 / 128, ti4,
+                                 None, None))
                 except Exception as e:  # noqa: BLE001
                     rep.note(f"<!-- torch int4 mm failed: {type(e).__name__}: {e} -->")
             for s, qw in qws.items():
                 xx = x if dev == "cpu" else x16
-                tq = timeit(lambda: lowbit.quant_linear(xx, qw), dev)
-                rows.append((f"lowbit {qw.spec.name}" + (" (f32 x)" if dev == "cpu" else " (f16 x)"),
-                             qw.bits_per_weight, tq))
-            for name, bpw, tm in rows:
-                t.row(f"{K}->{N}", M, name, bpw, tm, base32 / tm if base32 else None, base16 / tm,
-                      ti4 / tm if ti4 else None)
+                f, b, g, sym = qw.spec.op_args(K)
+                for mode in MODES if dev == "cpu" else ("auto",):
+                    tq = timeit(lambda: lowbit.quant_linear(xx, qw, act=mode), dev, args.quick)
+                    eg = rel_err(lowbit.quant_linear(xg.to(xx), qw, act=mode).cpu(), xg, w64s[s])
+                    eh = rel_err(lowbit.quant_linear(xh.to(xx), qw, act=mode).cpu(), xh, w64s[s])
+                    ran = mode
+                    if dev == "cpu" and mode == "auto":
+                        sch = _ops._C.ql_scheme(C.QL_ACT_CODES[mode], f, b, sym, M,
+                                                C.ql_packable(K, g))
+                        ran = f"auto={C.QL_SCHEMES[sch]}"
+                    rows.append((f"lowbit {qw.spec.name}", ran, qw.bits_per_weight, tq, eg, eh))
+            for name, mode, bpw, tm, eg, eh in rows:
+                nbytes = bpw * N * K / 8
+                gbs = nbytes / (tm * 1e-3) / 1e9
+                t.row(f"{K}->{N}", M, name, mode, bpw, tm, base32 / tm if base32 else None,
+                      ti4 / tm if ti4 else None, gbs,
+                      100 * gbs / read_bw(int(nbytes), dev, args.quick) if M == 1 else None,
+                      eg, eh)
     rep.save()
 
 

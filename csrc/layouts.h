@@ -35,56 +35,71 @@ LB_HD int lb_row_bytes_checked(int64_t K, int64_t bits, int64_t* out) {
     return 0;
 }
 
-/* ---- the qlinear CPU kernel layout ("packed" + "params", built by lb_ql_pack_cpu) ----
- * The canonical per-row bitstream (codes/scales/zeros) stays the source of truth; the CPU
- * kernels read a regrouped copy in which one SIMD lane is one output row:
- *   rows are cut into tiles of LB_QL_TILE = 16 (NT = ceil(N/16) tiles, missing rows are code 0,
- *   scale 0); K is padded with code 0 to Kp = KB*32 (KB = ceil(K/LB_QL_KBLK));
- *   packed: int32 [NT][KB][bits][16]: for tile nt, K-block kb (k = kb*32 .. kb*32+31), word w,
+/* ---- the qlinear CPU kernel layout ("packed", built by lb_ql_pack_cpu) ----
+ * On the CPU this is the one stored form of the codes of a weight whose group size has the
+ * layout (lb_ql_packable); the canonical bitstream above is derived from it on demand (save,
+ * export, CUDA, dequantize: lb_ql_unpack_cpu). Scales and zero points have no kernel copy: the
+ * kernels read the canonical float32 (N, G) / (N, G, 2) scales and uint8 (N, G) zero points, so
+ * an edit of either is seen at once and nothing can go stale.
+ *   rows are cut into tiles of LB_QL_TILE = 16 (NT = ceil(N/16) tiles, missing rows are code 0);
+ *   K is padded with code 0 to Kp = KB*32 (KB = ceil(K/LB_QL_KBLK));
+ *   packed: int32 [NT][KB][bits][16]: tile nt, K-block kb (k = kb*32 .. kb*32+31), word w,
  *           lane j (row nt*16+j):
  *     bits 2, 4, 8: word w holds the codes of k = kb*32 + w*cpw + t, t = 0..cpw-1
- *                   (cpw = 32/bits) at bits [t*bits, (t+1)*bits) -- one shift (+ mask for 8)
- *                   decodes 16 rows at one k;
- *     bits 3:       words 0, 1 hold the low 2 bits of k = kb*32 + w*16 + t at bits [2t, 2t+2)
- *                   (a 2-bit plane), word 2 holds bit 2 of k = kb*32 + t at bit t (a 1-bit
- *                   plane): exactly 3 bits per weight.
- *   params: float32 [NT][G][LB_QL_PARAMS][16]: per tile, group and lane a pair (p0, p1):
- *     INT asym (s, z), INT sym (s, -qmin) -- so every INT decodes as (code - p1) * p0,
- *     bit-identical to lb_decode; NF/FP symmetric (s, 0); NF/FP two-scale (s+, s-).
- * A code becomes a float through a 16-entry table indexed by its low 4 bits (one vpermps on
- * AVX-512; two permutes + a blend on AVX2): INT codes map to (float)code, NF/FP codes to their
- * normalised level (entries replicated for 2/3-bit codes so the high garbage bits of a shifted
- * word never need masking). 8-bit INT codes are masked and converted instead. */
-#define LB_QL_TILE 16  /* output rows per tile: one AVX-512 register of float32 lanes */
+ *                   (cpw = 32/bits) at bits [t*bits, (t+1)*bits): the canonical bitstream's
+ *                   32-bit word kb*bits + w of row nt*16+j, so packing is a transpose of words;
+ *     bits 3:       words 0, 1 hold the low 2 bits of k = kb*32 + 16w + t at bits [2t, 2t+2)
+ *                   (a 2-bit plane, as for bits 2); word 2 holds bit 2 of the code of
+ *                   k = kb*32 + 16w + 4i + s (w in 0..1, i and s in 0..3) at bit 8i + 4w + s
+ *                   (a 1-bit plane): exactly 3 bits per weight.
+ * Integer dot products. Every width gives, per 32-bit lane, 4 codes of one row as 4 bytes in
+ * LB_QL_STEPS = 8 steps per K-block, each a shift and a byte mask of one word (3-bit: of two,
+ * OR'd): step t is word t*bits/8 (3-bit: t/4) shifted right by (t % (8/bits))*bits (3-bit:
+ * 2*(t%4)), and byte i of it holds the code of k = kb*32 + lb_ql_step_k(bits, t, i). That is the
+ * u8 operand of a 4-way u8 x s8 dot product (vpdpbusd, vpmaddubsw + vpmaddwd) whose s8 operand
+ * is the same 4 activations for all 16 rows (one broadcast 32-bit word): the activations are
+ * reordered once per call to this step order (lb_ql_step_k) so one decoded vector feeds every
+ * activation row. Float kernels decode the same words one k at a time through a 16-entry table
+ * (INT codes -> exact integers, NF/FP codes -> normalised levels; entries replicated for 2/3-bit
+ * codes so the high garbage bits of a shifted word never need masking). */
+#define LB_QL_TILE 16  /* output rows per tile: one AVX-512 register of 32-bit lanes */
 #define LB_QL_KBLK 32  /* K per block: one 32-bit word per bit of a code, per lane */
-#define LB_QL_PARAMS 2 /* floats per (tile lane, group): (p0, p1) */
-LB_STATIC_ASSERT(LB_QL_TILE == 16, "the qlinear kernels hold one tile in 16 float32 lanes");
+#define LB_QL_STEPS 8  /* dot-product steps per K-block: 4 codes per lane each */
+#define LB_QL_ABLK 32  /* activation block of the integer modes (one int8 scale per row, block) */
+LB_STATIC_ASSERT(LB_QL_TILE == 16, "the qlinear kernels hold one tile in 16 32-bit lanes");
 LB_STATIC_ASSERT(LB_QL_KBLK == 32, "a K-block of b-bit codes must fill exactly b 32-bit words");
-LB_STATIC_ASSERT(LB_QL_PARAMS == 2, "params hold (p0, p1) per lane and group");
+LB_STATIC_ASSERT(LB_QL_STEPS * 4 == LB_QL_KBLK, "a step gives 4 codes per lane");
+LB_STATIC_ASSERT(LB_QL_ABLK == LB_QL_KBLK, "an activation block is one K-block");
+
+/* The k offset inside a K-block of byte i (0..3) of dot-product step t (0..7). */
+LB_HD int lb_ql_step_k(int bits, int t, int i) {
+    if (bits == 8) return 4 * t + i;
+    if (bits == 4) return 8 * (t >> 1) + 2 * i + (t & 1);
+    return 16 * (t >> 2) + 4 * i + (t & 3); /* 2 and 3 bits */
+}
 
 /* The fast layout applies when every group is a whole number of K-blocks or there is one group
  * per row; otherwise the kernels read the canonical codes directly. */
 LB_HD int lb_ql_packable(int64_t K, int64_t g) { return g % LB_QL_KBLK == 0 || g == K; }
 LB_HD int64_t lb_ql_tiles(int64_t N) { return lb_cdiv64(N, LB_QL_TILE); }
 LB_HD int64_t lb_ql_kblocks(int64_t K) { return lb_cdiv64(K, LB_QL_KBLK); }
-/* int32 words of packed and float32 values of params (sizes validated by the _checked form). */
+/* int32 words of packed (sizes validated by the _checked form). */
 LB_HD int64_t lb_ql_packed_words(int64_t N, int64_t K, int bits) {
     return lb_ql_tiles(N) * lb_ql_kblocks(K) * bits * LB_QL_TILE;
 }
-LB_HD int64_t lb_ql_params_floats(int64_t N, int64_t G) {
-    return lb_ql_tiles(N) * G * LB_QL_PARAMS * LB_QL_TILE;
-}
-LB_HD int lb_ql_sizes_checked(int64_t N, int64_t K, int64_t bits, int64_t G, int64_t* words,
-                              int64_t* params) {
-    int64_t a, b;
-    if (N < 0 || K < 0 || bits < 0 || G < 0) return -1;
-    if (lb_mul64(lb_ql_tiles(N), lb_ql_kblocks(K), &a) || lb_mul64(a, bits * LB_QL_TILE, &a) ||
-        lb_mul64(lb_ql_tiles(N), G, &b) || lb_mul64(b, LB_QL_PARAMS * LB_QL_TILE, &b))
+LB_HD int lb_ql_words_checked(int64_t N, int64_t K, int64_t bits, int64_t* words) {
+    int64_t a;
+    if (N < 0 || K < 0 || bits < 0) return -1;
+    if (lb_mul64(lb_ql_tiles(N), lb_ql_kblocks(K), &a) || lb_mul64(a, bits * LB_QL_TILE, &a))
         return -1;
     *words = a;
-    *params = b;
     return 0;
 }
+
+/* Accuracy modes of quant_linear (FORMATS.md 4; the `act` int of the op). */
+enum { LB_ACT_FLOAT = 0, LB_ACT_INT8 = 1, LB_ACT_AUTO = 2, LB_ACT_COUNT = 3 };
+/* The integer kernels serve M <= LB_QL_INT_MAX_M rows; larger M runs the float GEMM. */
+#define LB_QL_INT_MAX_M 16
 
 /* ---- lowbit's compressed 2:4 layout (the "lb24" layout) of a pruned W (N, K), K % 4 == 0 ----
  *   groups   : G = K / 4 runs of LB24_GROUP = 4 consecutive elements along K; group q covers

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cpu/lb_cpu.h"
+#include "cpu/qlinear.h"
 #include "lb_ops.h"
 #include "lb_torch.h"
 
@@ -125,14 +126,14 @@ static PyObject* lb_py_set_isa(PyObject* self, PyObject* args) {
         PyErr_Format(PyExc_ValueError, "isa: %d is not supported on this CPU", isa);
         return NULL;
     }
-    lb_rt.isa = isa;
+    lb_isa_set(isa);
     Py_RETURN_NONE;
 }
 
 static PyObject* lb_py_get_isa(PyObject* self, PyObject* noargs) {
     (void)self;
     (void)noargs;
-    return PyLong_FromLong(lb_rt.isa);
+    return PyLong_FromLong(lb_isa_code());
 }
 
 static PyObject* lb_py_isa_supported(PyObject* self, PyObject* args) {
@@ -142,12 +143,29 @@ static PyObject* lb_py_isa_supported(PyObject* self, PyObject* args) {
     return PyBool_FromLong(lb_isa_supported(isa));
 }
 
+/* _C.ql_scheme(act, fmt, bits, symmetric, M, packable): the LB_QS_* scheme quant_linear runs
+ * for M rows of that weight on the CPU (what "auto" resolves to). */
+static PyObject* lb_py_ql_scheme(PyObject* self, PyObject* args) {
+    int act, fmt, bits, sym, packable;
+    long long M;
+    lb_fmt f;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iiipLp", &act, &fmt, &bits, &sym, &M, &packable)) return NULL;
+    if (act < 0 || act >= LB_ACT_COUNT || lb_fmt_init(&f, fmt, bits, sym)) {
+        PyErr_SetString(PyExc_ValueError, "ql_scheme: unknown act code or format");
+        return NULL;
+    }
+    return PyLong_FromLong(lb_ql_scheme(act, &f, (int64_t)M, packable));
+}
+
 static PyMethodDef lb_methods[] = {
     {"load", lb_py_load, METH_VARARGS,
      "load(libtorch_cpu, libtorch_cuda_or_None, torch_version): resolve and register ops"},
     {"set_isa", lb_py_set_isa, METH_VARARGS, "set_isa(code): one of the ISA_* codes"},
     {"get_isa", lb_py_get_isa, METH_NOARGS, "the active CPU ISA code"},
     {"isa_supported", lb_py_isa_supported, METH_VARARGS, "whether this CPU runs the ISA"},
+    {"ql_scheme", lb_py_ql_scheme, METH_VARARGS,
+     "ql_scheme(act, fmt, bits, symmetric, M, packable): the QS_* scheme quant_linear runs"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -174,15 +192,20 @@ static struct PyModuleDef lb_module = {
  *   KL_FORWARD, KL_REVERSE, KL_CAKLD, KL_JSD
  *                                    kl_loss's `kind`
  * CPU kernels (csrc/cpu/lb_cpu.h):
- *   ISA_SCALAR, ISA_AVX2, ISA_AVX512 set_isa / get_isa / isa_supported codes
+ *   ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVXVNNI, ISA_AVX512VNNI
+ *                                    set_isa / get_isa / isa_supported codes; ISA_NAMES their
+ *                                    names in code order, comma-separated
  * Layouts (csrc/layouts.h):
  *   (codes: a row of K b-bit codes is ceil(K*b / 8) bytes)
  *   QL_TILE                          rows per tile of the qlinear CPU layout (16)
  *   QL_KBLK                          K per block (32): packed is (ceil(N/16), ceil(K/32) *
  *                                    bits * 16) int32; the layout exists iff g % 32 == 0 or
  *                                    g == K
- *   QL_PARAMS                        floats per (lane, group) of params (2): params is
- *                                    (ceil(N/16), G * 2 * 16) float32
+ *   QL_STEPS, QL_ABLK                integer-dot steps per K-block (8), activation block (32)
+ *   ACT_FLOAT, ACT_INT8, ACT_AUTO    quant_linear's accuracy modes (FORMATS.md 4)
+ *   QL_INT_MAX_M                     the most rows the integer kernels take (16)
+ *   QS_FLOAT, QS_INT8, QS_INT8X2     what a mode runs (ql_scheme): float, int8 activations,
+ *                                    int8 activations + an int8 quantized residual
  *   S24_GROUP, S24_KEPT              2:4 group length along K (4) and kept values per group (2)
  *   S24_GROUPS_PER_BYTE              meta nibbles per byte (2): meta is (N, ceil(K/4 / 2))
  *   S24_GRAD_X_MAX_M                 most rows of g sparse24_grad_x takes (8) */
@@ -197,7 +220,11 @@ static struct PyModuleDef lb_module = {
     X(KL_FORWARD, LB_KL_FORWARD) X(KL_REVERSE, LB_KL_REVERSE) X(KL_CAKLD, LB_KL_CAKLD)          \
     X(KL_JSD, LB_KL_JSD)                                                                        \
     X(ISA_SCALAR, LB_ISA_SCALAR) X(ISA_AVX2, LB_ISA_AVX2) X(ISA_AVX512, LB_ISA_AVX512)          \
-    X(QL_TILE, LB_QL_TILE) X(QL_KBLK, LB_QL_KBLK) X(QL_PARAMS, LB_QL_PARAMS)                    \
+    X(ISA_AVXVNNI, LB_ISA_AVXVNNI) X(ISA_AVX512VNNI, LB_ISA_AVX512VNNI)                         \
+    X(QL_TILE, LB_QL_TILE) X(QL_KBLK, LB_QL_KBLK) X(QL_STEPS, LB_QL_STEPS)                      \
+    X(QL_ABLK, LB_QL_ABLK) X(QL_INT_MAX_M, LB_QL_INT_MAX_M)                                     \
+    X(ACT_FLOAT, LB_ACT_FLOAT) X(ACT_INT8, LB_ACT_INT8) X(ACT_AUTO, LB_ACT_AUTO)                \
+    X(QS_FLOAT, LB_QS_FLOAT) X(QS_INT8, LB_QS_INT8) X(QS_INT8X2, LB_QS_INT8X2)                  \
     X(S24_GROUP, LB24_GROUP) X(S24_KEPT, LB24_KEPT) X(S24_GROUPS_PER_BYTE, LB24_GROUPS_PER_BYTE) \
     X(S24_GRAD_X_MAX_M, LB24_GRAD_X_MAX_M)
 
@@ -210,6 +237,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (PyModule_AddIntConstant(m, "CUDA_BUILT", 0)) goto fail;
 #endif
     if (PyModule_AddStringConstant(m, "CUDA_ARCHS", LOWBIT_CUDA_ARCHS)) goto fail;
+    if (PyModule_AddStringConstant(m, "ISA_NAMES", LB_ISA_NAMES)) goto fail;
 #define LB_ADD_CONSTANT(name, value) \
     if (PyModule_AddIntConstant(m, #name, (long)(value))) goto fail;
     LB_INT_CONSTANTS(LB_ADD_CONSTANT)

@@ -18,31 +18,35 @@ pytest.importorskip("lowbit")
 CASES = [
     # item 1: K * bits wrapped in the row-size helpers, 0 words were allocated and packed
     ("qlinear_pack_huge_K", "K",
-     "torch.ops.lowbit.qlinear_pack(torch.empty(32, 0, dtype=torch.uint8), torch.ones(32, 1), "
-     "torch.zeros(32, 1, dtype=torch.uint8), 0, 8, 2**61, False, 2**61)"),
+     "torch.ops.lowbit.qlinear_pack(torch.empty(32, 0, dtype=torch.uint8), 8, 2**61)"),
     ("qlinear_pack_huge_K_int2", "K",
-     "torch.ops.lowbit.qlinear_pack(torch.empty(4, 0, dtype=torch.uint8), torch.ones(4, 1), "
-     "torch.zeros(4, 1, dtype=torch.uint8), 0, 2, 2**62, False, 2**62)"),
+     "torch.ops.lowbit.qlinear_pack(torch.empty(4, 0, dtype=torch.uint8), 2, 2**62)"),
+    ("qlinear_unpack_huge_K", "K",
+     "torch.ops.lowbit.qlinear_unpack(torch.empty(2, 0, dtype=torch.int32), 32, 2**62, 8)"),
     # item 2: the same class through qlinear_dequant_t, with huge K or huge K-block ranges
     ("dequant_t_huge_K", "K",
-     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, dtype=torch.int32), torch.ones(32), "
-     "0, 8, 2**62, False, 16, 2**62, 0, 1)"),
+     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, 0, dtype=torch.int32), torch.ones(32, 1), "
+     "torch.empty(32, 0, dtype=torch.uint8), 0, 8, 2**62, True, 16, 2**62, 0, 1)"),
     ("dequant_t_huge_kb", "kb0",
-     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, dtype=torch.int32), torch.ones(32), "
-     "0, 4, 64, False, 16, 64, 2**62, 2**62 + 1)"),
+     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, 0, dtype=torch.int32), torch.ones(32, 1), "
+     "torch.empty(32, 0, dtype=torch.uint8), 0, 4, 64, True, 16, 64, 2**62, 2**62 + 1)"),
     ("dequant_t_huge_kb1", "kb1",
-     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, dtype=torch.int32), torch.ones(32), "
-     "0, 4, 64, False, 16, 64, 0, 2**63 - 1)"),
+     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, 0, dtype=torch.int32), torch.ones(32, 1), "
+     "torch.empty(32, 0, dtype=torch.uint8), 0, 4, 64, True, 16, 64, 0, 2**63 - 1)"),
     ("dequant_t_max_N", "K",
-     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, dtype=torch.int32), torch.ones(32), "
-     "0, 8, 32, False, 2**62, 2**40, 0, 1)"),
+     "torch.ops.lowbit.qlinear_dequant_t(torch.empty(0, 0, dtype=torch.int32), torch.ones(32, 1), "
+     "torch.empty(32, 0, dtype=torch.uint8), 0, 8, 32, True, 2**62, 2**40, 0, 1)"),
     ("dequantize_huge_K", "K",
      "torch.ops.lowbit.dequantize(torch.empty(1, 0, dtype=torch.uint8), torch.ones(1, 1), "
      "torch.zeros(1, 1, dtype=torch.uint8), 0, 8, 2**62, False, 2**62, 0)"),
     ("quant_linear_empty_x_huge_K", "K",
      "torch.ops.lowbit.quant_linear(torch.empty(0, 2**61), torch.empty(32, 0, dtype=torch.uint8), "
      "torch.ones(32, 1), torch.zeros(32, 1, dtype=torch.uint8), "
-     "torch.empty(0, dtype=torch.int32), torch.empty(0), torch.empty(0), 0, 8, 2**61, False)"),
+     "torch.empty(0, 0, dtype=torch.int32), torch.empty(0), 0, 8, 2**61, False, 2)"),
+    ("quant_linear_act_wrap", "act",
+     "torch.ops.lowbit.quant_linear(torch.randn(2, 64), torch.zeros(4, 32, dtype=torch.uint8), "
+     "torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.uint8), "
+     "torch.empty(0, 0, dtype=torch.int32), torch.empty(0), 0, 4, 32, False, 2**32 + 1)"),
     # item 9: int64 arguments narrowed to C int (2**32 + 4 was taken as 4 bits)
     ("quantize_bits_wrap", "bits",
      "torch.ops.lowbit.quantize(torch.randn(4, 64), 0, 2**32 + 4, 32, False)"),
@@ -123,9 +127,15 @@ def test_valid_calls_still_run():
     codes, scales, zeros = torch.ops.lowbit.quantize(w, 0, 4, 32, False)
     back = torch.ops.lowbit.dequantize(codes, scales, zeros, 0, 4, 32, False, 64, 0)
     assert torch.equal(back, torch.ops.lowbit.fake_quant(w, 0, 4, 32, False, 0))
-    packed, params = torch.ops.lowbit.qlinear_pack(codes, scales, zeros, 0, 4, 32, False, 64)
-    wt = torch.ops.lowbit.qlinear_dequant_t(packed, params, 0, 4, 32, False, 4, 64, 0, 2)
+    packed = torch.ops.lowbit.qlinear_pack(codes, 4, 64)
+    assert torch.equal(torch.ops.lowbit.qlinear_unpack(packed, 4, 64, 4), codes)
+    wt = torch.ops.lowbit.qlinear_dequant_t(packed, scales, zeros, 0, 4, 32, False, 4, 64, 0, 2)
     assert torch.equal(wt[:64, :4].t(), back)
+    x = torch.randn(3, 64)
+    for act in (0, 1, 2):
+        y = torch.ops.lowbit.quant_linear(x, codes[:0], scales, zeros, packed, torch.empty(0), 0,
+                                          4, 32, False, act)
+        assert y.shape == (3, 4) and torch.isfinite(y).all()
     lo, hi = torch.ops.lowbit.clip_search(w, torch.eye(32).expand(2, 32, 32).contiguous(), 0, 4, 32,
                                           False, 20, 10)
     assert lo.shape == hi.shape == (4, 2)
@@ -153,10 +163,10 @@ def test_exported_constants_are_what_the_ops_take():
             assert codes.shape == (20, (64 * bits + 7) // 8)
             assert scales.dim() == (3 if fmt != C.FMT_INT else 2)
     codes, scales, zeros = torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False)
-    packed, params = torch.ops.lowbit.qlinear_pack(codes, scales, zeros, C.FMT_INT, 3, 32, False, 64)
+    packed = torch.ops.lowbit.qlinear_pack(codes, 3, 64)
     nt = -(-20 // C.QL_TILE)
     assert packed.shape == (nt, -(-64 // C.QL_KBLK) * 3 * C.QL_TILE)
-    assert params.shape == (nt, (64 // 32) * C.QL_PARAMS * C.QL_TILE)
+    assert (C.ACT_FLOAT, C.ACT_INT8, C.ACT_AUTO) == (0, 1, 2) and C.QL_INT_MAX_M == 16
     back = torch.ops.lowbit.dequantize(codes, scales, zeros, C.FMT_INT, 3, 32, False, 64, C.DT_BF16)
     assert back.dtype == torch.bfloat16
     assert torch.equal(torch.ops.lowbit.fake_quant(w, C.FMT_INT, 3, 32, False, C.STE_IDENTITY),
@@ -167,6 +177,8 @@ def test_exported_constants_are_what_the_ops_take():
     _, sbf, _ = torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False, C.DT_BF16)
     assert torch.equal(s16.half().float(), s16) and torch.equal(sbf.bfloat16().float(), sbf)
     assert torch.equal(torch.ops.lowbit.quantize(w, C.FMT_INT, 3, 32, False, C.DT_F32)[1], scales)
-    assert len({C.ISA_SCALAR, C.ISA_AVX2, C.ISA_AVX512}) == 3 and C.isa_supported(C.ISA_SCALAR)
+    assert len({C.ISA_SCALAR, C.ISA_AVX2, C.ISA_AVX512, C.ISA_AVXVNNI, C.ISA_AVX512VNNI}) == 5
+    assert C.isa_supported(C.ISA_SCALAR)
+    assert C.ISA_NAMES.split(",") == ["scalar", "avx2", "avx512", "avxvnni", "avx512vnni"]
     assert {C.KL_FORWARD, C.KL_REVERSE, C.KL_CAKLD, C.KL_JSD} == {0, 1, 2, 3}
     assert C.S24_GROUP == 4 and C.S24_KEPT == 2 and C.S24_GROUPS_PER_BYTE == 2

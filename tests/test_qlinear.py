@@ -251,11 +251,22 @@ def test_bad_inputs(gen):
         lowbit.nn.QuantLinear.from_qat(torch.nn.ReLU())
     lowbit.qlinear.ensure_kernel_layout(qw)  # the raw op takes the layout quant_linear builds
     with pytest.raises(RuntimeError, match=r"x:.*dtype"):  # the op checks again
-        torch.ops.lowbit.quant_linear(torch.randn(2, 64).double(), qw.codes, qw.scales, qw.zeros,
-                                      qw.packed, qw.params, torch.empty(0), 0, 4, 32, False)
+        torch.ops.lowbit.quant_linear(torch.randn(2, 64).double(), qw.codes[:0], qw.scales,
+                                      qw.zeros, qw.packed, torch.empty(0), 0, 4, 32, False, 2)
     with pytest.raises(RuntimeError, match=r"packed:"):
-        torch.ops.lowbit.quant_linear(x, qw.codes, qw.scales, qw.zeros, qw.packed.flatten()[:5],
-                                      qw.params, torch.empty(0), 0, 4, 32, False)
+        torch.ops.lowbit.quant_linear(x, qw.codes[:0], qw.scales, qw.zeros, qw.packed[:, :5],
+                                      torch.empty(0), 0, 4, 32, False, 2)
+    with pytest.raises(RuntimeError, match=r"codes:.*empty"):  # one form of the codes
+        torch.ops.lowbit.quant_linear(x, qw.codes, qw.scales, qw.zeros, qw.packed,
+                                      torch.empty(0), 0, 4, 32, False, 2)
+    with pytest.raises(RuntimeError, match=r"act"):
+        torch.ops.lowbit.quant_linear(x, qw.codes, qw.scales, qw.zeros, qw.packed[:0],
+                                      torch.empty(0), 0, 4, 32, False, 3)
+    for bad in ("fast", None, 1):
+        with pytest.raises(ValueError, match=r"^act:"):
+            lowbit.quant_linear(x, qw, act=bad)
+        with pytest.raises(ValueError, match=r"^act:"):
+            lowbit.nn.QuantLinear(64, 16, qspec_default(), act=bad)
 
 
 def qspec_default():
@@ -306,9 +317,12 @@ def test_quantlinear_from_qat_duck_typed(gen):
             return F.linear(x, lowbit.fake_quantize(self.weight, self.spec, self.ste), self.bias)
 
     q = FakeQAT()
-    m = lowbit.nn.QuantLinear.from_qat(q)
+    m = lowbit.nn.QuantLinear.from_qat(q, act="float")  # float: equal up to float32 rounding
     x = torch.randn(4, 64, generator=gen)
     torch.testing.assert_close(m(x), q(x).detach(), rtol=1e-4, atol=1e-4)
+    m.act = "auto"  # within 1e-4 of it in relative Frobenius norm (FORMATS.md 4)
+    ref = q(x).detach().double()
+    assert ((m(x).double() - ref).norm() / ref.norm()).item() <= 1e-4
 
 
 def test_quantized_weight_lazy_layout_and_to(gen):
@@ -316,9 +330,11 @@ def test_quantized_weight_lazy_layout_and_to(gen):
     qw2 = lowbit.QuantizedWeight(qw.codes, qw.scales, qw.zeros, qw.spec, qw.shape, qw.dtype)
     x = torch.randn(2, 64, generator=gen)
     torch.testing.assert_close(lowbit.quant_linear(x, qw2), lowbit.quant_linear(x, qw))
-    assert qw2.packed is not None
-    qw3 = qw.to("cpu")
-    assert qw3.packed is not None and torch.equal(qw3.packed, qw.packed)
+    assert qw2.packed is not None and torch.equal(qw2.packed, qw.packed)
+    qw3 = qw.to("cpu")  # a copy: its layout is built from its own codes on first use
+    assert qw3.packed is None
+    torch.testing.assert_close(lowbit.quant_linear(x, qw3), lowbit.quant_linear(x, qw))
+    assert torch.equal(qw3.packed, qw.packed)
 
 
 # ---- CUDA ----
@@ -364,12 +380,15 @@ def test_packed_layout_dequantizes_exactly(fmt, bits, sym, gen, restore_isa):
         for isa in lowbit.available_cpu_isas():
             lowbit.set_cpu_isa(isa)
             nb = (K + 31) // 32
-            wt = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.params, f, b, gg, s, 21, K, 0, nb)
+            z = qw.zeros if qw.zeros is not None else torch.empty(21, 0, dtype=torch.uint8)
+            wt = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.scales, z, f, b, gg, s, 21, K, 0,
+                                                    nb)
             assert wt.shape == (nb * 32, 32)
             assert torch.equal(wt[:K, :21].t(), dequant_f32(qw)), isa
             if nb > 1:
-                part = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.params, f, b, gg, s, 21, K,
-                                                          1, nb)
+                part = torch.ops.lowbit.qlinear_dequant_t(qw.packed, qw.scales, z, f, b, gg, s, 21,
+                                                          K, 1, nb)
+                assert torch.equal(torch.ops.lowbit.qlinear_unpack(qw.packed, 21, K, b), qw.codes)
                 assert torch.equal(part, wt[32:]), isa
 
 

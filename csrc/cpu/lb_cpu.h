@@ -21,17 +21,30 @@
 #define LB_X86 0
 #endif
 
-/* CPU ISA codes (lowbit._C.ISA_*): the kernel variant in use. */
-enum { LB_ISA_SCALAR = 0, LB_ISA_AVX2 = 1, LB_ISA_AVX512 = 2, LB_ISA_COUNT = 3 };
+/* CPU ISA codes (lowbit._C.ISA_*, set with lb_isa_set): the kernel variant in use. The two VNNI
+ * codes run the AVX2 / AVX-512 variants of every kernel, except that the qlinear integer-dot
+ * kernels use vpdpbusd (AVX-VNNI on ymm, AVX-512 VNNI on zmm) where the plain codes use
+ * vpmaddubsw + vpmaddwd (what an AVX2-only CPU such as AMD Zen 3 has). */
+enum {
+    LB_ISA_SCALAR = 0,
+    LB_ISA_AVX2 = 1,
+    LB_ISA_AVX512 = 2,
+    LB_ISA_AVXVNNI = 3,
+    LB_ISA_AVX512VNNI = 4,
+    LB_ISA_COUNT = 5
+};
+/* Their names, in code order (lowbit._C.ISA_NAMES, comma-separated). */
+#define LB_ISA_NAMES "scalar,avx2,avx512,avxvnni,avx512vnni"
 
 typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
 
 /* The runtime hook. parallel_for(n, grain, fn, ctx) must run fn over a partition of [0, n)
  * (NULL: one call fn(0, n)); num_threads() sizes work splits (NULL: 1). */
 typedef struct {
-    int isa; /* LB_ISA_*, one lb_isa_supported() accepts */
+    int isa;  /* the vector variant: LB_ISA_SCALAR, LB_ISA_AVX2 or LB_ISA_AVX512 */
     void (*parallel_for)(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
     int (*num_threads)(void);
+    int vnni; /* 1: the integer-dot kernels use vpdpbusd (set with isa by lb_isa_set) */
 } lb_runtime;
 extern lb_runtime lb_rt;
 
@@ -39,6 +52,10 @@ extern lb_runtime lb_rt;
 int lb_isa_supported(int isa);
 /* The best variant this CPU runs. */
 int lb_isa_best(void);
+/* Selects the variant of ISA code `isa` (one lb_isa_supported accepts): sets lb_rt.isa and
+ * lb_rt.vnni. lb_isa_code() is the code in use. */
+void lb_isa_set(int isa);
+int lb_isa_code(void);
 /* Runs fn over [0, n) through the hook; n <= grain (or no hook) runs it in the calling thread. */
 void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
 int lb_num_threads(void);

@@ -1,25 +1,38 @@
 /* csrc/cpu/qlinear.c: CPU kernels of the qlinear family: y = x W^T (+ bias) with W a packed
- * low-bit weight (every format of FORMATS.md section 1).
- *   - lb_ql_pack_cpu regroups the canonical codes into the lane-per-row layout documented in
- *     csrc/layouts.h (built once, at quantize time);
- *   - GEMV (M <= 4): codes -> table values in registers, FMA with broadcast x, per-group scale
- *     applied once per group (csrc/cpu/qlinear_body.h, gemv_tile);
- *   - GEMM (M > 4): a 256 x 32 panel of W is dequantised exactly into an L1-resident float
- *     buffer, then an MR x 32 register-blocked FMA micro-kernel (MR = 6 on AVX-512, 3 on AVX2);
+ * low-bit weight (every format of FORMATS.md section 1), in the accuracy modes of FORMATS.md 4.
+ *   - lb_ql_pack_cpu / lb_ql_unpack_cpu: the canonical codes <-> the lane-per-row layout of
+ *     csrc/layouts.h (the CPU's one stored form of the codes; scales and zero points stay
+ *     canonical and the kernels read them there);
+ *   - integer modes (act "int8", and "auto" where an integer scheme is within 1e-4), M <= 16:
+ *     activations quantized here per row and 32-block to int8 (d = max|x|/127, round half to
+ *     even; "auto" adds an int8 quantized residual), then integer dot products over the packed
+ *     codes (csrc/cpu/qlinear_int_body.h);
+ *   - float GEMV (act "float", M <= 4): codes -> exact table values in registers, FMA with
+ *     broadcast x (csrc/cpu/qlinear_body.h);
+ *   - float GEMM (M > 4 in float, M > 16 in every mode): a 256 x 32 panel of W is dequantised
+ *     exactly into an L1-resident float buffer, then an MR x 32 register-blocked FMA micro-kernel;
+ *     it is also the exact path of every row an integer mode or the GEMV cannot represent
+ *     (inf, nan, |x| > 2^64, integer modes also 0 < max|x| < 2^-100): those rows are redone
+ *     with per-weight decoding, so they propagate inf/nan as F.linear does;
  *   - group sizes that are neither a multiple of 32 nor the whole row take a plain path over the
- *     canonical codes (decode a row, dot it with each x row).
- * x of any float dtype is converted to float32 first; all accumulation is float32 and the result
- * is rounded once to x's dtype. The kernel body is written once over a 16-lane vector
- * abstraction (csrc/cpu/qlinear_body.h) and compiled three times: the scalar twin (*_ref, here),
- * AVX2 and AVX-512 (csrc/cpu/arch/x86/qlinear_avx2.c, qlinear_avx512.c), picked by lb_rt.isa.
- * Work is split over output tiles on the runtime's thread pool (lb_parallel). */
+ *     canonical codes (decode a row, dot it with each x row) in every mode.
+ * x of any float dtype is converted to float32 first; the result is rounded once to x's dtype.
+ * The kernel bodies are written once over vector abstractions and compiled as the scalar twins
+ * (*_ref, here) and the x86 variants (csrc/cpu/arch/x86/qlinear_*.c), picked by lb_rt.isa /
+ * lb_rt.vnni. Work is split over output tiles on the runtime's thread pool (lb_parallel): no
+ * reduction crosses threads, so results do not depend on the thread count. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "qlinear_impl.h"
 
-/* ================================ scalar twin ================================ */
+/* The scalar twins are the body of the SIMD kernels on 16-lane structs: at -O3 gcc peels and
+ * vectorises every lane loop of every unrolled step (minutes of compile time for no gain on the
+ * machines that run the SIMD variants); -O2 compiles them in seconds. */
+#pragma GCC optimize("O2")
+
+/* ================================ scalar twins ================================ */
 typedef struct { float v[16]; } ql_sf;
 typedef struct { uint32_t v[16]; } ql_si;
 typedef struct { float v[16]; } ql_st;
@@ -29,22 +42,49 @@ LB_INLINE ql_sf sc_set1(float a) { ql_sf r; QL_L r.v[l_] = a; return r; }
 LB_INLINE ql_sf sc_load(const float* p) { ql_sf r; QL_L r.v[l_] = p[l_]; return r; }
 LB_INLINE void sc_store(float* p, ql_sf a) { QL_L p[l_] = a.v[l_]; }
 LB_INLINE ql_sf sc_fma(ql_sf a, ql_sf b, ql_sf c) { QL_L c.v[l_] = a.v[l_] * b.v[l_] + c.v[l_]; return c; }
+LB_INLINE ql_sf sc_fnma(ql_sf a, ql_sf b, ql_sf c) { QL_L c.v[l_] = c.v[l_] - a.v[l_] * b.v[l_]; return c; }
 LB_INLINE ql_sf sc_add(ql_sf a, ql_sf b) { QL_L a.v[l_] += b.v[l_]; return a; }
 LB_INLINE ql_sf sc_sub(ql_sf a, ql_sf b) { QL_L a.v[l_] -= b.v[l_]; return a; }
 LB_INLINE ql_sf sc_mul(ql_sf a, ql_sf b) { QL_L a.v[l_] *= b.v[l_]; return a; }
 LB_INLINE ql_sf sc_selge0(ql_sf w, ql_sf a, ql_sf b) { QL_L a.v[l_] = w.v[l_] >= 0.0f ? a.v[l_] : b.v[l_]; return a; }
 LB_INLINE ql_si sc_iload(const int32_t* p) { ql_si r; QL_L r.v[l_] = (uint32_t)p[l_]; return r; }
+LB_INLINE ql_si sc_izero(void) { ql_si r; QL_L r.v[l_] = 0u; return r; }
+LB_INLINE ql_si sc_iset1(int32_t a) { ql_si r; QL_L r.v[l_] = (uint32_t)a; return r; }
 LB_INLINE ql_si sc_srli(ql_si a, int n) { QL_L a.v[l_] >>= n; return a; }
 LB_INLINE ql_si sc_slli(ql_si a, int n) { QL_L a.v[l_] <<= n; return a; }
+LB_INLINE ql_si sc_iand(ql_si a, ql_si b) { QL_L a.v[l_] &= b.v[l_]; return a; }
+LB_INLINE ql_si sc_ior(ql_si a, ql_si b) { QL_L a.v[l_] |= b.v[l_]; return a; }
 LB_INLINE ql_si sc_merge3(ql_si lo, ql_si h) { QL_L lo.v[l_] = (lo.v[l_] & 3u) | (h.v[l_] & ~3u); return lo; }
 LB_INLINE ql_si sc_and255(ql_si a) { QL_L a.v[l_] &= 255u; return a; }
-LB_INLINE ql_sf sc_cvt(ql_si a) { ql_sf r; QL_L r.v[l_] = (float)a.v[l_]; return r; }
+LB_INLINE ql_sf sc_cvt(ql_si a) { ql_sf r; QL_L r.v[l_] = (float)(int32_t)a.v[l_]; return r; }
 LB_INLINE ql_st sc_tmake(const float* t) { ql_st r; QL_L r.v[l_] = t[l_]; return r; }
 LB_INLINE ql_sf sc_look(ql_si c, ql_st t) { ql_sf r; QL_L r.v[l_] = t.v[c.v[l_] & 15u]; return r; }
+/* the byte ops of the integer kernels: a 16-entry byte table (vpshufb on bytes < 16) and the
+ * 4-way u8 x s8 dot product (vpdpbusd) of each lane with the 4 bytes of x */
+typedef struct { uint8_t v[16]; } ql_sb;
+LB_INLINE ql_sb sc_bmake(const uint8_t* t) { ql_sb r; QL_L r.v[l_] = t[l_]; return r; }
+LB_INLINE ql_si sc_lut(ql_si a, ql_sb t) {
+    QL_L {
+        uint32_t o = 0;
+        for (int i = 0; i < 4; ++i) o |= (uint32_t)t.v[(a.v[l_] >> (8 * i)) & 15u] << (8 * i);
+        a.v[l_] = o;
+    }
+    return a;
+}
+LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
+    QL_L {
+        int32_t s = 0;
+        for (int i = 0; i < 4; ++i)
+            s += (int32_t)((w.v[l_] >> (8 * i)) & 255u) * (int32_t)(int8_t)((uint32_t)x >> (8 * i));
+        acc.v[l_] = (uint32_t)((int32_t)acc.v[l_] + s);
+    }
+    return acc;
+}
 #undef QL_L
 
 #define QL(name) lb_ql_##name##_ref
 #define QL_ATTR
+#define QL_SPECIALISE static __attribute__((noinline))
 #define QL_MR 4
 #define QL_UNROLL32
 #define QL_UNROLL16
@@ -70,33 +110,301 @@ LB_INLINE ql_sf sc_look(ql_si c, ql_st t) { ql_sf r; QL_L r.v[l_] = t.v[c.v[l_] 
 #define VT_MAKE sc_tmake
 #define VT_LOOK sc_look
 #include "qlinear_body.h"
-#undef QL
-#undef QL_ATTR
-#undef QL_MR
-#undef QL_UNROLL32
-#undef QL_UNROLL16
-#undef QL_UNROLL8
-#undef VF_ZERO
-#undef VF_SET1
-#undef VF_LOAD
-#undef VF_STORE
-#undef VF_FMA
-#undef VF_ADD
-#undef VF_SUB
-#undef VF_MUL
-#undef VF_SELGE0
-#undef VI_LOAD
-#undef VI_SRLI
-#undef VI_SLLI
-#undef VI_MERGE3
-#undef VI_AND255
-#undef VI_CVT
-#undef VT_MAKE
-#undef VT_LOOK
-#undef vf
-#undef vi
-#undef vt
 
+#define QI(name) lb_ql_##name##_ref
+#define QI_ATTR
+#define QI_TILE_ONE_COPY
+#define QI_UNROLL8
+#define QVL 16
+#define QI_MB_OFF 8
+#define QI_MB_PN 4
+#define qv ql_si
+#define qg ql_sf
+#define qt ql_sb
+#define QV_LOAD sc_iload
+#define QV_ZERO sc_izero
+#define QV_SET1 sc_iset1
+#define QV_SRLI sc_srli
+#define QV_SLLI sc_slli
+#define QV_AND sc_iand
+#define QV_OR sc_ior
+#define QV_LUT sc_lut
+#define QV_DOT sc_dot
+#define QV_DOT8 sc_dot
+#define QV_CVT sc_cvt
+#define QT_MAKE sc_bmake
+#define QG_ZERO sc_zero
+#define QG_SET1 sc_set1
+#define QG_LOAD sc_load
+#define QG_STORE sc_store
+#define QG_FMA sc_fma
+#define QG_FNMA sc_fnma
+#include "qlinear_int_body.h"
+
+
+/* ================================ layout: pack / unpack ================================ */
+typedef struct {
+    const uint8_t* codes;
+    uint8_t* out;
+    int32_t* packed;
+    const int32_t* cpacked;
+    int64_t N, K, KB, rb;
+    int bits;
+} ql_pack_ctx;
+
+/* The canonical word kb*bits + w of a row (bytes past the row read as 0), codes k >= K cleared. */
+static uint32_t ql_row_word(const uint8_t* row, int64_t rb, int64_t K, int bits, int64_t kb, int w) {
+    const int64_t o = (kb * bits + w) * 4, k0 = kb * 32 + (int64_t)w * (32 / bits);
+    uint32_t v = 0;
+    for (int i = 0; i < 4 && o + i < rb; ++i) v |= (uint32_t)row[o + i] << (8 * i);
+    if (k0 + 32 / bits > K) v &= K <= k0 ? 0u : (1u << ((K - k0) * bits)) - 1u;
+    return v;
+}
+
+static void ql_pack_tiles(int64_t a, int64_t b, void* ctx) {
+    const ql_pack_ctx* p = (const ql_pack_ctx*)ctx;
+    const int bits = p->bits;
+    for (int64_t nt = a; nt < b; ++nt) {
+        uint32_t* T = (uint32_t*)p->packed + nt * p->KB * bits * 16;
+        memset(T, 0, (size_t)(p->KB * bits * 16) * sizeof(uint32_t));
+        for (int64_t j = 0; j < 16 && nt * 16 + j < p->N; ++j) {
+            const uint8_t* row = p->codes + (nt * 16 + j) * p->rb;
+            for (int64_t kb = 0; kb < p->KB; ++kb) {
+                uint32_t* blk = T + kb * bits * 16;
+                if (bits != 3) {
+                    for (int w = 0; w < bits; ++w)
+                        blk[w * 16 + j] = ql_row_word(row, p->rb, p->K, bits, kb, w);
+                    continue;
+                }
+                for (int64_t kk = 0; kk < 32 && kb * 32 + kk < p->K; ++kk) {
+                    const uint32_t code = (uint32_t)lb_get_code(row, kb * 32 + kk, 3);
+                    const int w = (int)(kk >> 4), t = (int)(kk & 15);
+                    blk[w * 16 + j] |= (code & 3u) << (2 * t);
+                    blk[2 * 16 + j] |= (code >> 2) << (8 * (t >> 2) + 4 * w + (t & 3));
+                }
+            }
+        }
+    }
+}
+
+static void ql_unpack_tiles(int64_t a, int64_t b, void* ctx) {
+    const ql_pack_ctx* p = (const ql_pack_ctx*)ctx;
+    const int bits = p->bits;
+    for (int64_t nt = a; nt < b; ++nt) {
+        const uint32_t* T = (const uint32_t*)p->cpacked + nt * p->KB * bits * 16;
+        for (int64_t j = 0; j < 16 && nt * 16 + j < p->N; ++j) {
+            uint8_t* row = p->out + (nt * 16 + j) * p->rb;
+            memset(row, 0, (size_t)p->rb);
+            for (int64_t kb = 0; kb < p->KB; ++kb) {
+                const uint32_t* blk = T + kb * bits * 16;
+                if (bits != 3) {
+                    for (int w = 0; w < bits; ++w) {
+                        const int64_t o = (kb * bits + w) * 4;
+                        for (int i = 0; i < 4 && o + i < p->rb; ++i)
+                            row[o + i] = (uint8_t)(blk[w * 16 + j] >> (8 * i));
+                    }
+                    continue;
+                }
+                for (int64_t kk = 0; kk < 32 && kb * 32 + kk < p->K; ++kk) {
+                    const int w = (int)(kk >> 4), t = (int)(kk & 15);
+                    const uint32_t lo = (blk[w * 16 + j] >> (2 * t)) & 3u;
+                    const uint32_t hi = (blk[2 * 16 + j] >> (8 * (t >> 2) + 4 * w + (t & 3))) & 1u;
+                    lb_put_code(row, kb * 32 + kk, 3, (int)(lo | hi << 2));
+                }
+            }
+        }
+    }
+}
+
+void lb_ql_pack_cpu(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t* packed) {
+    ql_pack_ctx p = {codes, NULL, packed, NULL, N, K, lb_ql_kblocks(K), lb_row_bytes(K, bits), bits};
+    lb_parallel(lb_ql_tiles(N), 4, ql_pack_tiles, &p);
+}
+
+void lb_ql_unpack_cpu(const int32_t* packed, int64_t N, int64_t K, int bits, uint8_t* codes) {
+    ql_pack_ctx p = {NULL, codes, NULL, packed, N, K, lb_ql_kblocks(K), lb_row_bytes(K, bits), bits};
+    lb_parallel(lb_ql_tiles(N), 4, ql_unpack_tiles, &p);
+}
+
+/* ================================ group parameters, tables ================================ */
+/* The format switch is outside the loops (one branch-free loop per kind): with small groups this
+ * runs for every (row, group) of the weight on each call, and with the switch inside it cost as
+ * much as the integer dot products themselves (int2-g64 ran at a third of whole-row speed). */
+void lb_ql_tile_params(const ql_ctx* c, int64_t nt, int64_t g0, int64_t g1, int integer,
+                       float* tp) {
+    const lb_fmt* f = c->f;
+    const int64_t G = c->G, ng = g1 - g0;
+    const float S = c->lscale;
+    const int lvl_p1 = integer && c->sch == QI_LOFF; /* p1 = S, else p0 (PN) or 0 (float) */
+    for (int64_t j = 0; j < 16; ++j) {
+        const int64_t n = nt * 16 + j;
+        float* t0 = tp + j;
+        float* t1 = tp + 16 + j;
+        if (n >= c->N) {
+            for (int64_t i = 0; i < ng; ++i) t0[i * 32] = t1[i * 32] = 0.0f;
+            continue;
+        }
+        switch (f->kind) {
+        case LB_KIND_INT_ASYM: {
+            const float* s = c->scales + n * G + g0;
+            const uint8_t* z = c->zeros + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                t0[i * 32] = s[i];
+                t1[i * 32] = (float)z[i];
+            }
+            break;
+        }
+        case LB_KIND_INT_SYM: {
+            const float* s = c->scales + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                t0[i * 32] = s[i];
+                t1[i * 32] = (float)-f->qmin;
+            }
+            break;
+        }
+        case LB_KIND_LVL2: {
+            const float* s = c->scales + 2 * (n * G + g0);
+            for (int64_t i = 0; i < ng; ++i) {
+                /* x / S, not x * (1/S): bit-identical to the former per-element form */
+                t0[i * 32] = integer ? s[2 * i] / S : s[2 * i];
+                t1[i * 32] = integer ? s[2 * i + 1] / S : s[2 * i + 1];
+            }
+            break;
+        }
+        default: {
+            const float* s = c->scales + n * G + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                const float p0 = integer ? s[i] / S : s[i];
+                t0[i * 32] = p0;
+                t1[i * 32] = !integer ? 0.0f : lvl_p1 ? S : p0;
+            }
+            break;
+        }
+        }
+    }
+}
+
+/* The float decode tables (entries replicated for 2/3-bit codes, see csrc/layouts.h). */
+static void ql_tables(ql_ctx* c, const lb_fmt* f) {
+    const int mask = f->bits == 2 ? 3 : (f->bits == 3 ? 7 : 15);
+    for (int t = 0; t < 16; ++t) {
+        const int code = t & mask;
+        const float v = f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM
+                            ? (float)code
+                            : f->lev[code];
+        c->tbl[t] = v;
+        c->tblp[t] = v > 0.0f ? v : 0.0f;
+        c->tbln[t] = v < 0.0f ? v : 0.0f;
+    }
+}
+
+/* S such that S * level is an integer for every level (FP4: 12, FP3: 4), or 0 (NF). */
+static float ql_exact_level_scale(const lb_fmt* f) {
+    static const float cand[] = {4.0f, 12.0f};
+    for (int i = 0; i < 2; ++i) {
+        int ok = 1;
+        for (int k = 0; k < f->nlev; ++k) {
+            const float v = cand[i] * f->lev[k];
+            ok &= fabsf(v - rintf(v)) < 1e-5f;
+        }
+        if (ok) return cand[i];
+    }
+    return 0.0f;
+}
+
+int lb_ql_scheme(int act, const lb_fmt* f, int64_t M, int packable) {
+    if (!packable || act == LB_ACT_FLOAT || M > LB_QL_INT_MAX_M) return LB_QS_FLOAT;
+    if (act == LB_ACT_INT8) return LB_QS_INT8;
+    /* auto: an int8 activation plus an int8 quantized residual is within 1e-4 when the weights
+     * are exact integers (INT codes, FP levels times S); NF levels are not, so NF runs float */
+    if (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM || ql_exact_level_scale(f) > 0.0f)
+        return LB_QS_INT8X2;
+    return LB_QS_FLOAT;
+}
+
+/* The integer scheme and byte tables of a level format (QI_LOFF for exact symmetric levels,
+ * else QI_PN: positive / negative parts, S = 127 for NF). */
+static void ql_int_tables(ql_ctx* c, const lb_fmt* f) {
+    float S = ql_exact_level_scale(f);
+    c->sch = QI_OFF;
+    c->lscale = 1.0f;
+    if (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM) return;
+    c->sch = S > 0.0f && f->kind == LB_KIND_LVL1 ? QI_LOFF : QI_PN;
+    if (S == 0.0f) S = 127.0f;
+    c->lscale = S;
+    for (int t = 0; t < 16; ++t) {
+        const float l = t < f->nlev ? f->lev[t] : 0.0f;
+        c->lta[t] = (uint8_t)(c->sch == QI_LOFF ? rintf(S * l) + S : rintf(S * (l > 0.0f ? l : 0.0f)));
+        c->ltb[t] = (uint8_t)rintf(S * (l < 0.0f ? -l : 0.0f));
+    }
+}
+
+/* ================================ activations ================================ */
+#define QL_XMAX 0x1p64f    /* larger |x| takes the exact path (sums may overflow otherwise) */
+#define QL_XMIN_INT 0x1p-100f /* integer modes: a smaller nonzero max|x| takes it too */
+
+typedef struct {
+    ql_ctx* c;
+    const void* x;
+    int8_t* xq;
+    float *xd, *xz, *xrow; /* xrow: (M, Kp) float copy of every row */
+    uint8_t* bad;
+    int integer;
+} ql_act_ctx;
+
+/* Row m of x as float32 (zero padded), whether it is representable, and for the integer modes
+ * its int8 blocks (FORMATS.md 4: d = max|x| / 127 in float32, q = rne(x / d)) in step order,
+ * the block scales and per group sum_b d_b * sum q; pass 2 the same of the residual x - d q. */
+static void ql_act_rows(int64_t a, int64_t b, void* ctx) {
+    const ql_act_ctx* p = (const ql_act_ctx*)ctx;
+    ql_ctx* c = p->c;
+    const int64_t K = c->K, Kp = c->Kp, KB = c->KB, M = c->M, G = c->G;
+    int perm[32];
+    for (int t = 0; t < 8; ++t)
+        for (int i = 0; i < 4; ++i) perm[lb_ql_step_k(c->bits == 3 ? 2 : c->bits, t, i)] = 4 * t + i;
+    for (int64_t m = a; m < b; ++m) {
+        float* xr = p->xrow + m * Kp;
+        float amax = 0.0f;
+        int finite = 1;
+        lb_load_row(p->x, c->dt, m * K, K, 1.0f, xr);
+        for (int64_t k = K; k < Kp; ++k) xr[k] = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+            const float v = fabsf(xr[k]);
+            finite &= v <= 3.4028235e38f; /* false for inf and nan */
+            amax = v > amax ? v : amax;
+        }
+        p->bad[m] = !finite || amax > QL_XMAX ||
+                    (p->integer && amax != 0.0f && amax < QL_XMIN_INT);
+        if (!p->integer) continue;
+        for (int ps = 0; ps < c->passes; ++ps) {
+            const int64_t v = ps * M + m;
+            int8_t* q8 = p->xq + v * Kp;
+            float* d8 = p->xd + v * KB;
+            float* z8 = p->xz + v * G;
+            for (int64_t gi = 0; gi < G; ++gi) z8[gi] = 0.0f;
+            if (p->bad[m]) {
+                memset(q8, 0, (size_t)Kp);
+                memset(d8, 0, (size_t)KB * sizeof(float));
+                continue;
+            }
+            for (int64_t kb = 0; kb < KB; ++kb) {
+                float* xb = xr + kb * 32;
+                float am = 0.0f, d;
+                int32_t qs = 0;
+                for (int i = 0; i < 32; ++i) am = fabsf(xb[i]) > am ? fabsf(xb[i]) : am;
+                d = am / 127.0f;
+                for (int i = 0; i < 32; ++i) {
+                    const float q = am > 0.0f ? rintf(xb[i] / d) : 0.0f;
+                    q8[kb * 32 + perm[i]] = (int8_t)q;
+                    qs += (int32_t)q;
+                    if (c->passes == 2 && ps == 0) xb[i] = xb[i] - d * q; /* the residual */
+                }
+                d8[kb] = d;
+                z8[c->G == 1 ? 0 : kb / c->kbpg] += d * (float)qs;
+            }
+        }
+    }
+}
 
 /* ================================ canonical-code path ================================ */
 static void ql_generic_rows(int64_t a, int64_t b, void* ctx) {
@@ -126,61 +434,23 @@ static void ql_generic_rows(int64_t a, int64_t b, void* ctx) {
 }
 
 /* ================================ entry points ================================ */
-void lb_ql_pack_cpu(const uint8_t* codes, const float* scales, const uint8_t* zeros, int64_t N,
-                    int64_t K, int64_t g, const lb_fmt* f, int32_t* packed, float* params) {
-    const int bits = f->bits;
-    const int64_t G = K / g, KB = (K + 31) / 32, rb = lb_row_bytes(K, bits);
-    memset(packed, 0, (size_t)lb_ql_packed_words(N, K, bits) * sizeof(int32_t));
-    memset(params, 0, (size_t)lb_ql_params_floats(N, G) * sizeof(float));
-    for (int64_t n = 0; n < N; ++n) {
-        const int64_t nt = n / 16, j = n % 16;
-        const uint8_t* row = codes + n * rb;
-        uint32_t* P = (uint32_t*)packed + nt * KB * bits * 16;
-        for (int64_t k = 0; k < K; ++k) {
-            const uint32_t code = (uint32_t)lb_get_code(row, k, bits);
-            const int64_t kb = k / 32, kk = k % 32;
-            uint32_t* blk = P + kb * bits * 16;
-            if (bits == 3) {
-                blk[(kk / 16) * 16 + j] |= (code & 3u) << (2 * (kk % 16));
-                blk[2 * 16 + j] |= (code >> 2) << kk;
-            } else {
-                const int cpw = 32 / bits;
-                blk[(kk / cpw) * 16 + j] |= code << (bits * (kk % cpw));
-            }
-        }
-        for (int64_t gi = 0; gi < G; ++gi) {
-            float* pr = params + (nt * G + gi) * 32;
-            /* (p0, p1) with every INT decoding as (code - p1) * p0 (layouts.h) */
-            const lb_gparams p = lb_load_gparams(f, scales, zeros, n * G + gi);
-            pr[j] = f->kind == LB_KIND_LVL2 ? p.sp : p.s;
-            pr[16 + j] = f->kind == LB_KIND_LVL2 ? p.sn : (f->kind == LB_KIND_INT_SYM ? -f->qmin : p.z);
-        }
-    }
+static void ql_init(ql_ctx* c, const lb_fmt* f, int64_t N, int64_t K, int64_t g) {
+    memset(c, 0, sizeof *c);
+    c->kind = f->kind; c->bits = f->bits; c->f = f;
+    c->kd = f->kind == LB_KIND_LVL2 ? QF_TWO : f->kind == LB_KIND_LVL1 ? QF_PLAIN : QF_ZP;
+    c->N = N; c->K = K; c->g = g; c->G = K / g;
+    c->KB = lb_ql_kblocks(K); c->Kp = c->KB * 32; c->NT = lb_ql_tiles(N);
+    c->kbpg = c->G == 1 ? c->KB : g / 32;
+    ql_tables(c, f);
 }
 
-/* The 16-entry decode tables (entries replicated for 2/3-bit codes, see csrc/layouts.h). */
-static void ql_tables(ql_ctx* c, const lb_fmt* f) {
-    const int mask = f->bits == 2 ? 3 : (f->bits == 3 ? 7 : 15);
-    for (int t = 0; t < 16; ++t) {
-        const int code = t & mask;
-        const float v = (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM) ? (float)code
-                                                                                    : f->lev[code];
-        c->tbl[t] = v;
-        c->tblp[t] = v > 0.0f ? v : 0.0f;
-        c->tbln[t] = v < 0.0f ? v : 0.0f;
-    }
-}
-
-void lb_ql_dequant_t_cpu(const int32_t* packed, const float* params, int64_t N, int64_t K,
-                         int64_t g, const lb_fmt* f, int64_t kb0, int64_t kb1, float* wt) {
+void lb_ql_dequant_t_cpu(const int32_t* packed, const float* scales, const uint8_t* zeros,
+                         int64_t N, int64_t K, int64_t g, const lb_fmt* f, int64_t kb0,
+                         int64_t kb1, float* wt) {
     ql_ctx c;
     lb_parallel_fn fn = lb_ql_deqt_worker_ref;
-    memset(&c, 0, sizeof c);
-    c.kind = f->kind; c.bits = f->bits; c.two = f->kind == LB_KIND_LVL2;
-    c.N = N; c.K = K; c.g = g; c.G = K / g; c.KB = (K + 31) / 32; c.Kp = c.KB * 32;
-    c.NT = (N + 15) / 16; c.kbpg = c.G == 1 ? c.KB : g / 32;
-    c.P = packed; c.prm = params; c.y = wt; c.kb0 = kb0;
-    ql_tables(&c, f);
+    ql_init(&c, f, N, K, g);
+    c.P = packed; c.scales = scales; c.zeros = zeros; c.y = wt; c.kb0 = kb0;
 #if LB_X86
     if (lb_rt.isa == LB_ISA_AVX512) fn = lb_ql_deqt_worker_avx512;
     else if (lb_rt.isa == LB_ISA_AVX2) fn = lb_ql_deqt_worker_avx2;
@@ -188,57 +458,107 @@ void lb_ql_dequant_t_cpu(const int32_t* packed, const float* params, int64_t N, 
     lb_parallel(kb1, 1, fn, &c); /* [0, kb1): workers skip blocks below kb0 */
 }
 
-static lb_parallel_fn ql_pick(int gemm) {
+static lb_parallel_fn ql_pick(int which) { /* 0 GEMV, 1 GEMM, 2 integer */
 #if LB_X86
-    if (lb_rt.isa == LB_ISA_AVX512) return gemm ? lb_ql_gemm_worker_avx512 : lb_ql_gemv_worker_avx512;
-    if (lb_rt.isa == LB_ISA_AVX2) return gemm ? lb_ql_gemm_worker_avx2 : lb_ql_gemv_worker_avx2;
+    if (lb_rt.isa == LB_ISA_AVX512)
+        return which == 0 ? lb_ql_gemv_worker_avx512 : which == 1 ? lb_ql_gemm_worker_avx512
+               : lb_rt.vnni ? lb_ql_int_worker_avx512vnni : lb_ql_int_worker_avx512;
+    if (lb_rt.isa == LB_ISA_AVX2)
+        return which == 0 ? lb_ql_gemv_worker_avx2 : which == 1 ? lb_ql_gemm_worker_avx2
+               : lb_rt.vnni ? lb_ql_int_worker_avxvnni : lb_ql_int_worker_avx2;
 #endif
-    return gemm ? lb_ql_gemm_worker_ref : lb_ql_gemv_worker_ref;
+    return which == 0 ? lb_ql_gemv_worker_ref : which == 1 ? lb_ql_gemm_worker_ref
+                      : lb_ql_int_worker_ref;
+}
+
+/* The float GEMM over the rows of x flagged bad (their float copies in xrow): the exact path. */
+static int ql_redo_bad_rows(const ql_ctx* c, const float* xrow, const uint8_t* bad) {
+    ql_ctx e = *c;
+    int64_t nbad = 0;
+    float* xb;
+    int64_t* map;
+    for (int64_t m = 0; m < c->M; ++m) nbad += bad[m];
+    if (!nbad) return 0;
+    xb = (float*)malloc((size_t)(nbad * c->Kp) * sizeof(float));
+    map = (int64_t*)malloc((size_t)nbad * sizeof(int64_t));
+    if (!xb || !map) {
+        free(xb);
+        free(map);
+        return -1;
+    }
+    nbad = 0;
+    for (int64_t m = 0; m < c->M; ++m)
+        if (bad[m]) {
+            memcpy(xb + nbad * c->Kp, xrow + m * c->Kp, (size_t)c->Kp * sizeof(float));
+            map[nbad++] = m;
+        }
+    e.M = nbad; e.xf = xb; e.ymap = map; e.oom = 0;
+    lb_parallel((e.NT + 1) / 2, 1, ql_pick(1), &e);
+    free(xb);
+    free(map);
+    return e.oom ? -1 : 0;
 }
 
 int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, int64_t g,
                       const lb_fmt* f, const uint8_t* codes, const float* scales,
-                      const uint8_t* zeros, const int32_t* packed, const float* params,
-                      const void* bias, void* y) {
+                      const uint8_t* zeros, const int32_t* packed, const void* bias, int act,
+                      void* y) {
     ql_ctx c;
-    const int fast = packed && params && lb_ql_packable(K, g);
-    int64_t xbytes;
-    float *xf = NULL, *xs = NULL, *bf = NULL;
-    memset(&c, 0, sizeof c);
+    ql_act_ctx a;
+    const int fast = packed != NULL && lb_ql_packable(K, g);
+    const int sch = lb_ql_scheme(act, f, M, fast);
+    const int integer = sch != LB_QS_FLOAT, gemv = !integer && fast && M <= 4;
+    float *xrow = NULL, *bf = NULL, *xd = NULL, *xz = NULL;
+    int8_t* xq = NULL;
+    uint8_t* bad = NULL;
+    int rc = 0;
     if (M <= 0 || N <= 0) return 0;
-    c.kind = f->kind; c.bits = f->bits; c.two = f->kind == LB_KIND_LVL2; c.M = M;
-    c.dt = dt; c.N = N; c.K = K; c.g = g; c.G = K / g;
-    c.KB = (K + 31) / 32; c.Kp = c.KB * 32; c.NT = (N + 15) / 16;
-    c.kbpg = c.G == 1 ? c.KB : g / 32;
-    c.P = packed; c.prm = params; c.codes = codes; c.scales = scales; c.zeros = zeros; c.f = f;
+    ql_init(&c, f, N, K, g);
+    c.M = M; c.dt = dt; c.P = packed; c.codes = codes; c.scales = scales; c.zeros = zeros;
     c.y = y;
-    xbytes = ((M * c.Kp * (int64_t)sizeof(float)) + 63) / 64 * 64;
-    xf = (float*)aligned_alloc(64, (size_t)xbytes);
-    xs = (float*)calloc((size_t)(M * c.G), sizeof(float));
-    bf = bias ? (float*)malloc((size_t)N * sizeof(float)) : NULL;
-    if (!xf || !xs || (bias && !bf)) {
-        free(xf); free(xs); free(bf);
-        return -1;
+    if (integer) {
+        ql_int_tables(&c, f);
+        c.passes = sch == LB_QS_INT8X2 ? 2 : 1;
+        c.V = c.passes * M;
     }
-    memset(xf, 0, (size_t)xbytes);
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t k = 0; k < K; ++k) {
-            float v = lb_ld1(x, dt, m * K + k);
-            xf[m * c.Kp + k] = v;
-            xs[m * c.G + k / g] += v;
-        }
+    xrow = (float*)aligned_alloc(64, (size_t)(((M * c.Kp * (int64_t)sizeof(float)) + 63) / 64 * 64));
+    bad = (uint8_t*)calloc((size_t)M, 1);
+    bf = bias ? (float*)malloc((size_t)N * sizeof(float)) : NULL;
+    if (integer) {
+        xq = (int8_t*)aligned_alloc(64, (size_t)((c.V * c.Kp + 63) / 64 * 64));
+        xd = (float*)malloc((size_t)(c.V * c.KB) * sizeof(float));
+        xz = (float*)malloc((size_t)(c.V * c.G) * sizeof(float));
+    }
+    if (!xrow || !bad || (bias && !bf) || (integer && (!xq || !xd || !xz))) {
+        rc = -1;
+        goto done;
+    }
     if (bf)
         for (int64_t n = 0; n < N; ++n) bf[n] = lb_ld1(bias, dt, n);
-    c.xf = xf; c.xs = xs; c.bias = bf;
-    ql_tables(&c, f);
+    c.bias = bf;
+    a.c = &c; a.x = x; a.xq = xq; a.xd = xd; a.xz = xz; a.xrow = xrow; a.bad = bad;
+    a.integer = integer;
+    lb_parallel(M, 1, ql_act_rows, &a); /* integer: rows stay finite copies for the redo below */
+    c.xf = xrow;
     if (!fast) {
         lb_parallel(N, K >= 4096 ? 1 : 4096 / K, ql_generic_rows, &c);
-    } else if (M <= 4) {
+    } else if (integer) {
+        int64_t grain = 65536 / (16 * c.Kp);
+        c.xq = xq; c.xd = xd; c.xz = xz;
+        lb_parallel(c.NT, grain > 0 ? grain : 1, ql_pick(2), &c);
+    } else if (gemv) {
         int64_t grain = 65536 / (16 * c.Kp);
         lb_parallel(c.NT, grain > 0 ? grain : 1, ql_pick(0), &c);
     } else {
         lb_parallel((c.NT + 1) / 2, 1, ql_pick(1), &c);
     }
-    free(xf); free(xs); free(bf);
-    return c.oom ? -1 : 0;
+    if (c.oom) rc = -1;
+    if (!rc && fast && (integer || gemv)) {
+        /* integer rows had their residual written over xrow: reload the bad ones (they were
+         * left untouched, see ql_act_rows) */
+        rc = ql_redo_bad_rows(&c, xrow, bad);
+    }
+done:
+    free(xrow); free(bad); free(bf); free(xq); free(xd); free(xz);
+    return rc;
 }

@@ -2,7 +2,7 @@
  * detection, and the thread-pool and thread-count entry points every kernel calls. */
 #include "lb_cpu.h"
 
-lb_runtime lb_rt = {LB_ISA_SCALAR, NULL, NULL};
+lb_runtime lb_rt = {LB_ISA_SCALAR, NULL, NULL, 0};
 
 int lb_isa_supported(int isa) {
 #if LB_X86
@@ -12,6 +12,10 @@ int lb_isa_supported(int isa) {
     if (isa == LB_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (isa == LB_ISA_AVXVNNI)
+        return lb_isa_supported(LB_ISA_AVX2) && __builtin_cpu_supports("avxvnni");
+    if (isa == LB_ISA_AVX512VNNI)
+        return lb_isa_supported(LB_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
     return 0;
 #else
     return isa == LB_ISA_SCALAR;
@@ -19,9 +23,20 @@ int lb_isa_supported(int isa) {
 }
 
 int lb_isa_best(void) {
-    return lb_isa_supported(LB_ISA_AVX512) ? LB_ISA_AVX512
-           : lb_isa_supported(LB_ISA_AVX2) ? LB_ISA_AVX2
-                                            : LB_ISA_SCALAR;
+    static const int order[] = {LB_ISA_AVX512VNNI, LB_ISA_AVX512, LB_ISA_AVXVNNI, LB_ISA_AVX2};
+    for (int i = 0; i < 4; ++i)
+        if (lb_isa_supported(order[i])) return order[i];
+    return LB_ISA_SCALAR;
+}
+
+void lb_isa_set(int isa) {
+    lb_rt.vnni = isa == LB_ISA_AVXVNNI || isa == LB_ISA_AVX512VNNI;
+    lb_rt.isa = isa == LB_ISA_AVXVNNI ? LB_ISA_AVX2 : isa == LB_ISA_AVX512VNNI ? LB_ISA_AVX512 : isa;
+}
+
+int lb_isa_code(void) {
+    if (!lb_rt.vnni) return lb_rt.isa;
+    return lb_rt.isa == LB_ISA_AVX512 ? LB_ISA_AVX512VNNI : LB_ISA_AVXVNNI;
 }
 
 void lb_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx) {

@@ -113,7 +113,7 @@ static void lb_torch_parallel(int64_t n, int64_t grain, lb_parallel_fn fn, void*
 void lb_torch_install_runtime(void) {
     lb_rt.parallel_for = lb_torch_parallel;
     lb_rt.num_threads = lb_torch_num_threads;
-    lb_rt.isa = lb_isa_best();
+    lb_isa_set(lb_isa_best());
 }
 
 /* ---- device execution context (see lb_ops.h) ---- */

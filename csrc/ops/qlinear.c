@@ -3,15 +3,16 @@
  * user-facing argument), allocates outputs, and calls the CPU kernels (csrc/cpu/qlinear.h) or
  * the CUDA launcher (cuda/qlinear.cuh) on the current stream. Every error path ends in
  * lb_call_fail, which frees what the call holds.
- *   qlinear_pack(codes, scales, zeros, fmt, bits, group_size, symmetric, K)
- *       -> (packed int32 (NT, KB*bits*16), params float32 (NT, G*32))   [CPU]
- *   quant_linear(x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size,
- *                symmetric) -> y                                        [CPU, CUDA]
- *   qlinear_dequant_t(packed, params, fmt, bits, group_size, symmetric, N, K, kb0, kb1)
- *       -> rows [32*kb0, 32*kb1) of W^T, padded                        [CPU]
+ *   qlinear_pack(codes, bits, K) -> packed int32 (NT, KB*bits*16)             [CPU]
+ *   qlinear_unpack(packed, N, K, bits) -> codes uint8 (N, ceil(K*bits/8))     [CPU]
+ *   quant_linear(x, codes, scales, zeros, packed, bias, fmt, bits, group_size, symmetric, act)
+ *       -> y                                                                  [CPU, CUDA]
+ *   qlinear_dequant_t(packed, scales, zeros, fmt, bits, group_size, symmetric, N, K, kb0, kb1)
+ *       -> rows [32*kb0, 32*kb1) of W^T, padded                               [CPU]
  * x (..., K) float32/bf16/f16 contiguous; y (..., N) of x's dtype; bias: (N) of x's dtype or an
- * empty tensor for none; packed/params: the CPU layout of csrc/layouts.h, or empty tensors (the
- * kernels then read the canonical codes). */
+ * empty tensor for none; a weight is its canonical scales / zeros plus its codes either as the
+ * CPU layout of csrc/layouts.h (packed; codes empty) or canonical (codes; packed empty); act:
+ * the accuracy mode (LB_ACT_*, FORMATS.md 4; the CUDA kernels compute every mode in float). */
 #include "lb_check.h"
 
 #include "../cpu/qlinear.h"
@@ -19,59 +20,122 @@
 #include "../../cuda/qlinear.cuh"
 #endif
 
-/* The kernel layout's sizes for (N, K, bits, G), overflow-checked (K names the culprit). */
-static int ql_layout_sizes(int64_t N, int64_t K, int bits, int64_t G, int64_t* words,
-                           int64_t* params, char* err) {
-    if (lb_ql_sizes_checked(N, K, bits, G, words, params))
+/* The packed layout's (NT, KB*bits*16) shape for (N, K, bits), overflow-checked (K names the
+ * culprit). */
+static int ql_packed_shape(int64_t N, int64_t K, int bits, int64_t shape[2], char* err) {
+    int64_t words;
+    if (lb_ql_words_checked(N, K, bits, &words))
         return lb_fail(err, "K: the kernel layout of a (%lld, %lld) weight overflows",
                        (long long)N, (long long)K);
+    shape[0] = lb_ql_tiles(N);
+    shape[1] = shape[0] ? words / shape[0] : 0;
     return 0;
 }
 
-/* qlinear_pack(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size,
- * bool symmetric, int K) -> (Tensor, Tensor) */
+static int ql_check_packed(const lb_tensor* p, const int64_t shape[2], char* err) {
+    if (p->dtype != lb_t.dt_i32 || !p->contiguous || p->dim != 2 || p->sizes[0] != shape[0] ||
+        p->sizes[1] != shape[1])
+        return lb_fail(err, "packed: expected a contiguous int32 (%lld, %lld) tensor",
+                       (long long)shape[0], (long long)shape[1]);
+    return 0;
+}
+
+/* scales / zeros of a weight of K columns (N taken from scales): the checks of
+ * lb_check_qweight without the codes. */
+static int ql_check_params(const lb_tensor* s, const lb_tensor* z, const lb_fmt* f, int64_t K,
+                           int64_t g, int64_t* N, char* err) {
+    const int two = f->kind == LB_KIND_LVL2;
+    const int64_t G = K / g, GZ = f->kind == LB_KIND_INT_ASYM ? G : 0;
+    *N = s->dim >= 1 ? s->sizes[0] : -1;
+    if (s->dtype != lb_t.dt_f32 || !s->contiguous || s->dim != (two ? 3 : 2) || *N <= 0 ||
+        s->sizes[1] != G || (two && s->sizes[2] != 2))
+        return lb_fail(err, "scales: expected a contiguous float32 (N, %lld%s) tensor, N > 0",
+                       (long long)G, two ? ", 2" : "");
+    if (z->dtype != lb_t.dt_u8 || z->dim != 2 || !z->contiguous || z->sizes[0] != *N ||
+        z->sizes[1] != GZ)
+        return lb_fail(err, "zeros: expected a contiguous uint8 (%lld, %lld) tensor",
+                       (long long)*N, (long long)GZ);
+    return lb_check_same_device(z, "zeros", s, "scales", err);
+}
+
+/* qlinear_pack(Tensor codes, int bits, int K) -> Tensor */
 LB_BOXED(lb_boxed_qlinear_pack) {
     lb_call c;
-    lb_tensor t[3];
-    lb_fmt f;
-    const int64_t g = lb_iv_int(stack[5]), K = lb_iv_int(stack[7]);
-    int64_t N = 0, words = 0, nparams = 0;
-    void *pp = NULL, *pq = NULL;
-    lb_call_begin(&c, "lowbit::qlinear_pack", stack, 3);
-    if (lb_call_qweight(&c, t, stack + 3, K, &f, &N) ||
-        ql_layout_sizes(N, K, f.bits, K / g, &words, &nparams, c.err))
+    lb_tensor t;
+    const int64_t bits = lb_iv_int(stack[1]), K = lb_iv_int(stack[2]);
+    int64_t rb, shape[2] = {0, 0};
+    void* pp = NULL;
+    lb_call_begin(&c, "lowbit::qlinear_pack", stack, 1);
+    if (lb_call_arg(&c, 0, "codes", &t)) goto fail;
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
+        lb_fail(c.err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
         goto fail;
-    if (t[0].device_type != lb_t.dev_cpu) {
-        lb_fail(c.err, "codes: the CPU kernel layout is built from CPU tensors");
+    }
+    if (K <= 0 || lb_row_bytes_checked(K, bits, &rb)) {
+        lb_fail(c.err, "K: must be positive and K * bits fit in int64, got %lld", (long long)K);
+        goto fail;
+    }
+    if (t.device_type != lb_t.dev_cpu || t.dtype != lb_t.dt_u8 || t.dim != 2 || !t.contiguous ||
+        t.sizes[0] <= 0 || t.sizes[1] != rb) {
+        lb_fail(c.err, "codes: expected a contiguous uint8 (N, %lld) CPU tensor, N > 0",
+                (long long)rb);
+        goto fail;
+    }
+    if (ql_packed_shape(t.sizes[0], K, (int)bits, shape, c.err) ||
+        lb_check_numel(shape, 2, 4, "K", c.err) ||
+        lb_call_out(&c, 2, shape, lb_t.dt_i32, &t, &pp))
+        goto fail;
+    lb_ql_pack_cpu((const uint8_t*)t.data, t.sizes[0], K, (int)bits, (int32_t*)pp);
+    LB_CALL_END(c);
+}
+
+/* qlinear_unpack(Tensor packed, int N, int K, int bits) -> Tensor */
+LB_BOXED(lb_boxed_qlinear_unpack) {
+    lb_call c;
+    lb_tensor t;
+    const int64_t N = lb_iv_int(stack[1]), K = lb_iv_int(stack[2]), bits = lb_iv_int(stack[3]);
+    int64_t rb, shape[2] = {0, 0};
+    void* po = NULL;
+    lb_call_begin(&c, "lowbit::qlinear_unpack", stack, 1);
+    if (lb_call_arg(&c, 0, "packed", &t)) goto fail;
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
+        lb_fail(c.err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
+        goto fail;
+    }
+    if (N <= 0 || K <= 0 || lb_row_bytes_checked(K, bits, &rb)) {
+        lb_fail(c.err, "%s: must be positive, got %lld", N <= 0 ? "N" : "K",
+                (long long)(N <= 0 ? N : K));
+        goto fail;
+    }
+    if (ql_packed_shape(N, K, (int)bits, shape, c.err) || ql_check_packed(&t, shape, c.err))
+        goto fail;
+    if (t.device_type != lb_t.dev_cpu) {
+        lb_fail(c.err, "packed: the CPU kernel layout lives on the CPU");
         goto fail;
     }
     {
-        const int64_t NT = lb_ql_tiles(N);
-        const int64_t psz[2] = {NT, words / NT}, qsz[2] = {NT, nparams / NT};
-        if (lb_call_out(&c, 2, psz, lb_t.dt_i32, &t[0], &pp) ||
-            lb_call_out(&c, 2, qsz, lb_t.dt_f32, &t[0], &pq))
+        const int64_t osz[2] = {N, rb};
+        if (lb_check_numel(osz, 2, 1, "N", c.err) || lb_call_out(&c, 2, osz, lb_t.dt_u8, &t, &po))
             goto fail;
-        lb_ql_pack_cpu((const uint8_t*)t[0].data, (const float*)t[1].data,
-                       f.kind == LB_KIND_INT_ASYM ? (const uint8_t*)t[2].data : NULL, N, K, g, &f,
-                       (int32_t*)pp, (float*)pq);
+        lb_ql_unpack_cpu((const int32_t*)t.data, N, K, (int)bits, (uint8_t*)po);
     }
     LB_CALL_END(c);
 }
 
-/* quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor packed,
- * Tensor params, Tensor bias, int fmt, int bits, int group_size, bool symmetric) -> Tensor */
+/* quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor packed, Tensor bias,
+ * int fmt, int bits, int group_size, bool symmetric, int act) -> Tensor */
 LB_BOXED(lb_boxed_quant_linear) {
-    static const char* names[7] = {"x", "codes", "scales", "zeros", "packed", "params", "bias"};
+    static const char* names[6] = {"x", "codes", "scales", "zeros", "packed", "bias"};
     lb_call c;
-    lb_tensor t[7];
+    lb_tensor t[6];
     lb_fmt f;
-    const lb_tensor *x = &t[0], *pk = &t[4], *pr = &t[5], *b = &t[6];
-    const int64_t g = lb_iv_int(stack[9]);
-    int64_t K, N = 0, M = 1, words = 0, nparams = 0;
-    int dt, hb, use_packed = 0;
+    const lb_tensor *x = &t[0], *pk = &t[4], *b = &t[5];
+    const int64_t g = lb_iv_int(stack[8]), act = lb_iv_int(stack[10]);
+    int64_t K, N = 0, M = 1;
+    int dt, hb, use_packed;
     void* po = NULL;
-    lb_call_begin(&c, "lowbit::quant_linear", stack, 7);
-    for (int i = 0; i < 7; ++i)
+    lb_call_begin(&c, "lowbit::quant_linear", stack, 6);
+    for (int i = 0; i < 6; ++i)
         if (lb_call_arg(&c, i, names[i], &t[i])) goto fail;
     if ((dt = lb_check_float(x, "x", c.err)) < 0) goto fail;
     if (x->dim < 1 || !x->contiguous) {
@@ -83,26 +147,35 @@ LB_BOXED(lb_boxed_quant_linear) {
         lb_fail(c.err, "x: in_features K must be positive, got %lld", (long long)K);
         goto fail;
     }
-    if (lb_check_spec(lb_iv_int(stack[7]), lb_iv_int(stack[8]), g, lb_iv_bool(stack[10]), K, &f,
+    if (lb_check_spec(lb_iv_int(stack[6]), lb_iv_int(stack[7]), g, lb_iv_bool(stack[9]), K, &f,
                       c.err) ||
-        lb_check_qweight(&t[1], &t[2], &t[3], lb_qweight_names, &f, K, g, &N, c.err))
+        lb_check_int(act, "act", 0, LB_ACT_COUNT - 1, c.err))
         goto fail;
-    for (int64_t i = 0; i + 1 < x->dim; ++i) M *= x->sizes[i]; /* x exists: no overflow */
-    for (int i = 1; i < 7; ++i)
-        if (lb_check_same_device(&t[i], names[i], x, "x", c.err)) goto fail;
-    if ((hb = lb_check_bias(b, x, N, c.err)) < 0) goto fail;
-    if (pk->numel != 0 || pr->numel != 0) {
-        if (ql_layout_sizes(N, K, f.bits, K / g, &words, &nparams, c.err)) goto fail;
-        if (pk->dtype != lb_t.dt_i32 || !pk->contiguous || pk->numel != words) {
-            lb_fail(c.err, "packed: expected %lld contiguous int32 words", (long long)words);
+    use_packed = pk->numel != 0;
+    if (use_packed) {
+        int64_t shape[2] = {0, 0};
+        if (t[1].numel != 0) {
+            lb_fail(c.err, "codes: must be empty when packed is given (one form of the codes)");
             goto fail;
         }
-        if (pr->dtype != lb_t.dt_f32 || !pr->contiguous || pr->numel != nparams) {
-            lb_fail(c.err, "params: expected %lld contiguous float32 values", (long long)nparams);
+        if (!lb_ql_packable(K, g)) {
+            lb_fail(c.err, "packed: group_size %lld has no packed CPU layout", (long long)g);
             goto fail;
         }
-        use_packed = 1;
+        if (ql_check_params(&t[2], &t[3], &f, K, g, &N, c.err) ||
+            ql_packed_shape(N, K, f.bits, shape, c.err) || ql_check_packed(pk, shape, c.err))
+            goto fail;
+        if (pk->device_type != lb_t.dev_cpu) {
+            lb_fail(c.err, "packed: the CPU kernel layout runs on the CPU only");
+            goto fail;
+        }
+    } else if (lb_check_qweight(&t[1], &t[2], &t[3], lb_qweight_names, &f, K, g, &N, c.err)) {
+        goto fail;
     }
+    for (int64_t i = 0; i + 1 < x->dim; ++i) M *= x->sizes[i]; /* x exists: no overflow */
+    for (int i = 1; i < 6; ++i)
+        if (t[i].numel != 0 && lb_check_same_device(&t[i], names[i], x, "x", c.err)) goto fail;
+    if ((hb = lb_check_bias(b, x, N, c.err)) < 0) goto fail;
     {
         int64_t osz[LB_MAX_DIM];
         for (int64_t i = 0; i + 1 < x->dim; ++i) osz[i] = x->sizes[i];
@@ -117,8 +190,7 @@ LB_BOXED(lb_boxed_quant_linear) {
             if (lb_ql_forward_cpu(x->data, dt, M, N, K, g, &f, (const uint8_t*)t[1].data,
                                   (const float*)t[2].data, (const uint8_t*)t[3].data,
                                   use_packed ? (const int32_t*)pk->data : NULL,
-                                  use_packed ? (const float*)pr->data : NULL,
-                                  hb ? b->data : NULL, po)) {
+                                  hb ? b->data : NULL, (int)act, po)) {
                 lb_fail(c.err, "x: out of memory for quant_linear scratch");
                 goto fail;
             }
@@ -136,26 +208,28 @@ LB_BOXED(lb_boxed_quant_linear) {
     LB_CALL_END(c);
 }
 
-/* qlinear_dequant_t(Tensor packed, Tensor params, int fmt, int bits, int group_size,
- * bool symmetric, int N, int K, int kb0, int kb1) -> Tensor float32 ((kb1-kb0)*32, NT*16):
- * rows [32*kb0, 32*kb1) of W^T, padded (CPU). */
+/* qlinear_dequant_t(Tensor packed, Tensor scales, Tensor zeros, int fmt, int bits,
+ * int group_size, bool symmetric, int N, int K, int kb0, int kb1) -> Tensor float32
+ * ((kb1-kb0)*32, NT*16): rows [32*kb0, 32*kb1) of W^T, padded (CPU). */
 LB_BOXED(lb_boxed_qlinear_dequant_t) {
     lb_call c;
-    lb_tensor p, q;
+    lb_tensor p, s, z;
     lb_fmt f;
-    const int64_t g = lb_iv_int(stack[4]);
-    const int64_t N = lb_iv_int(stack[6]), K = lb_iv_int(stack[7]);
-    const int64_t kb0 = lb_iv_int(stack[8]), kb1 = lb_iv_int(stack[9]);
-    int64_t words = 0, nparams = 0;
+    const int64_t g = lb_iv_int(stack[5]);
+    const int64_t N = lb_iv_int(stack[7]), K = lb_iv_int(stack[8]);
+    const int64_t kb0 = lb_iv_int(stack[9]), kb1 = lb_iv_int(stack[10]);
+    int64_t shape[2] = {0, 0}, Ns = 0;
     void* po = NULL;
-    lb_call_begin(&c, "lowbit::qlinear_dequant_t", stack, 2);
-    if (lb_call_arg(&c, 0, "packed", &p) || lb_call_arg(&c, 1, "params", &q)) goto fail;
+    lb_call_begin(&c, "lowbit::qlinear_dequant_t", stack, 3);
+    if (lb_call_arg(&c, 0, "packed", &p) || lb_call_arg(&c, 1, "scales", &s) ||
+        lb_call_arg(&c, 2, "zeros", &z))
+        goto fail;
     if (N <= 0 || K <= 0) {
         lb_fail(c.err, "%s: must be positive, got %lld", N <= 0 ? "N" : "K",
                 (long long)(N <= 0 ? N : K));
         goto fail;
     }
-    if (lb_check_spec(lb_iv_int(stack[2]), lb_iv_int(stack[3]), g, lb_iv_bool(stack[5]), K, &f,
+    if (lb_check_spec(lb_iv_int(stack[3]), lb_iv_int(stack[4]), g, lb_iv_bool(stack[6]), K, &f,
                       c.err) ||
         lb_check_int(kb0, "kb0", 0, lb_ql_kblocks(K) - 1, c.err) ||
         lb_check_int(kb1, "kb1", kb0 + 1, lb_ql_kblocks(K), c.err))
@@ -164,14 +238,15 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
         lb_fail(c.err, "group_size: %lld has no packed CPU layout", (long long)g);
         goto fail;
     }
-    if (ql_layout_sizes(N, K, f.bits, K / g, &words, &nparams, c.err)) goto fail;
-    if (p.device_type != lb_t.dev_cpu || q.device_type != lb_t.dev_cpu || p.dtype != lb_t.dt_i32 ||
-        !p.contiguous || p.numel != words) {
-        lb_fail(c.err, "packed: expected %lld contiguous int32 words on the CPU", (long long)words);
+    if (ql_packed_shape(N, K, f.bits, shape, c.err) || ql_check_packed(&p, shape, c.err) ||
+        ql_check_params(&s, &z, &f, K, g, &Ns, c.err))
+        goto fail;
+    if (Ns != N) {
+        lb_fail(c.err, "scales: has %lld rows, expected N = %lld", (long long)Ns, (long long)N);
         goto fail;
     }
-    if (q.dtype != lb_t.dt_f32 || !q.contiguous || q.numel != nparams) {
-        lb_fail(c.err, "params: expected %lld contiguous float32 values", (long long)nparams);
+    if (p.device_type != lb_t.dev_cpu || s.device_type != lb_t.dev_cpu) {
+        lb_fail(c.err, "packed: the CPU kernel layout lives on the CPU");
         goto fail;
     }
     {
@@ -179,24 +254,24 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
         const int64_t osz[2] = {(kb1 - kb0) * LB_QL_KBLK, lb_ql_tiles(N) * LB_QL_TILE};
         if (lb_check_numel(osz, 2, 4, "N", c.err) || lb_call_out(&c, 2, osz, lb_t.dt_f32, &p, &po))
             goto fail;
-        lb_ql_dequant_t_cpu((const int32_t*)p.data, (const float*)q.data, N, K, g, &f, kb0, kb1,
-                            (float*)po);
+        lb_ql_dequant_t_cpu((const int32_t*)p.data, (const float*)s.data,
+                            (const uint8_t*)z.data, N, K, g, &f, kb0, kb1, (float*)po);
     }
     LB_CALL_END(c);
 }
 
 const lb_op_def lb_ops_qlinear[] = {
     {"qlinear_dequant_t",
-     "qlinear_dequant_t(Tensor packed, Tensor params, int fmt, int bits, int group_size, "
-     "bool symmetric, int N, int K, int kb0, int kb1) -> Tensor",
+     "qlinear_dequant_t(Tensor packed, Tensor scales, Tensor zeros, int fmt, int bits, "
+     "int group_size, bool symmetric, int N, int K, int kb0, int kb1) -> Tensor",
      lb_boxed_qlinear_dequant_t, 0},
-    {"qlinear_pack",
-     "qlinear_pack(Tensor codes, Tensor scales, Tensor zeros, int fmt, int bits, int group_size, "
-     "bool symmetric, int K) -> (Tensor, Tensor)",
+    {"qlinear_pack", "qlinear_pack(Tensor codes, int bits, int K) -> Tensor",
      lb_boxed_qlinear_pack, 0},
+    {"qlinear_unpack", "qlinear_unpack(Tensor packed, int N, int K, int bits) -> Tensor",
+     lb_boxed_qlinear_unpack, 0},
     {"quant_linear",
      "quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor zeros, Tensor packed, "
-     "Tensor params, Tensor bias, int fmt, int bits, int group_size, bool symmetric) -> Tensor",
+     "Tensor bias, int fmt, int bits, int group_size, bool symmetric, int act) -> Tensor",
      lb_boxed_quant_linear, 1},
     {NULL, NULL, NULL, 0},
 };

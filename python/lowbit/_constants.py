@@ -11,11 +11,15 @@ DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # formats
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 STE_CODES = {"bitdistiller": 0, "identity": 1}                  # ops/fake_quant.c, arg ste
 KL_KINDS = {"forward": 0, "reverse": 1, "cakld": 2, "jsd": 3}   # ops/kl_loss.h LB_KL_*
-ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}               # lb_torch.h LB_ISA_*
+ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2, "avxvnni": 3,  # cpu/lb_cpu.h LB_ISA_*
+             "avx512vnni": 4}
+QL_ACT_CODES = {"float": 0, "int8": 1, "auto": 2}                # layouts.h LB_ACT_*
+QL_SCHEMES = {0: "float", 1: "int8", 2: "int8x2"}                # cpu/qlinear.h LB_QS_*
 
 # ---- layout sizes ----
-QL_TILE = 16   # ops/qlinear.h LB_QL_TILE: output rows per tile of the CPU layout
-QL_KBLK = 32   # ops/qlinear.h LB_QL_KBLK: K per block of the CPU layout
+QL_TILE = 16   # layouts.h LB_QL_TILE: output rows per tile of the CPU layout
+QL_KBLK = 32   # layouts.h LB_QL_KBLK: K per block of the CPU layout
+QL_INT_MAX_M = 16  # layouts.h LB_QL_INT_MAX_M: the most rows the integer-dot kernels take
 
 
 def codes_bytes(K, bits):
@@ -38,7 +42,7 @@ def scales_shape(N, G, fmt, symmetric):
 
 
 def ql_packable(K, g):
-    """ops/qlinear.h lb_ql_packable: the CPU layout exists for these group sizes."""
+    """layouts.h lb_ql_packable: the CPU layout exists for these group sizes."""
     return g % QL_KBLK == 0 or g == K
 
 
@@ -51,13 +55,8 @@ def ql_kblocks(K):
 
 
 def ql_packed_shape(N, K, bits):
-    """int32 shape of the packed codes (ops/qlinear.h lb_ql_packed_words)."""
+    """int32 shape of the packed codes (layouts.h lb_ql_packed_words)."""
     return (ql_tiles(N), ql_kblocks(K) * bits * QL_TILE)
-
-
-def ql_params_shape(N, G):
-    """float32 shape of the per-tile group parameters (ops/qlinear.h lb_ql_params_floats)."""
-    return (ql_tiles(N), G * 2 * QL_TILE)
 
 
 def lb24_meta_bytes(K):

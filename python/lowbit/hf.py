@@ -23,7 +23,7 @@ from .spec import QuantSpec
 QUANT_METHOD = "lowbit"
 DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
           "torch.float16": torch.float16}
-DERIVED = ("packed", "params")  # QuantLinear's CPU kernel layout: rebuilt from the codes on load
+DERIVED = ("packed",)  # QuantLinear's CPU kernel layout: not state, rebuilt from the codes
 _ST_DTYPES = {torch.uint8: "U8", torch.int8: "I8", torch.int32: "I32", torch.int64: "I64",
               torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -180,12 +180,11 @@ def swap_in_packed(model, layers, where, device="meta"):
 
 def rebuild_layouts(model):
     """Rebuilds every QuantLinear's CPU kernel layout from its canonical codes."""
-    from .qlinear import QuantLinear, build_kernel_layout
+    from .qlinear import QuantLinear
 
     for m in model.modules():
-        if isinstance(m, QuantLinear) and hasattr(m, "packed"):
-            m.packed, m.params = build_kernel_layout(m.codes, m.scales, m.zeros, m.spec,
-                                                     m.in_features)
+        if isinstance(m, QuantLinear):
+            m.kernel_layout()
 
 
 def packed_state_dict(model):

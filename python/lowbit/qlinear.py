@@ -1,17 +1,20 @@
 """python/lowbit/qlinear.py: the qlinear op family — packed low-bit inference: ``quant_linear(x,
 qw, bias)`` (y = x W^T + bias with W a QuantizedWeight, differentiable with respect to x and
 bias, never W), the ``QuantLinear`` module (``lowbit.nn.QuantLinear``), the CPU kernel layout
-builder, and the fake kernels and autograd formula of lowbit::qlinear_pack, qlinear_dequant_t
-and quant_linear.
+builder, and the fake kernels and autograd formula of lowbit::qlinear_pack, qlinear_unpack,
+qlinear_dequant_t and quant_linear.
 
 Numerics: y equals ``F.linear(x.float(), dequantize(qw).float(), bias.float())`` up to float32
 accumulation order; bfloat16/float16 x is converted to float32, accumulated in float32 and the
 result rounded once to x's dtype (the CUDA tensor-core path for M > 16 rounds the dequantised
 weights to x's 16-bit dtype first, as a 16-bit F.linear does). The CPU kernels read a regrouped
-copy of the codes (``QuantizedWeight.packed`` / ``.params``, layout in csrc/ops/qlinear.h),
-built on the first eager quant_linear call (QuantLinear builds it when it is made); ``codes``
-stays the canonical format.
+copy of the codes (``QuantizedWeight.packed`` / ``QuantLinear.packed``, layout in
+csrc/layouts.h), built on the first eager CPU call and rebuilt when the codes change; ``codes``
+stays the canonical format and the stored state, and scales / zero points are read canonical.
+Accuracy modes (``act``, FORMATS.md 4): see quant_linear.
 """
+import operator
+
 import torch
 from torch import nn
 
@@ -23,27 +26,44 @@ from .qweight import QuantizedWeight, check_qweight
 from .spec import QuantSpec, check_spec
 
 GRAD_CHUNK_BYTES = 8 << 20  # W^T chunk of the CPU input-gradient path
+ACTS = tuple(C.QL_ACT_CODES)
 
 
-def build_kernel_layout(codes, scales, zeros, spec, K):
-    """(packed, params) of the CPU kernels for canonical tensors (on any device; returned on the
-    same device), or (None, None) where the group size has no fast layout."""
+def check_act(act, name="act"):
+    """The accuracy mode of FORMATS.md 4: "auto" (default), "float" or "int8"."""
+    if not isinstance(act, str) or act not in C.QL_ACT_CODES:
+        raise ValueError(f"{name}: must be one of {list(ACTS)}, got {act!r}")
+    return act
+
+
+def build_kernel_layout(codes, spec, K):
+    """The packed CPU layout of canonical codes (csrc/layouts.h; returned on the codes' device),
+    or None where the group size has none. Scales and zero points have no kernel copy."""
     fmt, bits, g, sym = spec.op_args(K)
     if not C.ql_packable(K, g) or codes.device.type == "meta":
-        return None, None
-    dev = codes.device
-    z = zeros if zeros is not None else codes.new_empty((codes.shape[0], 0))
+        return None
     with torch.no_grad():
-        packed, params = torch.ops.lowbit.qlinear_pack(codes.cpu(), scales.cpu(), z.cpu(), fmt,
-                                                       bits, g, sym, K)
-    return packed.to(dev), params.to(dev)
+        packed = torch.ops.lowbit.qlinear_pack(codes.detach().cpu().contiguous(), bits, K)
+    return packed.to(codes.device)
+
+
+def _layout(holder, codes, spec, K):
+    """holder.packed, the layout of ``codes``, rebuilt whenever the codes tensor was replaced,
+    moved or edited in place since it was built (keyed on its storage, shape and version
+    counter), so it is never served stale. None off the CPU, under torch.compile (the kernels
+    then read the canonical codes: same result, slower) and for group sizes without a layout."""
+    if codes.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    key = (codes.data_ptr(), tuple(codes.shape), codes._version)
+    if getattr(holder, "_packed_key", None) != key or holder.packed is None:
+        holder.packed = build_kernel_layout(codes, spec, K)
+        holder._packed_key = key
+    return holder.packed
 
 
 def ensure_kernel_layout(qw):
-    """Builds qw.packed / qw.params if missing (CPU weights only); returns qw."""
-    if getattr(qw, "packed", None) is None and qw.device.type == "cpu":
-        qw.packed, qw.params = build_kernel_layout(qw.codes, qw.scales, qw.zeros, qw.spec,
-                                                   qw.shape[1])
+    """Builds (or rebuilds, if stale) qw.packed (CPU weights only); returns qw."""
+    _layout(qw, qw.codes, qw.spec, qw.shape[1])
     return qw
 
 
@@ -57,47 +77,68 @@ def _check_args(x, qw, bias):
     check_bias(bias, x, n)
 
 
-def _run(x, codes, scales, zeros, packed, params, bias, spec, K):
+def _run(x, codes, scales, zeros, packed, bias, spec, K, act):
     fmt, bits, g, sym = spec.op_args(K)
     empty_u8 = codes.new_empty((codes.shape[0], 0))
     if x.device.type != "cpu" or packed is None:
-        packed = codes.new_empty((0,), dtype=torch.int32)
-        params = codes.new_empty((0,), dtype=torch.float32)
+        packed = codes.new_empty((0, 0), dtype=torch.int32)
+    else:
+        codes = codes.new_empty((0, 0))  # one form of the codes: the layout
     b = bias if bias is not None else x.new_empty((0,))
     return torch.ops.lowbit.quant_linear(x.contiguous(), codes, scales,
-                                         zeros if zeros is not None else empty_u8, packed, params,
-                                         b.contiguous(), fmt, bits, g, sym)
+                                         zeros if zeros is not None else empty_u8, packed,
+                                         b.contiguous(), fmt, bits, g, sym, C.QL_ACT_CODES[act])
 
 
-def quant_linear(x, qw, bias=None):
+def quant_linear(x, qw, bias=None, act="auto"):
     """y = x @ dequantize(qw).T + bias for x (..., K) float32/bfloat16/float16 -> (..., N) of
-    x's dtype. Gradients flow to x and bias, never to the packed weight. The first eager call
-    on a CPU weight builds its kernel layout (under torch.compile a weight without one runs on
-    the canonical codes: same result, slower)."""
+    x's dtype. Gradients flow to x and bias, never to the packed weight. ``act``: the accuracy
+    mode of FORMATS.md 4 on the CPU — "float" (float32 products), "auto" (default: the fastest
+    kernel within 1e-4 relative error of float; integer dot products with an int8 activation
+    plus an int8 residual for INT/FP weights, float for NF), "int8" (int8 activations per
+    32-block, llama.cpp's accuracy, within 2e-2). Integer modes serve M <= 16 rows; larger
+    batches and CUDA compute in float. The first eager call on a CPU weight builds its kernel
+    layout (rebuilt if the codes change)."""
     _check_args(x, qw, bias)
-    if not torch.compiler.is_compiling():
-        ensure_kernel_layout(qw)
-    return _run(x, qw.codes, qw.scales, qw.zeros, getattr(qw, "packed", None),
-                getattr(qw, "params", None), bias, qw.spec, qw.shape[1])
+    check_act(act)
+    return _run(x, qw.codes, qw.scales, qw.zeros, _layout(qw, qw.codes, qw.spec, qw.shape[1]),
+                bias, qw.spec, qw.shape[1], act)
+
+
+def _check_features(v, name):
+    try:
+        n = operator.index(v) if not isinstance(v, bool) else None
+    except TypeError:
+        n = None
+    if n is None or n <= 0:
+        raise ValueError(f"{name}: must be a positive int, got {v!r}")
+    return n
 
 
 class QuantLinear(nn.Module):
     """A frozen linear layer stored packed (``lowbit.nn.QuantLinear``).
 
     Buffers (so ``.to(device)`` and ``state_dict`` carry them): ``codes``, ``scales``, ``zeros``
-    (None unless INT asymmetric) and the CPU kernel layout ``packed`` / ``params`` (None for
-    group sizes without one). ``bias`` is a Parameter (or None). ``QuantLinear(in, out, spec)``
-    builds a zero skeleton of the right shapes for ``load_state_dict``; ``from_linear`` /
-    ``from_qat`` quantize a trained layer.
+    (None unless INT asymmetric): exactly what save_quantized stores. ``bias`` is a Parameter (or
+    None). ``act``: quant_linear's accuracy mode. The CPU kernel layout ``packed`` is a derived
+    attribute, not state: built on the first CPU forward and rebuilt whenever ``codes`` is
+    replaced or edited in place; the kernels read ``scales``/``zeros`` directly. Casting the
+    module (``.to(torch.bfloat16)``, ``.half()``) casts the bias only: codes and float32 scales
+    are kept, 16-bit activations run, the output has the activation's dtype.
+    ``QuantLinear(in, out, spec)`` builds a zero skeleton of the right shapes for
+    ``load_state_dict``; ``from_linear`` / ``from_qat`` quantize a trained layer.
     """
 
     _made_by = "convert_"  # the model verb that makes these layers (lowbit._walk)
+    _KEEP_DTYPE = ("codes", "scales", "zeros")  # buffers a dtype cast must not touch
 
     def __init__(self, in_features, out_features, spec, bias=True, dtype=torch.float32,
-                 device=None):
+                 device=None, act="auto"):
         super().__init__()
         check_spec(spec)
-        K, N = int(in_features), int(out_features)
+        K = _check_features(in_features, "in_features")
+        N = _check_features(out_features, "out_features")
+        self.act = check_act(act)
         fmt, bits, g, sym = spec.op_args(K)
         self.in_features, self.out_features, self.spec, self.weight_dtype = K, N, spec, dtype
         G = K // g
@@ -109,37 +150,55 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", zeros(C.scales_shape(N, G, fmt, sym), torch.float32))
         self.register_buffer("zeros", zeros((N, G), torch.uint8) if C.has_zeros(fmt, sym)
                              else None)
-        packable = C.ql_packable(K, g)
-        self.register_buffer("packed", zeros(C.ql_packed_shape(N, K, bits), torch.int32)
-                             if packable else None)
-        self.register_buffer("params", zeros(C.ql_params_shape(N, G), torch.float32)
-                             if packable else None)
+        self.packed = None
         self.bias = nn.Parameter(torch.zeros(N, dtype=dtype, device=device)) if bias else None
+
+    def _apply(self, fn, *args, **kwargs):
+        # nn.Module.to(dtype) / .half() would cast the float32 scales: keep every stored tensor's
+        # dtype and take only the device move from fn
+        old = {n: self._buffers.get(n) for n in self._KEEP_DTYPE}
+        out = super()._apply(fn, *args, **kwargs)
+        for n, t in old.items():
+            new = self._buffers.get(n)
+            if t is not None and new is not None and new.dtype != t.dtype:
+                self._buffers[n] = t.to(new.device)
+        return out
+
+    def kernel_layout(self):
+        """The CPU kernel layout of the current codes (built or rebuilt now if missing or stale;
+        None off the CPU or for group sizes without one)."""
+        return _layout(self, self.codes, self.spec, self.in_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts saved before the layout stopped being state carry it: it is derived, drop it
+        for b in ("packed", "params"):
+            state_dict.pop(prefix + b, None)
+        self.packed = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _load_qw(self, qw):
         self.codes, self.scales, self.zeros = qw.codes, qw.scales, qw.zeros
-        self.packed, self.params = build_kernel_layout(qw.codes, qw.scales, qw.zeros, qw.spec,
-                                                       qw.shape[1])
+        self.packed = None
 
     @classmethod
-    def from_weight(cls, weight, spec, bias=None):
+    def from_weight(cls, weight, spec, bias=None, act="auto"):
         """From a float (out_features, in_features) weight and an optional bias."""
         N, K = weight.shape
-        m = cls(K, N, spec, bias=bias is not None, dtype=weight.dtype, device="meta")
+        m = cls(K, N, spec, bias=bias is not None, dtype=weight.dtype, device="meta", act=act)
         m._load_qw(quantize(weight.detach(), spec))
         if bias is not None:
             m.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
         return m
 
     @classmethod
-    def from_linear(cls, linear, spec):
+    def from_linear(cls, linear, spec, act="auto"):
         """Quantizes an nn.Linear (its bias kept as is)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected a torch.nn.Linear, got {type(linear).__name__}")
-        return cls.from_weight(linear.weight, spec, linear.bias)
+        return cls.from_weight(linear.weight, spec, linear.bias, act=act)
 
     @classmethod
-    def from_qat(cls, qat_linear):
+    def from_qat(cls, qat_linear, act="auto"):
         """Packs a trained QAT layer: any module with ``.weight`` (full precision), ``.spec``
         (QuantSpec) and ``.bias`` (Tensor or None), e.g. lowbit.nn.QATLinear. The packed weight
         dequantizes to exactly the fake-quantized weight the QAT layer used."""
@@ -148,22 +207,23 @@ class QuantLinear(nn.Module):
                 raise TypeError(f"qat_linear: expected a QAT layer with .weight and .spec, "
                                 f"{type(qat_linear).__name__} has no .{attr}")
         return cls.from_weight(qat_linear.weight, check_spec(qat_linear.spec, "qat_linear.spec"),
-                               getattr(qat_linear, "bias", None))
+                               getattr(qat_linear, "bias", None), act=act)
 
     @property
     def qweight(self):
         """The packed weight as a QuantizedWeight (sharing this module's buffers)."""
-        return QuantizedWeight(self.codes, self.scales, self.zeros, self.spec,
-                               (self.out_features, self.in_features), self.weight_dtype,
-                               self.packed, self.params)
+        qw = QuantizedWeight(self.codes, self.scales, self.zeros, self.spec,
+                             (self.out_features, self.in_features), self.weight_dtype)
+        qw.packed, qw._packed_key = self.packed, getattr(self, "_packed_key", None)
+        return qw
 
     def forward(self, x):
         check_activation(x, self.in_features, k_label="in_features")
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
-        return _run(x, self.codes, self.scales, self.zeros, self.packed, self.params, bias,
-                    self.spec, self.in_features)
+        return _run(x, self.codes, self.scales, self.zeros, self.kernel_layout(), bias, self.spec,
+                    self.in_features, check_act(self.act, "act (QuantLinear.act)"))
 
     @property
     def nbytes(self):
@@ -174,46 +234,51 @@ class QuantLinear(nn.Module):
         s = self.spec
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={s.format}, bits={s.bits}, "
-                f"group_size={s.group_size}, symmetric={s.symmetric}, bytes={self.nbytes}, "
+                f"group_size={s.group_size}, symmetric={s.symmetric}, act={self.act}, "
+                f"bytes={self.nbytes}, "
                 f"bits_per_weight={self.nbytes * 8 / (self.in_features * self.out_features):.3f}")
 
 
 # ---- fake kernels and autograd of the ops ----
 @torch.library.register_fake("lowbit::qlinear_pack")
-def _qlinear_pack_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K):
-    n = codes.shape[0]
-    return (codes.new_empty(C.ql_packed_shape(n, K, bits), dtype=torch.int32),
-            codes.new_empty(C.ql_params_shape(n, K // group_size), dtype=torch.float32))
+def _qlinear_pack_fake(codes, bits, K):
+    return codes.new_empty(C.ql_packed_shape(codes.shape[0], K, bits), dtype=torch.int32)
+
+
+@torch.library.register_fake("lowbit::qlinear_unpack")
+def _qlinear_unpack_fake(packed, N, K, bits):
+    return packed.new_empty((N, C.codes_bytes(K, bits)), dtype=torch.uint8)
 
 
 @torch.library.register_fake("lowbit::qlinear_dequant_t")
-def _qlinear_dequant_t_fake(packed, params, fmt, bits, group_size, symmetric, N, K, kb0, kb1):
+def _qlinear_dequant_t_fake(packed, scales, zeros, fmt, bits, group_size, symmetric, N, K, kb0,
+                            kb1):
     return packed.new_empty(((kb1 - kb0) * C.QL_KBLK, C.ql_tiles(N) * C.QL_TILE),
                             dtype=torch.float32)
 
 
 @torch.library.register_fake("lowbit::quant_linear")
-def _quant_linear_fake(x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size,
-                       symmetric):
-    return x.new_empty((*x.shape[:-1], codes.shape[0]))
+def _quant_linear_fake(x, codes, scales, zeros, packed, bias, fmt, bits, group_size, symmetric,
+                       act):
+    return x.new_empty((*x.shape[:-1], scales.shape[0]))
 
 
 def _quant_linear_setup(ctx, inputs, output):
-    x, codes, scales, zeros, packed, params, bias, fmt, bits, group_size, symmetric = inputs
+    x, codes, scales, zeros, packed, bias, fmt, bits, group_size, symmetric, act = inputs
     ctx.args = (fmt, bits, group_size, symmetric, x.shape[-1])
     ctx.x_dtype = x.dtype
     ctx.has_bias = bias.numel() > 0
-    ctx.save_for_backward(codes, scales, zeros, packed, params)
+    ctx.save_for_backward(codes, scales, zeros, packed)
 
 
 def _quant_linear_backward(ctx, grad):
     """grad_x = grad_y @ W in float32 (the frozen weight gets no gradient), W from the packed CPU
     layout (SIMD dequantisation of W^T) when there is one, else from dequantize;
     grad_bias = grad_y summed over the leading dimensions."""
-    codes, scales, zeros, packed, params = ctx.saved_tensors
+    codes, scales, zeros, packed = ctx.saved_tensors
     fmt, bits, g, sym, k = ctx.args
     gx = gb = None
-    n = codes.shape[0]
+    n = scales.shape[0]
     g2 = grad.reshape(-1, n)
     if ctx.needs_input_grad[0]:
         gf = g2.float()
@@ -225,8 +290,8 @@ def _quant_linear_backward(ctx, grad):
             parts = []
             for kb0 in range(0, nb, step):
                 kb1 = min(nb, kb0 + step)
-                wt = torch.ops.lowbit.qlinear_dequant_t(packed, params, fmt, bits, g, sym, n, k,
-                                                        kb0, kb1)
+                wt = torch.ops.lowbit.qlinear_dequant_t(packed, scales, zeros, fmt, bits, g, sym,
+                                                        n, k, kb0, kb1)
                 parts.append(gf @ wt[:min(k, kb1 * kblk) - kb0 * kblk, :n].t())
             gx = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         else:
@@ -234,9 +299,9 @@ def _quant_linear_backward(ctx, grad):
                                             C.DTYPE_CODES[torch.float32])
             gx = gf @ w
         gx = gx.to(ctx.x_dtype).reshape(*grad.shape[:-1], k)
-    if ctx.has_bias and ctx.needs_input_grad[6]:
+    if ctx.has_bias and ctx.needs_input_grad[5]:
         gb = g2.float().sum(0).to(ctx.x_dtype)
-    return gx, None, None, None, None, None, gb, None, None, None, None
+    return gx, None, None, None, None, gb, None, None, None, None, None
 
 
 torch.library.register_autograd("lowbit::quant_linear", _quant_linear_backward,

@@ -32,13 +32,14 @@ class QuantizedWeight(PackedWeight):
     """A packed weight: ``codes`` (uint8, per row a little-endian bitstream of ``bits``-bit codes,
     see csrc/formats.h), ``scales`` (float32 (N, G), or (N, G, 2) = [s+, s-] for two-scale
     NF/FP), ``zeros`` (uint8 (N, G) zero points for asymmetric INT, else None), the ``spec``, the
-    original ``shape`` (N, K) and ``dtype``. ``packed`` / ``params``: the CPU kernel layout of
-    lowbit.quant_linear (csrc/ops/qlinear.h), derived from the codes: None until quant_linear
-    first runs on the weight (or given here), and never part of ``nbytes``."""
+    original ``shape`` (N, K) and ``dtype``. ``packed``: the CPU kernel layout of the codes for
+    lowbit.quant_linear (csrc/layouts.h), derived: None until quant_linear first runs on the
+    weight, rebuilt there whenever ``codes`` was replaced or edited in place, and never part of
+    ``nbytes``."""
 
-    def __init__(self, codes, scales, zeros, spec, shape, dtype, packed=None, params=None):
-        self.packed = packed
-        self.params = params
+    def __init__(self, codes, scales, zeros, spec, shape, dtype):
+        self.packed = None
+        self._packed_key = None
         self.codes = codes
         self.scales = scales
         self.zeros = zeros
@@ -59,8 +60,7 @@ class QuantizedWeight(PackedWeight):
             return None if t is None else t.to(device)
 
         return QuantizedWeight(self.codes.to(device), self.scales.to(device), move(self.zeros),
-                               self.spec, self.shape, self.dtype, move(self.packed),
-                               move(self.params))
+                               self.spec, self.shape, self.dtype)
 
     def __repr__(self):
         return (f"QuantizedWeight({self.spec.name}, shape={tuple(self.shape)}, dtype={self.dtype}, "

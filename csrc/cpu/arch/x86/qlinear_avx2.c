@@ -1,7 +1,10 @@
 /* csrc/cpu/arch/x86/qlinear_avx2.c: the AVX2 variant of the qlinear CPU kernels: the
  * 16-lane vector abstraction of csrc/cpu/qlinear_body.h on two ymm registers per 16 lanes, and the
- * body compiled with it into the lb_ql_*_worker_avx2 entry points (csrc/cpu/qlinear_impl.h).
- * x86 only: elsewhere the file is empty and the scalar twin runs. */
+ * float body compiled with it into the lb_ql_{gemv,gemm,deqt}_worker_avx2 entry points; the
+ * integer-dot body (csrc/cpu/qlinear_int_body.h) on 8-lane ymm with vpmaddubsw + vpmaddwd (no
+ * VNNI: the AMD Zen 3 path; qlinear_avxvnni.c is the same with vpdpbusd) into
+ * lb_ql_int_worker_avx2 (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is empty and the
+ * scalar twin runs. */
 #include "../../qlinear_impl.h"
 
 #if LB_X86
@@ -72,5 +75,9 @@ LB_INLINE ql_af a2_look(ql_ai c, ql_at t) { ql_af r = {a2_look8(c.a, t), a2_look
 #define VT_MAKE a2_tmake
 #define VT_LOOK a2_look
 #include "../../qlinear_body.h"
+
+#define QI(name) lb_ql_##name##_avx2
+#define QI_VNNI 0
+#include "qlinear_int_avx2.h"
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -1,7 +1,9 @@
 /* csrc/cpu/arch/x86/qlinear_avx512.c: the AVX-512 variant of the qlinear CPU kernels: the
  * 16-lane vector abstraction of csrc/cpu/qlinear_body.h on one zmm register per 16 lanes, and the
- * body compiled with it into the lb_ql_*_worker_avx512 entry points (csrc/cpu/qlinear_impl.h).
- * x86 only: elsewhere the file is empty and the scalar twin runs. */
+ * float body compiled with it into the lb_ql_{gemv,gemm,deqt}_worker_avx512 entry points; the
+ * integer-dot body (csrc/cpu/qlinear_int_body.h) with vpmaddubsw + vpmaddwd (AVX-512BW without
+ * VNNI; qlinear_avx512vnni.c is the same with vpdpbusd) into lb_ql_int_worker_avx512
+ * (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is empty and the scalar twin runs. */
 #include "../../qlinear_impl.h"
 
 #if LB_X86
@@ -49,5 +51,9 @@ LB_INLINE __m512i z5_slli(__m512i a, int n) { return _mm512_slli_epi32(a, (unsig
 #define VT_MAKE _mm512_loadu_ps
 #define VT_LOOK z5_look
 #include "../../qlinear_body.h"
+
+#define QI(name) lb_ql_##name##_avx512
+#define QI_VNNI 0
+#include "qlinear_int_avx512.h"
 #pragma GCC pop_options
 #endif /* LB_X86 */

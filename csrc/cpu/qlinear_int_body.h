@@ -1,0 +1,160 @@
+/* csrc/cpu/qlinear_int_body.h: the integer-dot kernels of the qlinear family (act="int8" and
+ * act="auto" for M <= LB_QL_INT_MAX_M), written once over a vector of QVL 32-bit lanes and
+ * included by csrc/cpu/qlinear.c (scalar twin, 16 lanes) and csrc/cpu/arch/x86/qlinear_avx2.c,
+ * qlinear_avxvnni.c (8 lanes), qlinear_avx512.c, qlinear_avx512vnni.c (16 lanes), each time with
+ * QI(name), QI_ATTR, QVL, QI_MB_OFF / QI_MB_PN (the most activation rows one pass over a tile
+ * holds in registers), the types qv (int32 lanes), qg (float lanes), qt (a 16-byte table) and
+ * the QV_ / QG_ / QT_ operations defined. Defines lb_ql_int_worker_<isa>
+ * (csrc/cpu/qlinear_impl.h). Not a standalone header.
+ *
+ * One lane is one output row (the layout of csrc/layouts.h). Per K-block and step t, one shift
+ * and mask of a packed word gives 4 codes of every row of the tile as bytes (u8); a byte table
+ * (vpshufb) turns NF/FP codes into integers; a 4-way u8 x s8 dot product adds them times the
+ * 4 int8 activations of step t (one broadcast 32-bit word) into an int32 lane -- for each of up
+ * to MB activation rows, so one decoded vector feeds them all. The int32 block sums are exact;
+ * per block and activation row they are scaled once by the row's block scale d (float32), per
+ * group by the row's group parameters, the zero point folded in through the activation sums
+ * (p0 * (sum_b d_b sum u q - p1 * sum_b d_b sum q)), never per weight. */
+
+/* The u8 codes of step t of the K-block at wb (lane h*QVL.. of each word). */
+#define QI_CODES(BITS, wb, t, out)                                                          \
+    do {                                                                                    \
+        if ((BITS) == 8) {                                                                  \
+            out = QV_LOAD((wb) + (t) * 16);                                                 \
+        } else if ((BITS) == 4) {                                                           \
+            out = QV_AND(QV_SRLI(QV_LOAD((wb) + ((t) >> 1) * 16), 4 * ((t) & 1)), m15);     \
+        } else {                                                                            \
+            out = QV_AND(QV_SRLI(QV_LOAD((wb) + ((t) >> 2) * 16), 2 * ((t) & 3)), m3);      \
+            if ((BITS) == 3) {                                                              \
+                const int sh_ = 4 * ((t) >> 2) + ((t) & 3) - 2;                             \
+                qv h_ = sh_ >= 0 ? QV_SRLI(hw, sh_) : QV_SLLI(hw, -sh_);                    \
+                out = QV_OR(out, QV_AND(h_, m4));                                           \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+
+/* acc[v0 + v][16] = sum over groups of the tile's outputs for activation rows v0 .. v0+MB-1.
+ * The SIMD variants inline it into one specialised copy per (BITS, SCH, MB); the scalar twin
+ * (QI_TILE_ONE_COPY) keeps one generic copy: 30 unrolled copies on 16-lane structs cost half a
+ * minute of compile time for a path only CPUs without AVX2 run. */
+#ifdef QI_TILE_ONE_COPY
+static __attribute__((noinline)) void QI(tile)
+#else
+LB_INLINE void QI(tile)
+#endif
+(const ql_ctx* c, const int32_t* W, const float* tp, int64_t v0,
+                        float* acc, const int BITS, const int SCH, const int MB) {
+    const int64_t KB = c->KB, G = c->G, kbpg = c->kbpg;
+    const int32_t* xq = (const int32_t*)c->xq + v0 * KB * 8;
+    const float* xd = c->xd + v0 * KB;
+    const float* xz = c->xz + v0 * G;
+    const qt TA = QT_MAKE(c->lta), TB = QT_MAKE(c->ltb);
+    const qv m3 = QV_SET1(0x03030303), m4 = QV_SET1(0x04040404), m15 = QV_SET1(0x0F0F0F0F);
+    (void)TA, (void)TB, (void)m3, (void)m4, (void)m15;
+    for (int h = 0; h < 16 / QVL; ++h) {
+        qg out[8];
+        for (int v = 0; v < MB; ++v) out[v] = QG_ZERO();
+        for (int64_t gi = 0; gi < G; ++gi) {
+            qg fa[8], fb[8];
+            for (int v = 0; v < MB; ++v) {
+                fa[v] = QG_ZERO();
+                fb[v] = QG_ZERO();
+            }
+            for (int64_t kb = gi * kbpg; kb < (gi + 1) * kbpg; ++kb) {
+                const int32_t* wb = W + kb * BITS * 16 + h * QVL;
+                const qv hw = BITS == 3 ? QV_LOAD(wb + 32) : QV_ZERO();
+                qv ia[8], ib[8];
+                (void)hw;
+                for (int v = 0; v < MB; ++v) {
+                    ia[v] = QV_ZERO();
+                    ib[v] = QV_ZERO();
+                }
+                QI_UNROLL8 for (int t = 0; t < LB_QL_STEPS; ++t) {
+                    qv u, ua, ub;
+                    QI_CODES(BITS, wb, t, u);
+                    ua = SCH == QI_OFF ? u : QV_LUT(u, TA);
+                    ub = SCH == QI_PN ? QV_LUT(u, TB) : u;
+                    (void)ub;
+                    for (int v = 0; v < MB; ++v) {
+                        const int32_t xv = xq[(v * KB + kb) * 8 + t];
+                        ia[v] = BITS == 8 ? QV_DOT8(ia[v], ua, xv) : QV_DOT(ia[v], ua, xv);
+                        if (SCH == QI_PN) ib[v] = QV_DOT(ib[v], ub, xv);
+                    }
+                }
+                for (int v = 0; v < MB; ++v) {
+                    const qg d = QG_SET1(xd[v * KB + kb]);
+                    fa[v] = QG_FMA(QV_CVT(ia[v]), d, fa[v]);
+                    if (SCH == QI_PN) fb[v] = QG_FMA(QV_CVT(ib[v]), d, fb[v]);
+                }
+            }
+            {
+                const qg p0 = QG_LOAD(tp + gi * 32 + h * QVL);
+                const qg p1 = QG_LOAD(tp + gi * 32 + 16 + h * QVL);
+                for (int v = 0; v < MB; ++v) {
+                    if (SCH == QI_PN)
+                        out[v] = QG_FMA(p0, fa[v], QG_FNMA(p1, fb[v], out[v]));
+                    else
+                        out[v] = QG_FMA(p0, QG_FNMA(p1, QG_SET1(xz[v * G + gi]), fa[v]), out[v]);
+                }
+            }
+        }
+        for (int v = 0; v < MB; ++v) QG_STORE(acc + (v0 + v) * 16 + h * QVL, out[v]);
+    }
+}
+
+#define QI_CASE(BB, SS, MM) \
+    case BB * 1000 + SS * 100 + MM: QI(tile)(c, W, tp, v0, acc, BB, SS, MM); break;
+#if QI_MB_OFF >= 8
+#define QI_CASES_OFF(BB, SS) QI_CASE(BB, SS, 1) QI_CASE(BB, SS, 2) QI_CASE(BB, SS, 4) QI_CASE(BB, SS, 8)
+#else
+#define QI_CASES_OFF(BB, SS) QI_CASE(BB, SS, 1) QI_CASE(BB, SS, 2) QI_CASE(BB, SS, 4)
+#endif
+#if QI_MB_PN >= 4
+#define QI_CASES_PN(BB) QI_CASE(BB, QI_PN, 1) QI_CASE(BB, QI_PN, 2) QI_CASE(BB, QI_PN, 4)
+#else
+#define QI_CASES_PN(BB) QI_CASE(BB, QI_PN, 1) QI_CASE(BB, QI_PN, 2)
+#endif
+
+/* Thread-pool entry point: [a, b) are tiles. Per tile: its integer group parameters, then the
+ * activation rows in chunks of MB (largest first), then the passes of each row summed. */
+QI_ATTR void QI(int_worker)(int64_t a, int64_t b, void* ctx) {
+    ql_ctx* c = (ql_ctx*)ctx;
+    const int64_t V = c->V, M = c->M;
+    const int mbmax = c->sch == QI_PN ? QI_MB_PN : QI_MB_OFF;
+    float* tp = (float*)malloc((size_t)(c->G * 32) * sizeof(float));
+    float* acc = (float*)aligned_alloc(64, (size_t)(V * 16) * sizeof(float));
+    if (!tp || !acc) {
+        free(tp);
+        free(acc);
+        c->oom = 1;
+        return;
+    }
+    for (int64_t nt = a; nt < b; ++nt) {
+        const int32_t* W = c->P + nt * c->KB * c->bits * 16;
+        const int64_t n0 = nt * 16, cnt = c->N - n0 < 16 ? c->N - n0 : 16;
+        lb_ql_tile_params(c, nt, 0, c->G, 1, tp);
+        for (int64_t v0 = 0; v0 < V;) {
+            const int64_t left = V - v0;
+            const int mb = left >= 8 && mbmax >= 8 ? 8 : left >= 4 && mbmax >= 4 ? 4 : left >= 2 ? 2 : 1;
+            switch (c->bits * 1000 + c->sch * 100 + mb) {
+                QI_CASES_OFF(2, QI_OFF) QI_CASES_OFF(3, QI_OFF) QI_CASES_OFF(4, QI_OFF)
+                QI_CASES_OFF(8, QI_OFF) QI_CASES_OFF(3, QI_LOFF) QI_CASES_OFF(4, QI_LOFF)
+                QI_CASES_PN(3) QI_CASES_PN(4)
+                default: break;
+            }
+            v0 += mb;
+        }
+        for (int64_t m = 0; m < M; ++m) {
+            float o[16];
+            for (int j = 0; j < 16; ++j)
+                o[j] = c->passes == 2 ? acc[m * 16 + j] + acc[(M + m) * 16 + j] : acc[m * 16 + j];
+            ql_store(c, m, n0, o, cnt);
+        }
+    }
+    free(tp);
+    free(acc);
+}
+#undef QI_CASE
+#undef QI_CASES_OFF
+#undef QI_CASES_PN
+#undef QI_CODES
