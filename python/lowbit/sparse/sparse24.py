@@ -141,7 +141,7 @@ def _linear_setup(ctx, inputs, output):
 
 
 _GRAD_CHUNK_BYTES = 16 << 20
-_GRAD_X_OP_MAX_M = 8  # M at or below: lowbit::sparse24_grad_x over the compressed weight
+_GRAD_X_OP_MAX_M = _ops._C.S24_GRAD_X_MAX_M  # M at or below: sparse24_grad_x (compressed form)
 
 
 def _grad_x(g, values, meta):
