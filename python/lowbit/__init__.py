@@ -4,6 +4,7 @@ the CPU ISA switch and build_info."""
 import os as _os
 
 from . import _ops  # first: checks the torch version, loads torch.ops.lowbit.*
+from . import _autograd
 from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
 from . import hf  # registers the "lowbit" quantizer with transformers when it is imported
 from ._constants import ISA_CODES as _ISA_CODES
@@ -16,6 +17,8 @@ from .qweight import QuantizedWeight
 from .serialization import load_quantized, save_quantized
 from .sparse import sparsify_
 from .spec import QuantSpec
+
+_autograd.cover_unregistered()  # last: every family has registered its formulas by now
 
 __version__ = "0.1.0"
 

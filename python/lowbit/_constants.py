@@ -14,8 +14,28 @@ _FORMAT_MASKS = {"int": _X.FMT_INT_BITS, "nf": _X.FMT_NF_BITS, "fp": _X.FMT_FP_B
 # the bit widths each format supports: bit b of the exported mask is set iff b bits are
 FORMAT_BITS = {name: tuple(b for b in range(1, _X.MAX_BITS + 1) if mask >> b & 1)
                for name, mask in _FORMAT_MASKS.items()}
-DTYPE_CODES = {torch.float32: _X.DT_F32, torch.bfloat16: _X.DT_BF16, torch.float16: _X.DT_F16}
-CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+
+
+class _DtypeCodes(dict):
+    """dtype -> code; any other dtype is a TypeError naming it (a QuantizedWeight of dtype
+    float64 fails at use with this, never a KeyError)."""
+
+    def __missing__(self, dtype):
+        raise TypeError(f"dtype: must be float32, bfloat16 or float16, got {dtype}")
+
+
+class _CodeDtypes(dict):
+    """code -> dtype; an unknown code is the RuntimeError the C glue raises for it (so fake
+    kernels that look codes up fail like the real ones)."""
+
+    def __missing__(self, code):
+        raise RuntimeError(f"dtype: unknown dtype code {code} (0 float32, 1 bfloat16, "
+                           f"2 float16)")
+
+
+DTYPE_CODES = _DtypeCodes({torch.float32: _X.DT_F32, torch.bfloat16: _X.DT_BF16,
+                           torch.float16: _X.DT_F16})
+CODE_DTYPES = _CodeDtypes({v: k for k, v in DTYPE_CODES.items()})
 STE_CODES = {"bitdistiller": _X.STE_BITDISTILLER, "identity": _X.STE_IDENTITY}
 KL_KINDS = {"forward": _X.KL_FORWARD, "reverse": _X.KL_REVERSE, "cakld": _X.KL_CAKLD,
             "jsd": _X.KL_JSD}

@@ -20,12 +20,14 @@ import numbers
 
 import torch
 
+from . import _autograd
 from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
 from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from ._checks import check_device
 from ._constants import KL_KINDS as KINDS
 
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
+_FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +53,7 @@ def _kl_loss_setup(ctx, inputs, output):
     ctx.args = (kind, gamma, beta, temperature, ignore_index, has_labels)
     ctx.with_grad = with_grad
     ctx.grad_scale = grad_scale
+    ctx.set_materialize_grads(False)  # a gradient into the stored-gradient output must show
     if with_grad:  # gradient stored by the forward (grad_scale * d loss_row / d student)
         ctx.save_for_backward(output[1])
     else:          # recomputed by kl_loss_backward, with the per-row scale folded in
@@ -58,6 +61,12 @@ def _kl_loss_setup(ctx, inputs, output):
 
 
 def _kl_loss_backward(ctx, grad_loss, grad_grad):
+    if grad_grad is not None:  # differentiating the returned gradient needs the Hessian
+        raise RuntimeError("double backward (a second derivative) is not supported by "
+                           "lowbit.kl_div_loss: the gradient output of lowbit::kl_loss is not "
+                           "differentiable")
+    if grad_loss is None:
+        return (None,) * 11
     g = grad_loss.to(torch.float32).contiguous()
     if ctx.with_grad:
         (stored,) = ctx.saved_tensors
@@ -68,8 +77,19 @@ def _kl_loss_backward(ctx, grad_loss, grad_grad):
     return gs, None, None, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::kl_loss", _kl_loss_backward,
-                                setup_context=_kl_loss_setup)
+def _kl_loss_jvp(inputs, tangents):
+    """Tangent of the row losses: sum_v (d loss_row / d S_v) * dS_v, with the exact row gradient
+    the kernel forms (the teacher is a constant of the loss, as in the backward)."""
+    _autograd.check_tangents("kl_loss", "lowbit.kl_div_loss", tangents, (0,))
+    if inputs[9]:  # with_grad: the stored gradient's own tangent would need the Hessian
+        raise _autograd.forward_ad_error("lowbit.kl_div_loss", " with with_grad=True")
+    student = inputs[0]
+    _, g = torch.ops.lowbit.kl_loss(*inputs[:9], True, 1.0)
+    return (g.float() * tangents[0].float()).sum(-1), student.new_empty((0,))
+
+
+_autograd.register("kl_loss", "lowbit.kl_div_loss", _kl_loss_backward, _kl_loss_setup,
+                   jvp=_kl_loss_jvp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +137,31 @@ def _check_args(kind, gamma, beta, temperature, ignore_index, reduction):
     temperature = float(temperature)
     if not (temperature > 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature: must be a finite number > 0, got {temperature}")
+    if 1.0 / temperature > _FLT_MAX:  # the kernels multiply by 1/temperature in float32
+        raise ValueError(f"temperature: {temperature} is too small: 1 / temperature overflows "
+                         f"float32 (temperature must be >= {1 / _FLT_MAX:.5g})")
+    return KINDS[kind], gamma, beta, temperature, _check_ignore_index(ignore_index)
+
+
+def _check_ignore_index(ignore_index):
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    return KINDS[kind], gamma, beta, temperature, int(ignore_index)
+    if not -2 ** 63 <= int(ignore_index) < 2 ** 63:  # compared with int64 labels
+        raise ValueError(f"ignore_index: must fit in int64 (labels are int64), got "
+                         f"{ignore_index}")
+    return int(ignore_index)
+
+
+def _run_kl(*args):
+    """torch.ops.lowbit.kl_loss; a temperature too small for these logits (the kernel's
+    data-dependent check) becomes a ValueError naming temperature, like the others."""
+    try:
+        return torch.ops.lowbit.kl_loss(*args)
+    except RuntimeError as exc:
+        if "temperature: " not in str(exc):
+            raise
+        msg = str(exc)
+        raise ValueError(msg[msg.index("temperature: "):].splitlines()[0]) from None
 
 
 def _check_labels(labels, lead_shape, device):
@@ -208,8 +250,7 @@ def kl_div_loss(student_logits, teacher_logits, kind="cakld", gamma=None, beta=0
     s2 = _rows(student_logits)
     t2 = _rows(teacher_logits.detach())
     lab_arg = lab if lab is not None else s2.new_empty((0,), dtype=torch.int64)
-    loss_rows, _ = torch.ops.lowbit.kl_loss(s2, t2, lab_arg, k, g, b, tau, ign, lab is not None,
-                                            False, 1.0)
+    loss_rows, _ = _run_kl(s2, t2, lab_arg, k, g, b, tau, ign, lab is not None, False, 1.0)
     if reduction == "none":
         return loss_rows.reshape(student_logits.shape[:-1])
     first = student_logits.shape[0] if student_logits.dim() >= 2 else 1
@@ -370,10 +411,12 @@ class GammaEstimator:
     def __init__(self, method="target", ignore_index=-100, chunk_rows=4096):
         if method not in ("target", "max"):
             raise ValueError(f"method: must be 'target' or 'max', got {method!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        self.ignore_index = _check_ignore_index(ignore_index)
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
+            raise TypeError(f"chunk_rows: expected an int, got {type(chunk_rows).__name__}")
+        if chunk_rows <= 0:
+            raise ValueError(f"chunk_rows: must be a positive int, got {chunk_rows}")
         self.method = method
-        self.ignore_index = int(ignore_index)
         self.chunk_rows = int(chunk_rows)
         self.reset()
 

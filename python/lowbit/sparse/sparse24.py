@@ -9,6 +9,7 @@ see cusparselt.py) when the shape suits it; lowbit's own gather kernel does the 
 import torch
 
 from .. import _constants as C
+from .. import _autograd
 from .. import _ops  # noqa: F401  (loads the ops registered below)
 from .._checks import check_activation, check_bias, check_device
 from ..fake_quant import dequantize
@@ -40,6 +41,7 @@ class _CsltLinear(torch.autograd.Function):
     def forward(ctx, x2, b, sw):
         ctx.sw = sw
         ctx.has_bias = b.numel() > 0
+        ctx.m, ctx.dtype = x2.shape[0], x2.dtype
         # the bias is added here rather than through cuSPARSELt's bias pointer (whose dtype rules
         # vary across versions); the op supports it too
         y = torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), x2.new_empty(0),
@@ -47,10 +49,21 @@ class _CsltLinear(torch.autograd.Function):
         return y.add_(b) if ctx.has_bias else y
 
     @staticmethod
+    @_autograd.once_differentiable("lowbit.sparse.sparse24_linear")
     def backward(ctx, g):
         gx = _grad_x(g, ctx.sw.kept_values(), ctx.sw.meta) if ctx.needs_input_grad[0] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return gx, gb, None
+
+    @staticmethod
+    def jvp(ctx, tx, tb, _):
+        """Linear in (x, bias): the same product on the tangents."""
+        n = ctx.sw.shape[0]
+        y = torch.zeros((ctx.m, n), dtype=ctx.dtype, device=ctx.sw.device)
+        if tx is not None:
+            y = torch.ops.lowbit.sparse24_cslt_linear(tx.contiguous(), _cslt_packed(ctx.sw),
+                                                      tx.new_empty(0), n)
+        return y + tb if tb is not None and ctx.has_bias else y
 
 
 def sparse24_linear(x, sw, bias=None, backend="auto"):
@@ -178,8 +191,25 @@ def _linear_backward(ctx, g):
     return gx, gv, None, gb
 
 
-torch.library.register_autograd("lowbit::sparse24_linear", _linear_backward,
-                                setup_context=_linear_setup)
+def _linear_jvp(inputs, tangents):
+    """y is bilinear in (x, values) and linear in bias: dy = op(dx, v, db) + op(x, dv)."""
+    x, values, meta, bias = inputs
+    tx, tv, _, tb = tangents
+    _autograd.check_tangents("sparse24_linear", "lowbit.sparse.sparse24_linear", tangents,
+                             (0, 1, 3))
+    op = torch.ops.lowbit.sparse24_linear
+    y = None
+    if tx is not None or tb is not None:
+        y = op(tx if tx is not None else torch.zeros_like(x), values, meta,
+               tb if tb is not None else torch.zeros_like(bias))
+    if tv is not None:
+        yv = op(x, tv, meta, x.new_empty(0))
+        y = yv if y is None else y + yv
+    return y
+
+
+_autograd.register("sparse24_linear", "lowbit.sparse.sparse24_linear", _linear_backward,
+                   _linear_setup, jvp=_linear_jvp)
 
 
 def _qlinear_setup(ctx, inputs, output):
@@ -202,7 +232,26 @@ def _qlinear_backward(ctx, g):
     return gx, None, None, None, None, gb, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::sparse24_qlinear", _qlinear_backward,
-                                setup_context=_qlinear_setup)
+_autograd.register("sparse24_qlinear", "lowbit.sparse.sparse24_linear", _qlinear_backward,
+                   _qlinear_setup, jvp=_autograd.linear_jvp("sparse24_qlinear", (0, 5),
+                                                            "lowbit.sparse.sparse24_linear"))
+
+
+def _decompress_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _decompress_backward(ctx, g):
+    """The dense gradient gathered at the kept positions (decompress is a scatter)."""
+    (meta,) = ctx.saved_tensors
+    n, k = g.shape
+    idx = indices_from_meta(meta, k).reshape(n, k // 4, 2)
+    return g.reshape(n, k // 4, 4).gather(-1, idx).reshape(n, k // 2), None
+
+
+_autograd.register("sparse24_decompress", "lowbit.sparse.decompress_24", _decompress_backward,
+                   _decompress_setup, double_backward=True,
+                   jvp=_autograd.linear_jvp("sparse24_decompress", (0,),
+                                            "lowbit.sparse.decompress_24"))
 
 __all__ = ["sparse24_linear", "BACKENDS"]
