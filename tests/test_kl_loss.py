@@ -731,3 +731,41 @@ def test_ignore_index_and_chunk_rows_ranges():
     for bad in (1.5, True, "8"):
         with pytest.raises(TypeError, match=r"^chunk_rows: "):
             lowbit.GammaEstimator(chunk_rows=bad)
+
+
+def test_fused_linear_refuses_mismatched_parts(gen):
+    """Issue 11 item 15: mismatched dtypes, a wrongly shaped teacher_bias (it used to broadcast)
+    and tensors on other devices raise naming the argument, before any work."""
+    h = torch.randn(2, 3, 16, generator=gen)
+    w = torch.randn(24, 16, generator=gen)
+    th, tw = torch.randn(2, 3, 8, generator=gen), torch.randn(24, 8, generator=gen)
+    ok = dict(teacher_hidden=th, teacher_weight=tw, kind="forward")
+    with pytest.raises(TypeError, match=r"^lm_head_weight: dtype torch.bfloat16 differs from "
+                                        r"student_hidden"):
+        lowbit.fused_linear_kl_loss(h, w.bfloat16(), **ok)
+    with pytest.raises(TypeError, match=r"^student_bias: dtype torch.float16"):
+        lowbit.fused_linear_kl_loss(h, w, student_bias=torch.zeros(24, dtype=torch.float16), **ok)
+    with pytest.raises(TypeError, match=r"^teacher_weight: dtype torch.bfloat16 differs from "
+                                        r"teacher_hidden"):
+        lowbit.fused_linear_kl_loss(h, w, teacher_hidden=th, teacher_weight=tw.bfloat16())
+    with pytest.raises(TypeError, match=r"^teacher_bias: dtype"):
+        lowbit.fused_linear_kl_loss(h, w, teacher_bias=torch.zeros(24).half(), **ok)
+    for shape in ((1,), (24, 1), (1, 24), (23,)):
+        with pytest.raises(ValueError, match=r"^teacher_bias: expected shape \(24,\)"):
+            lowbit.fused_linear_kl_loss(h, w, teacher_bias=torch.zeros(shape), **ok)
+    for name in ("lm_head_weight", "student_bias", "teacher_hidden", "teacher_weight",
+                 "teacher_bias"):
+        args = dict(lm_head_weight=w, student_bias=torch.zeros(24), teacher_hidden=th,
+                    teacher_weight=tw, teacher_bias=torch.zeros(24))
+        args[name] = args[name].to("meta")
+        with pytest.raises(ValueError, match=rf"^{name}: is on meta but student_hidden is on cpu"):
+            lowbit.fused_linear_kl_loss(h, kind="forward", **args)
+    with pytest.raises(ValueError, match=r"^teacher_logits: is on meta"):
+        lowbit.fused_linear_kl_loss(h, w, torch.randn(2, 3, 24).to("meta"), kind="forward")
+    # a right-shaped teacher_bias is used as given; under autocast the dtypes may differ
+    tb = torch.randn(24, generator=gen)
+    ref = lowbit.kl_div_loss(h @ w.T, th @ tw.T + tb, kind="forward")
+    got = lowbit.fused_linear_kl_loss(h, w, teacher_bias=tb, **ok)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(lowbit.fused_linear_kl_loss(h, w.bfloat16(), **ok))

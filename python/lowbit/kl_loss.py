@@ -369,6 +369,37 @@ class _FusedLinearKL(torch.autograd.Function):
         return (gh, gw, gb) + (None,) * 13
 
 
+def _check_fused_parts(student_hidden, lm_head_weight, student_bias, teacher_logits,
+                       teacher_hidden, teacher_weight, teacher_bias):
+    """What fused_linear_kl_loss's body takes for granted (issue 11 item 15): every tensor on
+    student_hidden's device; outside autocast each linear's input, weight and bias of one dtype
+    (F.linear's message names none of them); teacher_bias of shape (V,) (a (1,) or (V, 1) bias
+    would otherwise broadcast silently). Runs before the per-argument checks below."""
+    parts = {"lm_head_weight": lm_head_weight, "student_bias": student_bias,
+             "teacher_logits": teacher_logits, "teacher_hidden": teacher_hidden,
+             "teacher_weight": teacher_weight, "teacher_bias": teacher_bias}
+    if not isinstance(student_hidden, torch.Tensor):
+        return  # _check_logits names it
+    for name, t in parts.items():
+        if isinstance(t, torch.Tensor) and t.device != student_hidden.device:
+            raise ValueError(f"{name}: is on {t.device} but student_hidden is on "
+                             f"{student_hidden.device} (every tensor must be on one device)")
+    if not torch.is_autocast_enabled(student_hidden.device.type):  # autocast casts them itself
+        for inp, names in ((student_hidden, ("lm_head_weight", "student_bias")),
+                           (teacher_hidden, ("teacher_weight", "teacher_bias"))):
+            for name in names:
+                t = parts[name]
+                if isinstance(inp, torch.Tensor) and isinstance(t, torch.Tensor) and \
+                        t.dtype != inp.dtype:
+                    src = "student_hidden" if inp is student_hidden else "teacher_hidden"
+                    raise TypeError(f"{name}: dtype {t.dtype} differs from {src}'s {inp.dtype} "
+                                    f"(cast them to one dtype, or run under torch.autocast)")
+    if isinstance(teacher_bias, torch.Tensor) and isinstance(lm_head_weight, torch.Tensor) and \
+            tuple(teacher_bias.shape) != (lm_head_weight.shape[0],):
+        raise ValueError(f"teacher_bias: expected shape ({lm_head_weight.shape[0]},), got "
+                         f"{tuple(teacher_bias.shape)}")
+
+
 def fused_linear_kl_loss(student_hidden, lm_head_weight, teacher_logits=None, *,
                          teacher_hidden=None, teacher_weight=None, student_bias=None,
                          teacher_bias=None, kind="cakld", gamma=None, beta=0.5, temperature=1.0,
@@ -386,6 +417,8 @@ def fused_linear_kl_loss(student_hidden, lm_head_weight, teacher_logits=None, *,
     or "batchmean" ("none" is not available here: the gradients are formed in the forward).
     Other arguments as in :func:`kl_div_loss`. Returns a float32 scalar.
     """
+    _check_fused_parts(student_hidden, lm_head_weight, student_bias, teacher_logits,
+                       teacher_hidden, teacher_weight, teacher_bias)
     _check_logits(student_hidden, "student_hidden")
     _check_logits(lm_head_weight, "lm_head_weight")
     if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
