@@ -193,7 +193,7 @@ def _quantize_ref(p, args, out):
 def _qw(p, gen):
     """(w, codes, scales, zeros) from a valid quantize of a float32 (n, k) weight."""
     n, k = p["n"], p["k"]
-    p["qfmt"], p["qbits"] = p["qfb"]
+    _resolve_q(p)
     assert n * k <= MAX_NUMEL
     w = torch.randn(n, k, generator=gen)
     codes, scales, zeros = torch.ops.lowbit.quantize(w, p["qfmt"], p["qbits"], p["qg"], p["qsym"])
@@ -210,6 +210,17 @@ def _valid_fmt_bits():
 QW = dict(n=st.sampled_from([4, 1, 3]), k=st.sampled_from([64, 32, 96]),
           qfb=st.sampled_from(_valid_fmt_bits()), qg=st.sampled_from([32, 16]),
           qsym=st.booleans())
+# the op's own spec arguments: mostly "q" (those the codes were made with), else another value
+Q_ARGS = dict(fmt=_mix(["q"], [0, 1, 2, -1, 3, 2 ** 31, 2 ** 32]),
+              bits=_mix(["q"], [1, 2, 3, 4, 8, 0, 2 ** 32 + 4, -2 ** 63]),
+              g=_mix(["q"], [16, 32, 64, 3, 0, -1, 2 ** 62]), sym=_mix(["q"], [True, False]))
+
+
+def _resolve_q(p):
+    p["qfmt"], p["qbits"] = p["qfb"]
+    for a in ("fmt", "bits", "g", "sym"):
+        if p[a] == "q":
+            p[a] = p["q" + a]
 
 
 def _same_as_q(p):
@@ -225,6 +236,7 @@ def _dequantize_ref(p, args, out):
 
 def _dequantize_build(p, gen):
     w, codes, scales, zeros = _qw(p, gen)
+    p["K"] = p["k"] if p["K"] == "k" else p["K"]
     p["_w"] = w
     return (codes, scales, zeros, p["fmt"], p["bits"], p["g"], p["sym"], p["K"], p["dtype"])
 
@@ -288,7 +300,7 @@ def _qlinear24_build(p, gen):
     from lowbit.sparse.sparse24_weight import meta_from_mask
 
     kept = torch.randn(n, k // 2, generator=gen)
-    p["qfmt"], p["qbits"] = p["qfb"]
+    _resolve_q(p)
     codes, scales, zeros = torch.ops.lowbit.quantize(kept, p["qfmt"], p["qbits"], p["qg"],
                                                      p["qsym"])
     p["_mask"], p["_kept"] = mask, kept
@@ -404,8 +416,8 @@ OPS = {
         lambda p, gen: (make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"]),
         _quantize_ref),
     "dequantize": Entry(
-        st.fixed_dictionaries({**QW, "fmt": FMT, "bits": BITS, "g": GROUP, "sym": st.booleans(),
-                               "K": ints(64, 32, 96), "dtype": ints(0, 1, 2)}),
+        st.fixed_dictionaries({**QW, **Q_ARGS, "K": _mix(["k"], [32, 64, 96, 0, 2 ** 32]),
+                               "dtype": ints(0, 1, 2)}),
         _dequantize_build, _dequantize_ref),
     "clip_search": Entry(
         _w_params(gg=ints(32, 16, 0), n_grid=ints(20, 2, 1), shrink=ints(0, 1)),
@@ -425,8 +437,7 @@ OPS = {
                                "xd": dtypes(), "xl": st.sampled_from(LAYOUTS)}),
         _gradx24_build, _gradx24_ref),
     "sparse24_qlinear": Entry(
-        st.fixed_dictionaries({**QW, "k": st.sampled_from([64, 128]),
-                               "fmt": FMT, "bits": BITS, "g": GROUP, "sym": st.booleans(),
+        st.fixed_dictionaries({**QW, "k": st.sampled_from([64, 128]), **Q_ARGS,
                                "m": dims(3, 1, 0), "dk": st.sampled_from([0, 0, 4]),
                                "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
                                "bias": st.booleans()}),
@@ -455,6 +466,7 @@ def _ql_build(p, gen):
 
 def _ql_pack_build(p, gen):
     codes, scales, z = _ql_build(p, gen)
+    p["K"] = p["k"] if p["K"] == "k" else p["K"]
     return codes, scales, z, p["fmt"], p["bits"], p["g"], p["sym"], p["K"]
 
 
@@ -490,9 +502,10 @@ def _dequant_t_build(p, gen):
         p["kb1"]
 
 
-QL = dict(QW, qg=st.sampled_from([32]), fmt=FMT, bits=BITS, g=GROUP, sym=st.booleans())
+QL = dict(QW, qg=st.sampled_from([32]), **Q_ARGS)
 OPS.update({
-    "qlinear_pack": Entry(st.fixed_dictionaries({**QL, "K": ints(64, 32, 96)}), _ql_pack_build),
+    "qlinear_pack": Entry(st.fixed_dictionaries({**QL, "K": _mix(["k"], [32, 64, 96, 0, 2 ** 61])}),
+                          _ql_pack_build),
     "quant_linear": Entry(
         st.fixed_dictionaries({**QL, "m": dims(3, 1, 8, 0), "dk": st.sampled_from([0, 0, 4]),
                                "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
@@ -628,8 +641,16 @@ def test_fuzz_op(child, name, data):
     check(child, name, data.draw(OPS[name].params, label="p"))
 
 
+# Found by the long run (under ASan+UBSan too): these fakes raise ZeroDivisionError for
+# group_size 0 where the real op raises a RuntimeError naming group_size (fake_quant.py,
+# clip_search.py, qlinear.py: not this branch's files). Strict: the mark must go with the fix.
+FAKE_ZERO_DIVISION = ["clip_search", "qlinear_pack", "quantize"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="fake kernel: ZeroDivisionError for group_size 0"))
+    if n in FAKE_ZERO_DIVISION else n for n in sorted(OPS)])
 @settings(max_examples=500, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op_long(child, name, data):
