@@ -271,8 +271,10 @@ def _decompress_build(p, gen):
 
 def _linear24_build(p, gen):
     values, meta, p["_mask"] = _s24(p, gen)
-    x = make(tensor((p["m"], p["k"] + p["dk"]), p["xd"], p["xl"]), gen)
-    bias = make(tensor((p["nb"],), p["vd"]), gen) if p["nb"] >= 0 else torch.empty(0)
+    xd = p["vd"] if p["xd"] == "v" else p["xd"]  # x and values share a dtype, mostly
+    x = make(tensor((p["m"], p["k"] + p["dk"]), xd, p["xl"]), gen)
+    nb = p["n"] if p["nb"] == 4 else p["nb"]     # 4: the right size
+    bias = make(tensor((nb,), p["vd"]), gen) if nb >= 0 else torch.empty(0)
     return x, values, meta, bias
 
 
@@ -429,8 +431,9 @@ OPS = {
     "sparse24_decompress": Entry(st.fixed_dictionaries(S24), _decompress_build, _decompress_ref),
     "sparse24_linear": Entry(
         st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 4]),
-                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
-                               "nb": st.sampled_from([-1, 4, 3])}),
+                               "xd": _mix(["v"], DTYPES + ODD_DTYPES),
+                               "xl": st.sampled_from(LAYOUTS),
+                               "nb": st.sampled_from([-1, -1, 4, 3])}),
         _linear24_build, _linear24_ref),
     "sparse24_grad_x": Entry(
         st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 1]),
