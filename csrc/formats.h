@@ -431,6 +431,11 @@ typedef struct {
     int kind; /* LB_KL_* */
     float gamma, beta, inv_tau, grad_scale;
     int64_t ignore_index;
+    /* NULL, or (temperature < 1) a counter of the rows where a finite logit divided by the
+     * temperature exceeds LB_KL_SAFE in magnitude: those rows are skipped (loss and gradient 0)
+     * and the glue raises. Below LB_KL_SAFE every loss term and log-ratio stays finite. */
+    int32_t* overflow;
 } lb_kl_args;
+#define LB_KL_SAFE 2.1267647932558654e37f /* 2^124 */
 
 #endif /* LOWBIT_FORMATS_H */

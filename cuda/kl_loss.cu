@@ -143,10 +143,14 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
     }
     /* sweep 1 */
     kl_acc at = {-INFINITY, 0.0f, 0.0f}, as = {-INFINITY, 0.0f, 0.0f};
-    int bad = 0;
+    int bad = 0, ovf = 0;
     for (int64_t i = tid; i < V; i += NT) {
-        float a = lb_ld(T, base + i) * it, b = lb_ld(S, base + i) * it;
+        const float tr = lb_ld(T, base + i), sr = lb_ld(S, base + i);
+        float a = tr * it, b = sr * it;
         bad |= (a != a) | (b != b) | (a == INFINITY) | (b == INFINITY);
+        /* temperature < 1 (A.overflow set): finite logits that leave the safe range */
+        ovf |= (fabsf(a) > LB_KL_SAFE && fabsf(tr) <= 3.4028234663852886e38f) |
+               (fabsf(b) > LB_KL_SAFE && fabsf(sr) <= 3.4028234663852886e38f);
         float d = a - b;
         kl_acc_add(at, a, d);
         kl_acc_add(as, b, -d);
@@ -154,6 +158,13 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
     at = kl_group_acc<NT>(at, sh);
     as = kl_group_acc<NT>(as, sh);
     bad = kl_group_or<NT>(bad, sh);
+    if (A.overflow && kl_group_or<NT>(ovf, sh)) { /* the glue raises; outputs are discarded */
+        if (tid == 0) atomicAdd(A.overflow, 1);
+        if (tid == 0 && A.loss) A.loss[r] = 0.0f;
+        if (G)
+            for (int64_t i = tid; i < V; i += NT) lb_st(G, base + i, 0.0f);
+        return;
+    }
     const float sc = (A.row_scale ? A.row_scale[r] : A.grad_scale) * it;
     if (bad || !(at.z > 0.0f) || !(as.z > 0.0f)) {
         float v = bad ? __int_as_float(0x7fc00000) : 0.0f;

@@ -672,3 +672,100 @@ def test_fused_linear_no_grad(gen):
     b.backward()
     with pytest.raises(RuntimeError, match="once"):
         b.backward()
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny temperatures and out-of-range arguments (issue 11 items 12 and 15)
+# ---------------------------------------------------------------------------------------------
+def test_temperature_whose_inverse_overflows_is_refused(gen):
+    s, t = make_logits((3, 8), torch.float32, gen)
+    for tau in (1e-39, 1e-44, 2.9e-39):
+        with pytest.raises(ValueError, match=r"^temperature: .*1 / temperature overflows"):
+            lowbit.kl_div_loss(s, t, kind="forward", temperature=tau)
+        with pytest.raises(ValueError, match=r"^temperature: "):
+            lowbit.nn.DistillLoss(kind="forward", temperature=tau)
+        with pytest.raises(RuntimeError, match=r"temperature: .*1 / temperature overflows"):
+            torch.ops.lowbit.kl_loss(s, t, torch.empty(0, dtype=torch.int64), 0, 0.0, 0.5, tau,
+                                     -100, False, False, 1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_temperature_never_nan(kind, gen):
+    """Each tau gives a finite loss equal to the float64 reference and a gradient without NaN,
+    or a ValueError naming temperature when logits / tau leave float32's range -- never NaN.
+    Gradients are compared where they are well conditioned: FKL's (q - p) / tau at every tau;
+    the others subtract log-ratios of size |logit| / tau and scale the rest by 1 / tau, which
+    leaves float64 itself no digits at tiny tau."""
+    s, t = make_logits((4, 32), torch.float32, gen, scale=1.0)
+    raised = []
+    for tau in (1e-38, 1e-35, 1e-30, 1e-20, 1e-8, 1e-3, 0.25):
+        try:
+            loss, grad, up = run_impl(s, t, kind=kind, temperature=tau, **kind_args(kind))
+        except ValueError as e:
+            assert str(e).startswith("temperature: ") and "too small for these logits" in str(e)
+            raised.append(tau)
+            continue
+        assert torch.isfinite(loss).all() and not torch.isnan(grad).any(), tau
+        rloss, rgrad = run_ref(s, t, up, kind=kind, temperature=tau, **kind_args(kind))
+        check_close(loss, rloss, 1e-5, f"loss at tau={tau}")
+        if kind == "forward" or tau >= 0.25:
+            check_close(grad, rgrad, 1e-5, f"grad at tau={tau}")
+    assert raised == [1e-38]  # |logit| < 5 here: logit / tau > 2^124 only at 1e-38
+    # the same logits scaled with tau: the loss is scale-free, so tau = 1e-30 is just fine
+    a = lowbit.kl_div_loss(s * 1e-30, t * 1e-30, kind=kind, temperature=1e-30, **kind_args(kind))
+    b = lowbit.kl_div_loss(s, t, kind=kind, temperature=1.0, **kind_args(kind))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ignore_index_and_chunk_rows_ranges():
+    s = torch.randn(2, 8)
+    for ign in (2 ** 70, -2 ** 64, 2 ** 63):
+        with pytest.raises(ValueError, match=r"^ignore_index: must fit in int64"):
+            lowbit.kl_div_loss(s, s, kind="forward", ignore_index=ign)
+        with pytest.raises(ValueError, match=r"^ignore_index: "):
+            lowbit.GammaEstimator(ignore_index=ign)
+    lowbit.kl_div_loss(s, s, kind="forward", ignore_index=-2 ** 63)  # the int64 ends are fine
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"^chunk_rows: must be a positive int"):
+            lowbit.GammaEstimator(chunk_rows=bad)
+    for bad in (1.5, True, "8"):
+        with pytest.raises(TypeError, match=r"^chunk_rows: "):
+            lowbit.GammaEstimator(chunk_rows=bad)
+
+
+def test_fused_linear_refuses_mismatched_parts(gen):
+    """Issue 11 item 15: mismatched dtypes, a wrongly shaped teacher_bias (it used to broadcast)
+    and tensors on other devices raise naming the argument, before any work."""
+    h = torch.randn(2, 3, 16, generator=gen)
+    w = torch.randn(24, 16, generator=gen)
+    th, tw = torch.randn(2, 3, 8, generator=gen), torch.randn(24, 8, generator=gen)
+    ok = dict(teacher_hidden=th, teacher_weight=tw, kind="forward")
+    with pytest.raises(TypeError, match=r"^lm_head_weight: dtype torch.bfloat16 differs from "
+                                        r"student_hidden"):
+        lowbit.fused_linear_kl_loss(h, w.bfloat16(), **ok)
+    with pytest.raises(TypeError, match=r"^student_bias: dtype torch.float16"):
+        lowbit.fused_linear_kl_loss(h, w, student_bias=torch.zeros(24, dtype=torch.float16), **ok)
+    with pytest.raises(TypeError, match=r"^teacher_weight: dtype torch.bfloat16 differs from "
+                                        r"teacher_hidden"):
+        lowbit.fused_linear_kl_loss(h, w, teacher_hidden=th, teacher_weight=tw.bfloat16())
+    with pytest.raises(TypeError, match=r"^teacher_bias: dtype"):
+        lowbit.fused_linear_kl_loss(h, w, teacher_bias=torch.zeros(24).half(), **ok)
+    for shape in ((1,), (24, 1), (1, 24), (23,)):
+        with pytest.raises(ValueError, match=r"^teacher_bias: expected shape \(24,\)"):
+            lowbit.fused_linear_kl_loss(h, w, teacher_bias=torch.zeros(shape), **ok)
+    for name in ("lm_head_weight", "student_bias", "teacher_hidden", "teacher_weight",
+                 "teacher_bias"):
+        args = dict(lm_head_weight=w, student_bias=torch.zeros(24), teacher_hidden=th,
+                    teacher_weight=tw, teacher_bias=torch.zeros(24))
+        args[name] = args[name].to("meta")
+        with pytest.raises(ValueError, match=rf"^{name}: is on meta but student_hidden is on cpu"):
+            lowbit.fused_linear_kl_loss(h, kind="forward", **args)
+    with pytest.raises(ValueError, match=r"^teacher_logits: is on meta"):
+        lowbit.fused_linear_kl_loss(h, w, torch.randn(2, 3, 24).to("meta"), kind="forward")
+    # a right-shaped teacher_bias is used as given; under autocast the dtypes may differ
+    tb = torch.randn(24, generator=gen)
+    ref = lowbit.kl_div_loss(h @ w.T, th @ tw.T + tb, kind="forward")
+    got = lowbit.fused_linear_kl_loss(h, w, teacher_bias=tb, **ok)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(lowbit.fused_linear_kl_loss(h, w.bfloat16(), **ok))

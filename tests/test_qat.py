@@ -59,6 +59,78 @@ def test_qatlinear_from_linear_keeps_parameters():
         QATLinear.from_linear(nn.Linear(48, 8), lowbit.QuantSpec(group_size=32))
 
 
+def _eval_edits():
+    """(what, edit) pairs that change a QATLinear's effective weight without autograd; the
+    .data ones do not bump the weight's version counter (issue 11 item 4)."""
+    return [
+        ("data.mul_", lambda m, w2: m.weight.data.mul_(3)),
+        ("data.copy_", lambda m, w2: m.weight.data.copy_(w2)),
+        ("weight.copy_ under no_grad", lambda m, w2: m.weight.copy_(w2)),
+        ("new Parameter", lambda m, w2: setattr(m, "weight", nn.Parameter(w2.clone()))),
+        ("spec", lambda m, w2: setattr(m, "spec", lowbit.QuantSpec("nf", 3, 32))),
+        ("ste", lambda m, w2: setattr(m, "ste", "identity")),
+    ]
+
+
+@pytest.mark.parametrize("what,edit", _eval_edits(), ids=[w for w, _ in _eval_edits()])
+@pytest.mark.parametrize("mode", ["eval+no_grad", "inference_mode", "frozen weight"])
+def test_qatlinear_eval_output_follows_every_edit(what, edit, mode, gen):
+    m = QATLinear.from_linear(nn.Linear(64, 16), lowbit.QuantSpec("int", 2, 32)).eval()
+    x = torch.randn(3, 64, generator=gen)
+    w2 = torch.randn(16, 64, generator=gen)
+    ctx = {"eval+no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+           "frozen weight": torch.enable_grad}[mode]
+    if mode == "frozen weight":
+        m.weight.requires_grad_(False)
+
+    def expected():
+        w = m.weight.detach()
+        return F.linear(x, ref_fake_quant(w, m.spec.format, m.spec.bits, m.spec.group_size,
+                                          False, m.ste), m.bias.detach())
+
+    with ctx():
+        torch.testing.assert_close(m(x), expected(), rtol=1e-5, atol=1e-5)
+        m(x)
+        with torch.no_grad():
+            edit(m, w2)
+        torch.testing.assert_close(m(x), expected(), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_quantized_weights_reuses_q_and_drops_it_on_exit(gen, monkeypatch):
+    from lowbit import qat
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("int", 4, 32)))
+    x = torch.randn(4, 64, generator=gen)
+    calls = []
+    real = qat.fake_quantize
+    monkeypatch.setattr(qat, "fake_quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        ref = model(x)
+        assert len(calls) == 2  # no implicit cache: every forward quantizes
+        with lowbit.cache_quantized_weights(model) as same:
+            assert same is model
+            for _ in range(3):
+                torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+            assert len(calls) == 4  # once per layer for the whole block
+            model[0].spec = lowbit.QuantSpec("int", 2, 32)  # an observable change: recomputed
+            model(x)
+            assert len(calls) == 5
+            model[0].spec = lowbit.QuantSpec("int", 4, 32)
+        model[0].weight.data.mul_(3)  # after the block: fresh again
+        w = model[0].weight
+        torch.testing.assert_close(model[0](x), F.linear(x, ref_fake_quant(
+            w, "int", 4, 32, False), model[0].bias), rtol=1e-5, atol=1e-5)
+    # training forwards never use it
+    with lowbit.cache_quantized_weights(model):
+        model.train()
+        model(x).sum().backward()
+        assert model[0].weight.grad is not None
+    with pytest.raises(TypeError, match="model"):
+        with lowbit.cache_quantized_weights(42):
+            pass
+
+
 def test_quantize_swaps_skips_and_overrides(gen):
     model = tiny_mlp(gen)
     cfg = lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32), skip=("4",),

@@ -560,3 +560,103 @@ def test_cuda_sanitizer_small_sparse24(gen):
             y = sparse24_linear(x.cuda(), sw, backend="lowbit")
             torch.cuda.synchronize()
             check_close(y.cpu(), ref_linear(x, p), dtype, K, f"cuda small {N}x{K} M={M}")
+
+
+# ---------------------------------------------------------------------------------------------
+# meta content (issue 11 item 10) and 16-bit casts of quantized layers (item 13)
+# ---------------------------------------------------------------------------------------------
+def _nibble_ok(nb):
+    return (nb & 3) < (nb >> 2)  # the two in-group indices strictly increasing
+
+
+def test_every_meta_byte_is_refused_or_agrees(gen):
+    """K = 8: one meta byte per row (two groups). For each of the 256 bytes either every entry
+    point refuses it (Sparse24Weight: ValueError; each raw CPU op: RuntimeError naming meta) or
+    sparse24_linear, sparse24_grad_x and decompress_24 agree with the reference scatter."""
+    values = torch.randn(1, 4, generator=gen)
+    x = torch.randn(3, 8, generator=gen)
+    q = lowbit.quantize(values, lowbit.QuantSpec("int", 4, -1))
+    empty = torch.empty(0)
+    for byte in range(256):
+        meta = torch.tensor([[byte]], dtype=torch.uint8)
+        raw = [lambda: torch.ops.lowbit.sparse24_linear(x, values, meta, empty),
+               lambda: torch.ops.lowbit.sparse24_decompress(values, meta),
+               lambda: torch.ops.lowbit.sparse24_grad_x(torch.ones(2, 1), values, meta),
+               lambda: torch.ops.lowbit.sparse24_qlinear(x, q.codes, q.scales, q.zeros, meta,
+                                                         empty, 0, 4, 4, False)]
+        if not (_nibble_ok(byte & 15) and _nibble_ok(byte >> 4)):
+            with pytest.raises(ValueError, match=r"^meta: row 0 holds an invalid 2:4 group"):
+                Sparse24Weight(values, meta, (1, 8), torch.float32)
+            for call in raw:
+                with pytest.raises(RuntimeError, match=r"meta: row 0 holds an invalid"):
+                    call()
+            continue
+        dense = torch.zeros(1, 8)
+        for grp in range(2):
+            nb = (byte >> (4 * grp)) & 15
+            dense[0, 4 * grp + (nb & 3)] = values[0, 2 * grp]
+            dense[0, 4 * grp + (nb >> 2)] = values[0, 2 * grp + 1]
+        sw = Sparse24Weight(values, meta, (1, 8), torch.float32)
+        assert torch.equal(decompress_24(sw), dense)
+        check_close(sparse24_linear(x, sw), ref_linear(x, dense), torch.float32, 8, f"{byte}")
+        torch.testing.assert_close(torch.ops.lowbit.sparse24_grad_x(torch.ones(2, 1), values, meta),
+                                   dense.expand(2, 8), rtol=0, atol=0)
+
+
+def test_meta_padding_nibble_and_parts_are_checked(gen):
+    w = torch.randn(4, 12, generator=gen)  # K/4 = 3 groups: the last byte's high nibble pads
+    sw = compress_24(prune_24(w)[0])
+    bad = sw.meta.clone()
+    bad[2, 1] |= 0x40
+    with pytest.raises(ValueError, match=r"^meta: row 2 holds an invalid"):
+        Sparse24Weight(sw.values, bad, sw.shape, sw.dtype)
+    with pytest.raises(RuntimeError, match=r"meta: row 2 holds an invalid"):
+        torch.ops.lowbit.sparse24_decompress(sw.values, bad)
+    with pytest.raises(ValueError, match=r"^meta: expected a uint8 tensor of shape \(4, 2\)"):
+        Sparse24Weight(sw.values, sw.meta[:, :1], sw.shape, sw.dtype)
+    with pytest.raises(ValueError, match=r"^values: expected shape \(4, 6\)"):
+        Sparse24Weight(sw.values[:, :4], sw.meta, sw.shape, sw.dtype)
+    with pytest.raises(TypeError, match=r"^values: dtype"):
+        Sparse24Weight(sw.values, sw.meta, sw.shape, torch.float16)
+    with pytest.raises(ValueError, match=r"^shape: "):
+        Sparse24Weight(sw.values, sw.meta, (4, 13), sw.dtype)
+    # a module loaded from a state_dict is checked like any user tensors
+    m = SparseLinear24.from_linear(_lin(gen, n=16, k=64), mode="inference")
+    sd = m.state_dict()
+    sd["meta"] = sd["meta"].clone()
+    sd["meta"][5, 3] = 0x00  # both groups keep index 0 twice
+    with pytest.raises(ValueError, match=r"^meta: row 5 holds an invalid"):
+        SparseLinear24(64, 16, mode="inference").load_state_dict(sd)
+    # an unloaded skeleton holds a valid meta (its forward runs, on zero values)
+    assert torch.equal(SparseLinear24(64, 16, mode="inference")(torch.ones(2, 64)),
+                       torch.zeros(2, 16))
+
+
+@pytest.mark.parametrize("cast", ["half", "to_bf16", "model_to_bf16"])
+def test_quantized_layer_keeps_packing_under_16_bit_casts(cast, gen):
+    spec = lowbit.QuantSpec("int", 4, 16)
+    lin = _lin(gen, n=16, k=64)
+    m = SparseLinear24.from_linear(lin, mode="inference", spec=spec)
+    codes, scales, zeros, meta = (t.clone() for t in (m.codes, m.scales, m.zeros, m.meta))
+    w32 = m.pruned_weight()  # the float32 weight the codes stand for
+    dt = torch.float16 if cast == "half" else torch.bfloat16
+    if cast == "half":
+        m2 = m.half()
+    elif cast == "to_bf16":
+        m2 = m.to(torch.bfloat16)
+    else:
+        m2 = nn.Sequential(nn.Identity(), m).to(torch.bfloat16)[1]
+    assert m2 is m
+    assert m.scales.dtype == torch.float32 and torch.equal(m.scales, scales)
+    for a, b in ((m.codes, codes), (m.zeros, zeros), (m.meta, meta)):
+        assert torch.equal(a, b)
+    assert m.bias.dtype == dt and m.state_dict()["scales"].dtype == torch.float32
+    x = torch.randn(5, 64, generator=gen)
+    y = m(x.to(dt))
+    assert y.dtype == dt
+    ref = ref_linear(x.to(dt), w32, m.bias.detach())
+    check_close(y, ref, dt, 64, cast)
+    y32 = m(x)  # float32 activations still work and come back float32
+    assert y32.dtype == torch.float32
+    check_close(y32, ref_linear(x, w32, m.bias.detach().float()), torch.float32, 64, cast)
+    assert m.pruned_weight().dtype == dt

@@ -127,7 +127,7 @@ typedef struct {
     float mT, mS;       /* row maxima of a and b */
     double lzT, lzS;    /* log of sum exp(x - m) */
     double fkl, rkl;    /* the row's forward / reverse KL */
-    int nan, degenerate;
+    int nan, degenerate, overflow;
 } kl_row;
 
 /* Pass 1 (see the file comment). */
@@ -136,7 +136,7 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
     const int64_t V = A->V, base = r * V;
     float mT = -INFINITY, mS = -INFINITY;
     double ZT = 0.0, ZS = 0.0, WT = 0.0, WS = 0.0;
-    int nan = 0;
+    int nan = 0, ovf = 0;
     for (int64_t j = 0; j < V; j += BLK) {
         const int64_t n = V - j < BLK ? V - j : BLK;
         float lmT[LANES], lmS[LANES];
@@ -144,6 +144,13 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
         int64_t i;
         lb_load_row(A->T, A->dtT, base + j, n, A->inv_tau, a);
         lb_load_row(A->S, A->dtS, base + j, n, A->inv_tau, b);
+        if (A->overflow) { /* temperature < 1: finite logits that leave the safe range */
+            lb_load_row(A->T, A->dtT, base + j, n, 1.0f, c0);
+            lb_load_row(A->S, A->dtS, base + j, n, 1.0f, c1);
+            for (i = 0; i < n; ++i)
+                ovf |= ((fabsf(a[i]) > LB_KL_SAFE) & (fabsf(c0[i]) <= 3.4028234663852886e38f)) |
+                       ((fabsf(b[i]) > LB_KL_SAFE) & (fabsf(c1[i]) <= 3.4028234663852886e38f));
+        }
         for (int l = 0; l < LANES; ++l) {
             lmT[l] = lmS[l] = -INFINITY;
             bad[l] = 0;
@@ -204,6 +211,7 @@ LB_INLINE void kl_pass1(const lb_kl_args* A, int64_t r, float* a, float* b, floa
     st->mT = mT;
     st->mS = mS;
     st->nan = nan;
+    st->overflow = ovf;
     st->degenerate = !(ZT > 0.0) || !(ZS > 0.0);
     st->lzT = st->degenerate ? 0.0 : log(ZT);
     st->lzS = st->degenerate ? 0.0 : log(ZS);
@@ -312,6 +320,12 @@ LB_INLINE void kl_rows(const lb_kl_args* A, int64_t r0, int64_t r1, int libm) {
             continue;
         }
         kl_pass1(A, r, a, b, c0, c1, &st, libm);
+        if (st.overflow) { /* the glue raises; the outputs are never returned */
+            __atomic_fetch_add(A->overflow, 1, __ATOMIC_RELAXED);
+            if (A->loss) A->loss[r] = 0.0f;
+            if (A->grad) kl_fill(A->grad, A->dtS, r * V, V, 0.0f);
+            continue;
+        }
         if (st.nan) {
             if (A->loss) A->loss[r] = NAN;
             if (A->grad) kl_fill(A->grad, A->dtS, r * V, V, NAN);

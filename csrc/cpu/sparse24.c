@@ -51,6 +51,28 @@ LB_SCALAR_ATTR static void large_ref(int64_t r0, int64_t r1, void* ctx) {
     LB24_LARGE_BODY(rowblk_ref(acc, v, m, nq, xtile, mblk))
 }
 
+/* ================= meta validation ================= */
+/* 1 where a nibble's indices i0 = bits 0-1, i1 = bits 2-3 are not strictly increasing. Bytes
+ * are OR-ed over the row (gcc vectorises the loop), so the cost is one pass over meta. */
+LB_INLINE uint8_t nib_bad(uint8_t b) {
+    return (uint8_t)(((b & 3) >= ((b >> 2) & 3)) | (((b >> 4) & 3) >= (b >> 6)));
+}
+
+int64_t lb24_meta_bad_row(const uint8_t* meta, int64_t N, int64_t K) {
+    const int64_t G = K / LB24_GROUP, MB = lb24_meta_bytes(K), full = G / 2;
+    for (int64_t n = 0; n < N; ++n) {
+        const uint8_t* row = meta + n * MB;
+        uint8_t bad = 0;
+        for (int64_t i = 0; i < full; ++i) bad |= nib_bad(row[i]);
+        if (G % 2) { /* the last byte holds one group; its high nibble is padding */
+            const uint8_t b = row[full];
+            bad |= (uint8_t)(((b & 3) >= ((b >> 2) & 3)) | ((b >> 4) != 0));
+        }
+        if (bad) return n;
+    }
+    return -1;
+}
+
 /* ================= drivers ================= */
 static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
     const int64_t M = c->M, K = c->K, N = c->N;

@@ -17,6 +17,10 @@ int lb24_qlinear_cpu(const void* x, int xdt, int64_t M, int64_t K, const uint8_t
 /* gx (M, K) of dtype gdt = g (M, N) @ W_pruned, M <= LB24_GRAD_X_MAX_M (returns -2 above). */
 int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* values, int vdt,
                     const uint8_t* meta, int64_t K, void* gx);
+/* The first row of meta (N, lb24_meta_bytes(K)) holding an invalid group -- its two 2-bit
+ * indices not strictly increasing (a duplicate or out of order: the kernels would disagree on
+ * what it means) -- or, for an odd number of groups, a non-zero padding nibble; -1 if none. */
+int64_t lb24_meta_bad_row(const uint8_t* meta, int64_t N, int64_t K);
 /* Dense (N, K) of dtype vdt from the compressed form (zeros where pruned). */
 int lb24_decompress_cpu(const void* values, int vdt, const uint8_t* meta, int64_t N, int64_t K,
                         void* out);

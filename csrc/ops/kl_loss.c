@@ -52,6 +52,9 @@ static int kl_check(const lb_tensor* s, const lb_tensor* t, const lb_tensor* lab
         return lb_fail(err, "beta: must be in [0, 1], got %g", beta);
     if (!(tau > 0.0) || isinf(tau))
         return lb_fail(err, "temperature: must be a finite number > 0, got %g", tau);
+    if (isinf((float)(1.0 / tau)))
+        return lb_fail(err, "temperature: %g is too small: 1 / temperature overflows float32 "
+                       "(temperature must be >= 2.9387e-39)", tau);
     A->S = s->data;
     A->T = t->data;
     A->labels = has_labels ? (const int64_t*)lab->data : NULL;
@@ -68,15 +71,40 @@ static int kl_check(const lb_tensor* s, const lb_tensor* t, const lb_tensor* lab
     return 0;
 }
 
-/* Runs the kernel for A on s's device (no rows: nothing to run). */
+/* Runs the kernel for A on s's device (no rows: nothing to run). With temperature < 1 a
+ * finite logit can leave float32's safe range once divided (LB_KL_SAFE): the kernel counts
+ * such rows and the call raises naming temperature (never a NaN loss). On CUDA that count is
+ * read back, one host sync per call, only then. */
 static int kl_launch(lb_call* c, const lb_tensor* s, lb_kl_args* A, const char* what) {
+    int32_t overflow = 0;
     if (lb_call_exec(c, s)) return -1;
     if (A->rows == 0) return 0;
-    if (!c->exec.cuda) lb_kl_cpu(A);
+    if (!c->exec.cuda) {
+        A->overflow = A->inv_tau > 1.0f ? &overflow : NULL;
+        lb_kl_cpu(A);
+    }
 #ifdef LOWBIT_WITH_CUDA
-    else if (lb_cuda_status(lb_kl_cuda(A, c->exec.stream), what, c->err)) return -1;
+    else {
+        void* pc = NULL;
+        const int64_t one = 1;
+        A->overflow = NULL;
+        if (A->inv_tau > 1.0f) {
+            if (lb_call_tmp(c, 1, &one, lb_t.dt_i32, s, &pc) ||
+                lb_cuda_status(lb_cuda_memset(pc, 0, 4, c->exec.stream), what, c->err))
+                return -1;
+            A->overflow = (int32_t*)pc;
+        }
+        if (lb_cuda_status(lb_kl_cuda(A, c->exec.stream), what, c->err) ||
+            (pc && lb_cuda_status(lb_cuda_memcpy_d2h(&overflow, pc, 4, c->exec.stream), what,
+                                  c->err)))
+            return -1;
+    }
 #endif
     (void)what;
+    if (overflow > 0)
+        return lb_fail(c->err, "temperature: %g is too small for these logits: in %d rows a "
+                       "logit / temperature exceeds 2^124 in magnitude (float32 would overflow "
+                       "in the loss); use a larger temperature", 1.0 / A->inv_tau, overflow);
     return 0;
 }
 

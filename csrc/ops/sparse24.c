@@ -22,14 +22,24 @@ static int check_x(const lb_tensor* x, char* err) {
     return 0;
 }
 
-/* meta uint8 (N, meta_bytes(K)) on like's device. */
+/* meta uint8 (N, meta_bytes(K)) on like's device; on CPU also its content: every group's two
+ * indices strictly increasing and padding nibbles zero, so that no two kernels can read one
+ * meta differently (sparse24_linear and sparse24_decompress agree by construction). A CUDA
+ * meta is not read here (that would cost a device sync per call): lowbit.sparse checks it
+ * wherever a Sparse24Weight is built or a SparseLinear24 is loaded. */
 static int check_meta(const lb_tensor* meta, const lb_tensor* like, const char* likename,
                       int64_t N, int64_t K, char* err) {
+    int64_t bad;
     if (meta->dtype != lb_t.dt_u8 || meta->dim != 2 || !meta->contiguous ||
         meta->sizes[0] != N || meta->sizes[1] != lb24_meta_bytes(K))
         return lb_fail(err, "meta: expected contiguous uint8 (%lld, %lld)", (long long)N,
                        (long long)lb24_meta_bytes(K));
-    return lb_check_same_device(meta, "meta", like, likename, err);
+    if (lb_check_same_device(meta, "meta", like, likename, err)) return -1;
+    if (meta->device_type == lb_t.dev_cpu && N > 0 &&
+        (bad = lb24_meta_bad_row((const uint8_t*)meta->data, N, K)) >= 0)
+        return lb_fail(err, "meta: row %lld holds an invalid 2:4 group (its two 2-bit indices "
+                       "must be strictly increasing, padding nibbles zero)", (long long)bad);
+    return 0;
 }
 
 /* K = 2 * (kept values per row), overflow-checked: values of shape (N, K/2). */

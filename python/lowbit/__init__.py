@@ -4,18 +4,21 @@ the CPU ISA switch and build_info."""
 import os as _os
 
 from . import _ops  # first: checks the torch version, loads torch.ops.lowbit.*
+from . import _autograd
 from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
 from . import hf  # registers the "lowbit" quantizer with transformers when it is imported
 from ._constants import ISA_CODES as _ISA_CODES
 from .export import export
 from .fake_quant import dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
-from .qat import QATConfig, calibrate_clip_, convert_, quantize_
+from .qat import QATConfig, cache_quantized_weights, calibrate_clip_, convert_, quantize_
 from .qlinear import quant_linear
 from .qweight import QuantizedWeight
 from .serialization import load_quantized, save_quantized
 from .sparse import sparsify_
 from .spec import QuantSpec
+
+_autograd.cover_unregistered()  # last: every family has registered its formulas by now
 
 __version__ = "0.1.0"
 
@@ -67,5 +70,6 @@ if _os.environ.get("LOWBIT_CPU_ISA"):
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize",
            "kl_div_loss", "fused_linear_kl_loss", "GammaEstimator", "estimate_gamma",
            "quant_linear", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
+           "cache_quantized_weights",
            "save_quantized", "load_quantized", "sparsify_", "nn", "sparse", "distill", "data",
            "available_cpu_isas", "set_cpu_isa", "get_cpu_isa", "build_info", "export", "hf"]

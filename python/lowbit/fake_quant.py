@@ -4,6 +4,7 @@ name the bad argument, and the fake (meta) kernels and autograd formula of its o
 (lowbit::fake_quant, fake_quant_backward, quantize, dequantize)."""
 import torch
 
+from . import _autograd
 from . import _constants as C
 from . import _ops  # noqa: F401  (loads the ops registered below)
 from ._checks import check_weight
@@ -113,7 +114,15 @@ def _fake_quant_backward(ctx, grad):
     return gw, None, None, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::fake_quant", _fake_quant_backward,
-                                setup_context=_fake_quant_setup)
+def _fake_quant_jvp(inputs, tangents):  # the identity STE's derivative is dQ/dw = 1
+    if inputs[_STE_ARG] != STE_CODES["identity"]:
+        raise _autograd.forward_ad_error("lowbit.fake_quantize", " with ste='bitdistiller' "
+                                         "(ste='identity' supports it)")
+    return tangents[0]
+
+
+_STE_ARG = [a.name for a in torch.ops.lowbit.fake_quant.default._schema.arguments].index("ste")
+_autograd.register("fake_quant", "lowbit.fake_quantize", _fake_quant_backward, _fake_quant_setup,
+                   jvp=_fake_quant_jvp, double_backward=lambda ctx: ctx.ste == STE_CODES["identity"])
 
 __all__ = ["QuantSpec", "QuantizedWeight", "fake_quantize", "quantize", "dequantize"]

@@ -20,20 +20,59 @@ import numbers
 
 import torch
 
+from . import _autograd
 from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
 from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from ._checks import check_device
 from ._constants import KL_KINDS as KINDS
 
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
+_FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 # ---------------------------------------------------------------------------------------------
 # fake kernels and autograd of the ops (lowbit::kl_loss, kl_loss_backward)
 # ---------------------------------------------------------------------------------------------
+def _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels):
+    """The fake kernels' copy of the C glue's argument checks (csrc/ops/kl_loss.c kl_check):
+    on the meta device / under torch.compile the op raises where the real one does (issue 11
+    item 15; tests/test_fuzz.py compares the two). The data-dependent check (logit /
+    temperature out of range) cannot be made here."""
+    def fail(msg):
+        raise RuntimeError(msg)
+    for t, name in ((student, "student_logits"), (teacher, "teacher_logits")):
+        if t.dtype not in _FLOAT_DTYPES:
+            fail(f"{name}: dtype must be float32, bfloat16 or float16")
+    if student.dim() != 2 or not student.is_contiguous():
+        fail("student_logits: expected a contiguous 2-D (rows, V) tensor")
+    if teacher.dim() != 2 or not teacher.is_contiguous() or teacher.shape != student.shape:
+        fail(f"teacher_logits: expected a contiguous 2-D tensor of the student's shape "
+             f"{tuple(student.shape)}")
+    if student.shape[1] <= 0:
+        fail("student_logits: the vocabulary dimension V must be > 0")
+    if teacher.device != student.device:
+        fail("teacher_logits: must be on the device of student_logits")
+    if has_labels and (labels.dtype != torch.int64 or labels.dim() != 1 or
+                       labels.shape[0] != student.shape[0] or not labels.is_contiguous() or
+                       labels.device != student.device):
+        fail(f"labels: expected a contiguous int64 ({student.shape[0]},) tensor on the logits' "
+             f"device")
+    if not KINDS["forward"] <= kind <= KINDS["jsd"]:
+        fail(f"kind: unknown loss kind code {kind}")
+    if not 0.0 <= gamma <= 1.0:
+        fail(f"gamma: must be in [0, 1], got {gamma}")
+    if not 0.0 <= beta <= 1.0:
+        fail(f"beta: must be in [0, 1], got {beta}")
+    if not temperature > 0.0 or math.isinf(temperature):
+        fail(f"temperature: must be a finite number > 0, got {temperature}")
+    if 1.0 / temperature > _FLT_MAX:
+        fail(f"temperature: {temperature} is too small: 1 / temperature overflows float32")
+
+
 @torch.library.register_fake("lowbit::kl_loss")
 def _kl_loss_fake(student, teacher, labels, kind, gamma, beta, temperature, ignore_index,
                   has_labels, with_grad, grad_scale):
+    _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels)
     loss = student.new_empty((student.shape[0],), dtype=torch.float32)
     grad = student.new_empty(tuple(student.shape) if with_grad else (0,))
     return loss, grad
@@ -42,6 +81,12 @@ def _kl_loss_fake(student, teacher, labels, kind, gamma, beta, temperature, igno
 @torch.library.register_fake("lowbit::kl_loss_backward")
 def _kl_loss_backward_fake(grad_loss, student, teacher, labels, kind, gamma, beta, temperature,
                            ignore_index, has_labels):
+    _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels)
+    if grad_loss.dtype != torch.float32 or grad_loss.dim() != 1 or \
+            grad_loss.shape[0] != student.shape[0] or not grad_loss.is_contiguous() or \
+            grad_loss.device != student.device:
+        raise RuntimeError(f"grad_loss: expected a contiguous float32 ({student.shape[0]},) "
+                           f"tensor on the logits' device")
     return student.new_empty(tuple(student.shape))
 
 
@@ -51,6 +96,7 @@ def _kl_loss_setup(ctx, inputs, output):
     ctx.args = (kind, gamma, beta, temperature, ignore_index, has_labels)
     ctx.with_grad = with_grad
     ctx.grad_scale = grad_scale
+    ctx.set_materialize_grads(False)  # a gradient into the stored-gradient output must show
     if with_grad:  # gradient stored by the forward (grad_scale * d loss_row / d student)
         ctx.save_for_backward(output[1])
     else:          # recomputed by kl_loss_backward, with the per-row scale folded in
@@ -58,6 +104,12 @@ def _kl_loss_setup(ctx, inputs, output):
 
 
 def _kl_loss_backward(ctx, grad_loss, grad_grad):
+    if grad_grad is not None:  # differentiating the returned gradient needs the Hessian
+        raise RuntimeError("double backward (a second derivative) is not supported by "
+                           "lowbit.kl_div_loss: the gradient output of lowbit::kl_loss is not "
+                           "differentiable")
+    if grad_loss is None:
+        return (None,) * 11
     g = grad_loss.to(torch.float32).contiguous()
     if ctx.with_grad:
         (stored,) = ctx.saved_tensors
@@ -68,8 +120,19 @@ def _kl_loss_backward(ctx, grad_loss, grad_grad):
     return gs, None, None, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::kl_loss", _kl_loss_backward,
-                                setup_context=_kl_loss_setup)
+def _kl_loss_jvp(inputs, tangents):
+    """Tangent of the row losses: sum_v (d loss_row / d S_v) * dS_v, with the exact row gradient
+    the kernel forms (the teacher is a constant of the loss, as in the backward)."""
+    _autograd.check_tangents("kl_loss", "lowbit.kl_div_loss", tangents, (0,))
+    if inputs[9]:  # with_grad: the stored gradient's own tangent would need the Hessian
+        raise _autograd.forward_ad_error("lowbit.kl_div_loss", " with with_grad=True")
+    student = inputs[0]
+    _, g = torch.ops.lowbit.kl_loss(*inputs[:9], True, 1.0)
+    return (g.float() * tangents[0].float()).sum(-1), student.new_empty((0,))
+
+
+_autograd.register("kl_loss", "lowbit.kl_div_loss", _kl_loss_backward, _kl_loss_setup,
+                   jvp=_kl_loss_jvp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +180,31 @@ def _check_args(kind, gamma, beta, temperature, ignore_index, reduction):
     temperature = float(temperature)
     if not (temperature > 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature: must be a finite number > 0, got {temperature}")
+    if 1.0 / temperature > _FLT_MAX:  # the kernels multiply by 1/temperature in float32
+        raise ValueError(f"temperature: {temperature} is too small: 1 / temperature overflows "
+                         f"float32 (temperature must be >= {1 / _FLT_MAX:.5g})")
+    return KINDS[kind], gamma, beta, temperature, _check_ignore_index(ignore_index)
+
+
+def _check_ignore_index(ignore_index):
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    return KINDS[kind], gamma, beta, temperature, int(ignore_index)
+    if not -2 ** 63 <= int(ignore_index) < 2 ** 63:  # compared with int64 labels
+        raise ValueError(f"ignore_index: must fit in int64 (labels are int64), got "
+                         f"{ignore_index}")
+    return int(ignore_index)
+
+
+def _run_kl(*args):
+    """torch.ops.lowbit.kl_loss; a temperature too small for these logits (the kernel's
+    data-dependent check) becomes a ValueError naming temperature, like the others."""
+    try:
+        return torch.ops.lowbit.kl_loss(*args)
+    except RuntimeError as exc:
+        if "temperature: " not in str(exc):
+            raise
+        msg = str(exc)
+        raise ValueError(msg[msg.index("temperature: "):].splitlines()[0]) from None
 
 
 def _check_labels(labels, lead_shape, device):
@@ -208,8 +293,7 @@ def kl_div_loss(student_logits, teacher_logits, kind="cakld", gamma=None, beta=0
     s2 = _rows(student_logits)
     t2 = _rows(teacher_logits.detach())
     lab_arg = lab if lab is not None else s2.new_empty((0,), dtype=torch.int64)
-    loss_rows, _ = torch.ops.lowbit.kl_loss(s2, t2, lab_arg, k, g, b, tau, ign, lab is not None,
-                                            False, 1.0)
+    loss_rows, _ = _run_kl(s2, t2, lab_arg, k, g, b, tau, ign, lab is not None, False, 1.0)
     if reduction == "none":
         return loss_rows.reshape(student_logits.shape[:-1])
     first = student_logits.shape[0] if student_logits.dim() >= 2 else 1
@@ -328,6 +412,37 @@ class _FusedLinearKL(torch.autograd.Function):
         return (gh, gw, gb) + (None,) * 13
 
 
+def _check_fused_parts(student_hidden, lm_head_weight, student_bias, teacher_logits,
+                       teacher_hidden, teacher_weight, teacher_bias):
+    """What fused_linear_kl_loss's body takes for granted (issue 11 item 15): every tensor on
+    student_hidden's device; outside autocast each linear's input, weight and bias of one dtype
+    (F.linear's message names none of them); teacher_bias of shape (V,) (a (1,) or (V, 1) bias
+    would otherwise broadcast silently). Runs before the per-argument checks below."""
+    parts = {"lm_head_weight": lm_head_weight, "student_bias": student_bias,
+             "teacher_logits": teacher_logits, "teacher_hidden": teacher_hidden,
+             "teacher_weight": teacher_weight, "teacher_bias": teacher_bias}
+    if not isinstance(student_hidden, torch.Tensor):
+        return  # _check_logits names it
+    for name, t in parts.items():
+        if isinstance(t, torch.Tensor) and t.device != student_hidden.device:
+            raise ValueError(f"{name}: is on {t.device} but student_hidden is on "
+                             f"{student_hidden.device} (every tensor must be on one device)")
+    if not torch.is_autocast_enabled(student_hidden.device.type):  # autocast casts them itself
+        for inp, names in ((student_hidden, ("lm_head_weight", "student_bias")),
+                           (teacher_hidden, ("teacher_weight", "teacher_bias"))):
+            for name in names:
+                t = parts[name]
+                if isinstance(inp, torch.Tensor) and isinstance(t, torch.Tensor) and \
+                        t.dtype != inp.dtype:
+                    src = "student_hidden" if inp is student_hidden else "teacher_hidden"
+                    raise TypeError(f"{name}: dtype {t.dtype} differs from {src}'s {inp.dtype} "
+                                    f"(cast them to one dtype, or run under torch.autocast)")
+    if isinstance(teacher_bias, torch.Tensor) and isinstance(lm_head_weight, torch.Tensor) and \
+            tuple(teacher_bias.shape) != (lm_head_weight.shape[0],):
+        raise ValueError(f"teacher_bias: expected shape ({lm_head_weight.shape[0]},), got "
+                         f"{tuple(teacher_bias.shape)}")
+
+
 def fused_linear_kl_loss(student_hidden, lm_head_weight, teacher_logits=None, *,
                          teacher_hidden=None, teacher_weight=None, student_bias=None,
                          teacher_bias=None, kind="cakld", gamma=None, beta=0.5, temperature=1.0,
@@ -345,6 +460,8 @@ def fused_linear_kl_loss(student_hidden, lm_head_weight, teacher_logits=None, *,
     or "batchmean" ("none" is not available here: the gradients are formed in the forward).
     Other arguments as in :func:`kl_div_loss`. Returns a float32 scalar.
     """
+    _check_fused_parts(student_hidden, lm_head_weight, student_bias, teacher_logits,
+                       teacher_hidden, teacher_weight, teacher_bias)
     _check_logits(student_hidden, "student_hidden")
     _check_logits(lm_head_weight, "lm_head_weight")
     if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != student_hidden.shape[-1]:
@@ -419,10 +536,12 @@ class GammaEstimator:
     def __init__(self, method="target", ignore_index=-100, chunk_rows=4096):
         if method not in ("target", "max"):
             raise ValueError(f"method: must be 'target' or 'max', got {method!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        self.ignore_index = _check_ignore_index(ignore_index)
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
+            raise TypeError(f"chunk_rows: expected an int, got {type(chunk_rows).__name__}")
+        if chunk_rows <= 0:
+            raise ValueError(f"chunk_rows: must be a positive int, got {chunk_rows}")
         self.method = method
-        self.ignore_index = int(ignore_index)
         self.chunk_rows = int(chunk_rows)
         self.reset()
 

@@ -3,6 +3,7 @@ fake-quant in forward), QATConfig, quantize_ (nn.Linear -> QATLinear in place), 
 (QATLinear -> packed QuantLinear) and calibrate_clip_ (BitDistiller's asymmetric clipping
 initialisation, searched by lowbit.clip_search on a per-group Gram matrix of calibration
 activations)."""
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -52,18 +53,22 @@ class QATLinear(nn.Linear):
         return m
 
     def quantized_weight(self):
-        """Q(weight). Without autograd (eval, no_grad) it is cached until the weight changes
-        (its version counter), so evaluation does not re-quantize every forward."""
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            self._q_cache = None
-            return fake_quantize(self.weight, self.spec, ste=self.ste)
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.device, self.weight.dtype)
+        """Q(weight), computed from the current weight, spec and ste at every call. There is no
+        implicit cache: an edit through ``weight.data`` changes neither the tensor's version
+        counter nor anything else a cache could key on, so no implicit cache could be proven
+        fresh. For repeated evaluation of frozen weights, :func:`cache_quantized_weights`
+        computes Q(W) once per block on the caller's promise that nothing changes inside it."""
         cache = getattr(self, "_q_cache", None)
-        if cache is None or cache[0] != key:
+        if cache is None or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return fake_quantize(self.weight, self.spec, ste=self.ste)
+        # inside cache_quantized_weights: still keyed on everything that is observable
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape), self.spec, self.ste)
+        if cache.get("key") != key:
             with torch.no_grad():
-                cache = (key, fake_quantize(self.weight, self.spec, ste=self.ste))
-            self._q_cache = cache
-        return cache[1]
+                cache["q"] = fake_quantize(w, self.spec, ste=self.ste)
+            cache["key"] = key
+        return cache["q"]
 
     def forward(self, x):
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -71,6 +76,31 @@ class QATLinear(nn.Linear):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, spec={self.spec.name}, ste={self.ste}")
+
+
+@contextlib.contextmanager
+def cache_quantized_weights(model):
+    """Evaluation helper: inside ``with lowbit.cache_quantized_weights(model):`` each QATLinear
+    of ``model`` fake-quantizes its weight once, on its first forward without autograd, and
+    reuses that Q(W) for the rest of the block; on exit the cache is dropped. Use it for eval
+    loops (perplexity, generation) where the weights are frozen.
+
+    Your promise: no weight, spec or ste of these layers changes inside the block. An assignment
+    of spec / ste, a new weight tensor and in-place edits through the Parameter itself are
+    still seen (the key holds them and the version counter), but an edit through
+    ``weight.data`` (``m.weight.data.mul_(3)``, ``.copy_``) is invisible to lowbit and would
+    leave the cached Q(W) stale. A forward that needs gradients never uses the cache."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    layers = [m for m in model.modules() if isinstance(m, QATLinear)]
+    prev = [getattr(m, "_q_cache", None) for m in layers]
+    for m in layers:
+        m._q_cache = {}
+    try:
+        yield model
+    finally:
+        for m, p in zip(layers, prev):
+            m._q_cache = p  # nested blocks: the outer one's cache comes back
 
 
 @dataclass
@@ -235,4 +265,5 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     return model
 
 
-__all__ = ["QATLinear", "QATConfig", "quantize_", "convert_", "calibrate_clip_"]
+__all__ = ["QATLinear", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
+           "cache_quantized_weights"]

@@ -18,6 +18,7 @@ import operator
 import torch
 from torch import nn
 
+from . import _autograd
 from . import _constants as C
 from . import _ops  # noqa: F401  (loads the ops registered below)
 from ._checks import check_activation, check_bias, check_device
@@ -304,7 +305,8 @@ def _quant_linear_backward(ctx, grad):
     return gx, None, None, None, None, gb, None, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::quant_linear", _quant_linear_backward,
-                                setup_context=_quant_linear_setup)
+_autograd.register("quant_linear", "lowbit.quant_linear", _quant_linear_backward,
+                   _quant_linear_setup, double_backward=True,
+                   jvp=_autograd.linear_jvp("quant_linear", (0, 6), "lowbit.quant_linear"))
 
 __all__ = ["quant_linear", "QuantLinear", "QuantSpec", "build_kernel_layout"]

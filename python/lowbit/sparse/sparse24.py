@@ -9,7 +9,9 @@ see cusparselt.py) when the shape suits it; lowbit's own gather kernel does the 
 import torch
 
 from .. import _constants as C
+from .. import _autograd
 from .. import _ops  # noqa: F401  (loads the ops registered below)
+from .._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from .._checks import check_activation, check_bias, check_device
 from ..fake_quant import dequantize
 from . import cusparselt
@@ -40,6 +42,7 @@ class _CsltLinear(torch.autograd.Function):
     def forward(ctx, x2, b, sw):
         ctx.sw = sw
         ctx.has_bias = b.numel() > 0
+        ctx.m, ctx.dtype = x2.shape[0], x2.dtype
         # the bias is added here rather than through cuSPARSELt's bias pointer (whose dtype rules
         # vary across versions); the op supports it too
         y = torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), x2.new_empty(0),
@@ -47,10 +50,21 @@ class _CsltLinear(torch.autograd.Function):
         return y.add_(b) if ctx.has_bias else y
 
     @staticmethod
+    @_autograd.once_differentiable("lowbit.sparse.sparse24_linear")
     def backward(ctx, g):
         gx = _grad_x(g, ctx.sw.kept_values(), ctx.sw.meta) if ctx.needs_input_grad[0] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return gx, gb, None
+
+    @staticmethod
+    def jvp(ctx, tx, tb, _):
+        """Linear in (x, bias): the same product on the tangents."""
+        n = ctx.sw.shape[0]
+        y = torch.zeros((ctx.m, n), dtype=ctx.dtype, device=ctx.sw.device)
+        if tx is not None:
+            y = torch.ops.lowbit.sparse24_cslt_linear(tx.contiguous(), _cslt_packed(ctx.sw),
+                                                      tx.new_empty(0), n)
+        return y + tb if tb is not None and ctx.has_bias else y
 
 
 def sparse24_linear(x, sw, bias=None, backend="auto"):
@@ -103,8 +117,45 @@ def sparse24_linear(x, sw, bias=None, backend="auto"):
 
 
 # ---- fake kernels and autograd of the ops ----
+# The fake kernels repeat the C glue's argument checks (csrc/ops/sparse24.c; meta's content
+# aside, which a fake cannot read), so the meta device and torch.compile raise where the real
+# kernels do (issue 11 item 15; tests/test_fuzz.py compares the two).
+def _fail(msg):
+    raise RuntimeError(msg)
+
+
+def _fake_x(x):
+    if x.dtype not in _FLOAT_DTYPES:
+        _fail("x: dtype must be float32, bfloat16 or float16")
+    if x.dim() != 2 or not x.is_contiguous():
+        _fail("x: expected a contiguous 2-D (M, K) tensor")
+    if x.shape[1] % 4 or x.shape[1] == 0:
+        _fail(f"x: in_features K = {x.shape[1]} must be a positive multiple of 4")
+
+
+def _fake_meta(meta, like, likename, n, k):
+    if meta.dtype != torch.uint8 or meta.dim() != 2 or not meta.is_contiguous() or \
+            tuple(meta.shape) != (n, C.lb24_meta_bytes(k)):
+        _fail(f"meta: expected contiguous uint8 ({n}, {C.lb24_meta_bytes(k)})")
+    if meta.device != like.device:
+        _fail(f"meta: must be on the device of {likename}")
+
+
+def _fake_bias(bias, x, n):
+    if bias.numel() and (bias.dim() != 1 or bias.shape[0] != n or bias.dtype != x.dtype or
+                         not bias.is_contiguous() or bias.device != x.device):
+        _fail(f"bias: expected a contiguous ({n},) tensor of x's dtype and device")
+
+
 @torch.library.register_fake("lowbit::sparse24_linear")
 def _linear_fake(x, values, meta, bias):
+    _fake_x(x)
+    k = x.shape[1]
+    if values.dtype != x.dtype or values.dim() != 2 or not values.is_contiguous() or \
+            values.shape[1] != k // 2 or values.device != x.device:
+        _fail(f"values: expected a contiguous (N, {k // 2}) tensor of x's dtype and device")
+    _fake_meta(meta, x, "x", values.shape[0], k)
+    _fake_bias(bias, x, values.shape[0])
     return x.new_empty((x.shape[0], values.shape[0]))
 
 
@@ -115,11 +166,28 @@ def _qlinear_fake(x, codes, scales, zeros, meta, bias, fmt, bits, group_size, sy
 
 @torch.library.register_fake("lowbit::sparse24_grad_x")
 def _grad_x_fake(g, values, meta):
-    return g.new_empty((g.shape[0], 2 * values.shape[1]))
+    # a CPU-only kernel: a meta g stands for a CPU one
+    if g.dtype not in _FLOAT_DTYPES or g.dim() != 2 or not g.is_contiguous():
+        _fail("g: expected a contiguous 2-D float CPU tensor")
+    n = g.shape[1]
+    if values.dtype not in _FLOAT_DTYPES or values.dim() != 2 or not values.is_contiguous() or \
+            values.shape[0] != n or values.device != g.device:
+        _fail(f"values: expected a contiguous float ({n}, K/2) CPU tensor")
+    k = 2 * values.shape[1]
+    if k % 4:
+        _fail(f"values: K = {k} is not a multiple of 4")
+    if g.shape[0] > _GRAD_X_OP_MAX_M:
+        _fail(f"g: at most {_GRAD_X_OP_MAX_M} rows (got {g.shape[0]})")
+    _fake_meta(meta, g, "g", n, k)
+    return g.new_empty((g.shape[0], k))
 
 
 @torch.library.register_fake("lowbit::sparse24_decompress")
 def _decompress_fake(values, meta):
+    if values.dtype not in _FLOAT_DTYPES or values.dim() != 2 or not values.is_contiguous() or \
+            values.shape[1] % 2:
+        _fail("values: expected a contiguous float (N, K/2) tensor with K a multiple of 4")
+    _fake_meta(meta, values, "values", values.shape[0], 2 * values.shape[1])
     return values.new_empty((values.shape[0], 2 * values.shape[1]))
 
 
@@ -141,7 +209,7 @@ def _linear_setup(ctx, inputs, output):
 
 
 _GRAD_CHUNK_BYTES = 16 << 20
-_GRAD_X_OP_MAX_M = 8  # M at or below: lowbit::sparse24_grad_x over the compressed weight
+_GRAD_X_OP_MAX_M = _ops._C.S24_GRAD_X_MAX_M  # M at or below: sparse24_grad_x (compressed form)
 
 
 def _grad_x(g, values, meta):
@@ -178,8 +246,25 @@ def _linear_backward(ctx, g):
     return gx, gv, None, gb
 
 
-torch.library.register_autograd("lowbit::sparse24_linear", _linear_backward,
-                                setup_context=_linear_setup)
+def _linear_jvp(inputs, tangents):
+    """y is bilinear in (x, values) and linear in bias: dy = op(dx, v, db) + op(x, dv)."""
+    x, values, meta, bias = inputs
+    tx, tv, _, tb = tangents
+    _autograd.check_tangents("sparse24_linear", "lowbit.sparse.sparse24_linear", tangents,
+                             (0, 1, 3))
+    op = torch.ops.lowbit.sparse24_linear
+    y = None
+    if tx is not None or tb is not None:
+        y = op(tx if tx is not None else torch.zeros_like(x), values, meta,
+               tb if tb is not None else torch.zeros_like(bias))
+    if tv is not None:
+        yv = op(x, tv, meta, x.new_empty(0))
+        y = yv if y is None else y + yv
+    return y
+
+
+_autograd.register("sparse24_linear", "lowbit.sparse.sparse24_linear", _linear_backward,
+                   _linear_setup, jvp=_linear_jvp)
 
 
 def _qlinear_setup(ctx, inputs, output):
@@ -202,7 +287,26 @@ def _qlinear_backward(ctx, g):
     return gx, None, None, None, None, gb, None, None, None, None
 
 
-torch.library.register_autograd("lowbit::sparse24_qlinear", _qlinear_backward,
-                                setup_context=_qlinear_setup)
+_autograd.register("sparse24_qlinear", "lowbit.sparse.sparse24_linear", _qlinear_backward,
+                   _qlinear_setup, jvp=_autograd.linear_jvp("sparse24_qlinear", (0, 5),
+                                                            "lowbit.sparse.sparse24_linear"))
+
+
+def _decompress_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _decompress_backward(ctx, g):
+    """The dense gradient gathered at the kept positions (decompress is a scatter)."""
+    (meta,) = ctx.saved_tensors
+    n, k = g.shape
+    idx = indices_from_meta(meta, k).reshape(n, k // 4, 2)
+    return g.reshape(n, k // 4, 4).gather(-1, idx).reshape(n, k // 2), None
+
+
+_autograd.register("sparse24_decompress", "lowbit.sparse.decompress_24", _decompress_backward,
+                   _decompress_setup, double_backward=True,
+                   jvp=_autograd.linear_jvp("sparse24_decompress", (0,),
+                                            "lowbit.sparse.decompress_24"))
 
 __all__ = ["sparse24_linear", "BACKENDS"]

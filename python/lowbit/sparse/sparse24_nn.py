@@ -5,14 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_float_dtype, check_tensor
 from .._walk import Swap, check_model, made_by, matches, swap_modules_
 from ..fake_quant import quantize
 from ..qweight import QuantizedWeight
 from ..spec import check_spec
 from .sparse24 import sparse24_linear
 from .sparse24_mask import MaskedWeight, apply_mask, mask_24
-from .sparse24_weight import (Sparse24Weight, check_24_weight, compress_24, decompress_24,
-                              meta_shape, prune_24)
+from .sparse24_weight import (Sparse24Weight, check_24_weight, check_meta, compress_24,
+                              decompress_24, meta_from_mask, prune_24)
 
 MODES = ("train", "inference")
 
@@ -65,8 +66,9 @@ class SparseLinear24(nn.Module):
             self.register_buffer("mask", mask_24(self.weight))
             self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
         else:
-            self.register_buffer("meta", torch.zeros(meta_shape(n, k), dtype=torch.uint8,
-                                                     device=device))
+            # a skeleton's meta is valid (every group keeps its first two) until loaded
+            self.register_buffer("meta", meta_from_mask(
+                torch.tensor([True, True, False, False], device=device).repeat(n, k // 4)))
             if spec is None:
                 self.register_buffer("values", torch.zeros(n, k // 2, **fk))
             else:
@@ -77,7 +79,28 @@ class SparseLinear24(nn.Module):
                 zs = (n, 0) if proto.zeros is None else tuple(proto.zeros.shape)
                 self.register_buffer("zeros", torch.zeros(zs, dtype=torch.uint8, device=device))
             self._wdtype = fk["dtype"]
+            # a state_dict from a file is checked like any user tensors (CPU ops recheck meta
+            # on every call; a CUDA meta is only checked here and where it is built)
+            self.register_load_state_dict_post_hook(SparseLinear24._check_loaded)
         self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
+
+    @staticmethod
+    def _check_loaded(module, incompatible_keys):
+        check_meta(module.meta, module.out_features, module.in_features)
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(dtype)``, ``.half()``, ``model.to(torch.bfloat16)`` on a quantized layer (spec
+        set) keep its packed codes and float32 scales (they follow device moves only) and take
+        the new float dtype as the layer's dtype: the bias is cast, the forward then runs with
+        activations of any float dtype and returns x's dtype, as torch's quantized layers and
+        bitsandbytes do. Other modes cast like nn.Linear."""
+        if self.mode != "inference" or self.spec is None:
+            return super()._apply(fn, *args, **kwargs)
+        scales = self.scales
+        super()._apply(fn, *args, **kwargs)
+        self.scales = scales.to(self.scales.device)  # float32, never rounded through the cast
+        self._wdtype = fn(torch.empty(0, dtype=self._wdtype, device=self.scales.device)).dtype
+        return self
 
     @classmethod
     def from_linear(cls, linear, mode="train", mask_update_interval=1, srste_decay=0.0, ste=True,
@@ -117,17 +140,22 @@ class SparseLinear24(nn.Module):
             raise ValueError("self: sparse_weight() needs mode='inference' (see to_inference)")
         shape = (self.out_features, self.in_features)
         if self.spec is None:
-            sw = Sparse24Weight(self.values, self.meta, shape, self.values.dtype)
+            sw = Sparse24Weight(self.values, self.meta, shape, self.values.dtype, check=False)
         else:
-            z = self.zeros if self.zeros.shape[1] > 0 else None
-            q = QuantizedWeight(self.codes, self.scales, z, self.spec,
-                                (self.out_features, self.in_features // 2), self._wdtype)
-            sw = Sparse24Weight(None, self.meta, shape, self._wdtype, q)
+            sw = self._quantized_weight(self._wdtype)
         cache = getattr(self, "_cslt_cache", None)
         key = (self.values.data_ptr(), self.values.device) if self.spec is None else None
         if cache is not None and cache[0] == key:
             sw._cslt = cache[1]
         return sw
+
+    def _quantized_weight(self, dtype):
+        z = self.zeros if self.zeros.shape[1] > 0 else None
+        q = QuantizedWeight(self.codes, self.scales, z, self.spec,
+                            (self.out_features, self.in_features // 2), dtype)
+        # the buffers are lowbit's own (checked when loaded; the CPU ops recheck meta)
+        return Sparse24Weight(None, self.meta, (self.out_features, self.in_features), dtype, q,
+                              check=False)
 
     def pruned_weight(self):
         """The effective dense weight (weight * mask, or the decompressed weight)."""
@@ -159,6 +187,11 @@ class SparseLinear24(nn.Module):
                 self.step += 1
             w = MaskedWeight.apply(self.weight, self.mask, self.ste, self.srste_decay)
             return F.linear(x, w, self.bias)
+        if self.spec is not None:  # packed kept values: any float x, output in x's dtype
+            check_tensor(x, "x")
+            check_float_dtype(x, "x")
+            bias = self.bias if self.bias is None else self.bias.to(x.dtype)
+            return sparse24_linear(x, self._quantized_weight(x.dtype), bias)
         sw = self.sparse_weight()
         y = sparse24_linear(x, sw, self.bias)
         if sw._cslt is not None and self.spec is None:

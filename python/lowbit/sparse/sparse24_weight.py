@@ -3,7 +3,7 @@ layout of csrc/ops/sparse24.h: kept values + 2-bit in-group indices), prune_24, 
 decompress_24, the meta encode/decode, and the checks of a 2:4 weight argument."""
 import torch
 
-from .._checks import check_2d_float, check_device
+from .._checks import FLOAT_DTYPES, check_2d_float, check_device
 from .._constants import lb24_meta_bytes
 from ..fake_quant import dequantize, quantize
 from ..qweight import PackedWeight
@@ -44,6 +44,35 @@ def meta_from_mask(mask):
     return (nib[..., 0] | (nib[..., 1] << 4)).contiguous()
 
 
+def meta_bad_rows(meta, k):
+    """Bool (N,): rows of meta with an invalid group — two 2-bit indices not strictly
+    increasing (a duplicate or out of order) — or a non-zero padding nibble (odd K/4). The
+    same rule as the C glue's check (csrc/ops/sparse24.c), on any device."""
+    n, g = meta.shape[0], k // 4
+    m = meta.to(torch.int16)
+    nib = torch.stack([m & 15, m >> 4], -1).reshape(n, -1)
+    grp = nib[:, :g]
+    bad = ((grp & 3) >= (grp >> 2)).any(-1)
+    if nib.shape[1] > g:
+        bad = bad | (nib[:, g:] != 0).any(-1)
+    return bad
+
+
+def check_meta(meta, n, k, name="meta"):
+    """meta: a uint8 (n, ceil(k/8)) tensor of valid 2:4 groups (ValueError naming ``name``)."""
+    if not isinstance(meta, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(meta).__name__}")
+    if meta.dtype != torch.uint8 or tuple(meta.shape) != meta_shape(n, k):
+        raise ValueError(f"{name}: expected a uint8 tensor of shape {meta_shape(n, k)} for a "
+                         f"({n}, {k}) weight, got {meta.dtype} {tuple(meta.shape)}")
+    if meta.device.type != "meta" and meta.numel():
+        bad = meta_bad_rows(meta, k)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: row {int(bad.nonzero()[0, 0])} holds an invalid 2:4 group "
+                             f"(each group's two 2-bit indices must be strictly increasing, as "
+                             f"compress_24 writes them; padding nibbles zero)")
+
+
 def indices_from_meta(meta, k):
     """int64 (N, K/2) in-group indices of the kept values, decoded from meta."""
     n = meta.shape[0]
@@ -57,9 +86,13 @@ class Sparse24Weight(PackedWeight):
     (N, ceil(K/8)) — their 2-bit in-group indices, one nibble per group of 4. With low bits,
     ``qvalues`` (a QuantizedWeight of the (N, K/2) kept values) replaces ``values``."""
 
-    def __init__(self, values, meta, shape, dtype, qvalues=None):
+    def __init__(self, values, meta, shape, dtype, qvalues=None, check=True):
+        """Validates what it is given (shapes, dtypes, devices and meta's content, the latter
+        one pass over meta); ``check=False`` is for tensors lowbit built or checked itself."""
         if (values is None) == (qvalues is None):
             raise ValueError("values: give exactly one of values and qvalues")
+        if check:
+            _check_parts(values, meta, shape, dtype, qvalues)
         self.values = values
         self.qvalues = qvalues
         self.meta = meta
@@ -81,8 +114,9 @@ class Sparse24Weight(PackedWeight):
     def to(self, device):
         if self.qvalues is not None:
             return Sparse24Weight(None, self.meta.to(device), self.shape, self.dtype,
-                                  self.qvalues.to(device))
-        return Sparse24Weight(self.values.to(device), self.meta.to(device), self.shape, self.dtype)
+                                  self.qvalues.to(device), check=False)
+        return Sparse24Weight(self.values.to(device), self.meta.to(device), self.shape,
+                              self.dtype, check=False)
 
     def kept_values(self):
         """The (N, K/2) kept values in ``dtype`` (dequantized when quantized)."""
@@ -94,12 +128,42 @@ class Sparse24Weight(PackedWeight):
         check_spec(spec)
         if self.qvalues is not None:
             raise ValueError("self: already quantized")
-        return Sparse24Weight(None, self.meta, self.shape, self.dtype, quantize(self.values, spec))
+        return Sparse24Weight(None, self.meta, self.shape, self.dtype,
+                              quantize(self.values, spec), check=False)
 
     def __repr__(self):
         q = f", {self.qvalues.spec.name} kept values" if self.qvalues is not None else ""
         return (f"Sparse24Weight(shape={tuple(self.shape)}, dtype={self.dtype}, "
                 f"device={self.device}{q}, {self.bits_per_weight:.3f} bits/weight)")
+
+
+def _check_parts(values, meta, shape, dtype, qvalues):
+    from ..qweight import check_qweight
+
+    if len(tuple(shape)) != 2:
+        raise ValueError(f"shape: expected (N, K), got {tuple(shape)}")
+    n, k = (int(s) for s in shape)
+    if n <= 0 or k <= 0 or k % 4:
+        raise ValueError(f"shape: expected N > 0 and K a positive multiple of 4, got {(n, k)}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: must be float32, bfloat16 or float16, got {dtype}")
+    if values is not None:
+        check_2d_float(values, "values")
+        if tuple(values.shape) != (n, k // 2):
+            raise ValueError(f"values: expected shape {(n, k // 2)} for shape {(n, k)}, got "
+                             f"{tuple(values.shape)}")
+        if values.dtype != dtype:
+            raise TypeError(f"values: dtype {values.dtype} differs from dtype {dtype}")
+        dev = values.device
+    else:
+        check_qweight(qvalues, "qvalues")
+        if tuple(qvalues.shape) != (n, k // 2):
+            raise ValueError(f"qvalues: expected the ({n}, {k // 2}) kept values, got shape "
+                             f"{tuple(qvalues.shape)}")
+        dev = qvalues.device
+    check_meta(meta, n, k)
+    if meta.device != dev:
+        raise ValueError(f"meta: is on {meta.device} but the kept values are on {dev}")
 
 
 def compress_24(w):
@@ -118,7 +182,7 @@ def compress_24(w):
         n, k = w.shape
         values = w.detach()[mask].reshape(n, k // 2).contiguous()
         meta = meta_from_mask(mask)
-    return Sparse24Weight(values, meta, w.shape, w.dtype)
+    return Sparse24Weight(values, meta, w.shape, w.dtype, check=False)
 
 
 def check_sw(sw, name="sw"):

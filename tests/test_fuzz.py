@@ -1,0 +1,705 @@
+"""tests/test_fuzz.py: the fuzz harness of the raw torch.ops.lowbit.* ops (issue 11 Deliver 2).
+
+Hypothesis draws each case as plain data (shapes, dtypes, strides, integer and float
+arguments, incl. values near the int32/int64 limits); a child process (one per test module,
+restarted after a crash) builds the tensors from it, seeded, and calls the op on CPU and with the
+same arguments on the meta device (the fake kernel). Checked per case:
+  * a crash (signal, abort) fails the test naming the case, never kills pytest;
+  * the op returns or raises RuntimeError / ValueError / TypeError (nothing else);
+  * real and fake kernels agree on whether they raise and on every output's shape and dtype;
+  * a result equals the reference (tests/reference*.py, written from FORMATS.md) where the
+    entry has one. Quantized references skip elements at rounding ties (FORMATS.md: tests
+    avoid midpoints), as test_fake_quant does.
+Tensor *contents* are always valid (a 2:4 meta from a real mask, codes from lowbit.quantize):
+the data-dependent checks (meta content, tiny temperatures) cannot be seen by a fake kernel and
+have their own tests. Each op is one entry of OPS: a hypothesis strategy of its parameters, a
+builder of its arguments and an optional reference. The qlinear entries (today's schema) are
+in one block of their own.
+
+Short profile: the suite (derandomized, 60 examples per op). Long: ``-m slow`` (500 per op;
+HYPOTHESIS_PROFILE=lowbit-long draws new ones), also under scripts/sanitize.sh."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import pytest
+
+pytest.importorskip("lowbit")
+st = pytest.importorskip("hypothesis.strategies")
+from hypothesis import Phase, given, settings  # noqa: E402
+
+import torch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLEAN = ("RuntimeError", "ValueError", "TypeError")
+MAX_NUMEL = 1 << 16
+
+# ---------------------------------------------------------------------------------------------
+# value pools
+# ---------------------------------------------------------------------------------------------
+EDGE_INTS = [0, -1, -2, 2 ** 31 - 1, 2 ** 31, -2 ** 31, -2 ** 31 - 1, 2 ** 32, 2 ** 32 + 4,
+             2 ** 32 + 2, 2 ** 62, 2 ** 63 - 1, -2 ** 63]
+DTYPES = ["float32", "bfloat16", "float16"]
+ODD_DTYPES = ["float64", "int32", "uint8", "int64"]
+LAYOUTS = ["contig"] * 6 + ["t", "step"]
+
+
+def _mix(sensible, odd):
+    """A sensible value about 9 times in 10, else an odd one. The choice is an explicit draw
+    (hypothesis favours boundary values of a one_of's branches and of small integer ranges)."""
+    return st.tuples(st.integers(0, 9), st.sampled_from(sensible), st.sampled_from(odd)).map(
+        lambda t: t[2] if t[0] == 7 else t[1])
+
+
+def ints(*sensible):
+    """An integer argument: mostly a sensible value, sometimes one near a C type limit."""
+    return _mix(sensible, EDGE_INTS)
+
+
+def dims(*sensible):
+    """A tensor size (tensors stay small; huge sizes are the integer arguments' business)."""
+    return st.sampled_from(sensible)
+
+
+def dtypes():
+    return _mix(DTYPES, ODD_DTYPES)
+
+
+def fdtypes():
+    return st.sampled_from(DTYPES)
+
+
+FMT = ints(0, 0, 1, 2)                     # int, nf, fp codes (tests/test_constants checks them)
+BITS = ints(2, 2, 3, 4, 4, 1, 8)
+GROUP = ints(32, 32, 16, 16, 64, 3)
+
+
+def tensor(shape, dtype="float32", layout="contig"):
+    return {"shape": list(shape), "dtype": dtype, "layout": layout}
+
+
+# ---------------------------------------------------------------------------------------------
+# child side: tensors from a case
+# ---------------------------------------------------------------------------------------------
+def make(spec, gen, fill=None):
+    """A CPU tensor from a spec: its layout is "contig", "t" (a transposed view of a 2-D
+    tensor) or "step" (every other column); fill(shape, dtype) or seeded randn / small ints."""
+    dt = getattr(torch, spec["dtype"])
+    shape = list(spec["shape"])
+    numel = 1
+    for d in shape:
+        numel *= max(d, 0)
+    if numel > MAX_NUMEL or min(shape, default=0) < 0:  # huge sizes: the int-argument cases
+        raise ValueError(f"shape {shape}: not built (the harness allocates small tensors only)")
+
+    def base(sh):
+        if fill is not None:
+            return fill(sh, dt)
+        if dt.is_floating_point:
+            return torch.randn(sh, generator=gen).to(dt)
+        return torch.randint(0, 4, sh, generator=gen).to(dt)
+
+    lay = spec["layout"]
+    if lay == "t" and len(shape) == 2:
+        return base(shape[::-1]).t()
+    if lay == "step" and len(shape) >= 1:
+        return base(shape[:-1] + [2 * shape[-1]])[..., ::2]
+    return base(shape)
+
+
+def to_meta(a):
+    if isinstance(a, torch.Tensor):
+        return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta")
+    return a
+
+
+def rand_mask24(n, k, gen):
+    """A (n, k) bool 2:4 mask (2 kept per group of 4; k a multiple of 4)."""
+    r = torch.rand(n, k // 4, 4, generator=gen)
+    idx = r.argsort(-1)[..., :2]
+    m = torch.zeros(n, k // 4, 4, dtype=torch.bool)
+    m.scatter_(-1, idx, True)
+    return m.reshape(n, k)
+
+
+def scatter24(values, mask):
+    dense = torch.zeros(mask.shape, dtype=torch.float64)
+    dense[mask] = values.double().reshape(-1)
+    return dense
+
+
+def quant_ref(w, fmt, bits, g, sym):
+    """(reference fake-quant of w in float64, bool mask of elements not at a rounding tie)."""
+    from _testutil import near_tie_masks
+    from reference import ref_fake_quant
+
+    name = ["int", "nf", "fp"][fmt]
+    n, k = w.shape
+    gg = k if g == -1 else g
+    ref = ref_fake_quant(w.float(), name, bits, g, sym)
+    bad, bad_g = near_tie_masks(w.float().reshape(n, k // gg, gg), name, bits, sym)
+    ok = ~(bad | bad_g.unsqueeze(-1)).reshape(n, k)
+    return ref.double(), ok
+
+
+def close(got, ref, what, ok=None):
+    got = got.double()
+    ref = ref.double()
+    if ok is not None:
+        got, ref = got[ok], ref[ok]
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{what}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    params: Callable          # hypothesis strategy of a JSON-able dict
+    build: Callable           # (p, gen) -> argument tuple (CPU tensors)
+    ref: Optional[Callable] = None  # (p, args, outputs) -> None, AssertionError on mismatch
+    cpu_only: bool = False    # a CUDA-only op: on CPU it must raise cleanly; no fake compare
+    fake_checks: bool = True  # False: its fake kernel does not repeat the real one's argument
+    #                           checks yet (see FAKE_CHECKS_MISSING)
+
+
+def _w_params(**extra):
+    return st.fixed_dictionaries({
+        "w": st.builds(lambda n, k, d, l: tensor((n, k), d, l), dims(4, 4, 1, 0, 3), dims(64, 64, 32, 32, 96, 0, 12),
+                       dtypes(), st.sampled_from(LAYOUTS)),
+        "fmt": FMT, "bits": BITS, "g": GROUP, "sym": st.booleans(), **extra})
+
+
+def _fq_ref(p, args, out):
+    w, fmt, bits, g, sym, ste = args
+    if w.numel() == 0:
+        return
+    ref, ok = quant_ref(w, fmt, bits, g, sym)
+    close(out[0], ref.to(w.dtype), "fake_quant", ok)
+
+
+def _quantize_ref(p, args, out):
+    w, fmt, bits, g, sym = args
+    if w.numel() == 0:
+        return
+    deq = torch.ops.lowbit.dequantize(*out, fmt, bits, g, sym, w.shape[1], 0)
+    ref, ok = quant_ref(w, fmt, bits, g, sym)
+    close(deq, ref, "dequantize(quantize(w))", ok)
+
+
+def _qw(p, gen):
+    """(w, codes, scales, zeros) from a valid quantize of a float32 (n, k) weight."""
+    n, k = p["n"], p["k"]
+    _resolve_q(p)
+    assert n * k <= MAX_NUMEL
+    w = torch.randn(n, k, generator=gen)
+    codes, scales, zeros = torch.ops.lowbit.quantize(w, p["qfmt"], p["qbits"], p["qg"], p["qsym"])
+    return w, codes, scales, zeros
+
+
+def _valid_fmt_bits():
+    from lowbit._constants import FORMAT_BITS, FORMAT_CODES
+
+    return [(FORMAT_CODES[f], b) for f, bits in sorted(FORMAT_BITS.items()) for b in bits
+            if b <= 4]
+
+
+QW = dict(n=st.sampled_from([4, 1, 3]), k=st.sampled_from([64, 32, 96]),
+          qfb=st.sampled_from(_valid_fmt_bits()), qg=st.sampled_from([32, 16]),
+          qsym=st.booleans())
+# the op's own spec arguments: mostly "q" (those the codes were made with), else another value
+Q_ARGS = dict(fmt=_mix(["q"], [0, 1, 2, -1, 3, 2 ** 31, 2 ** 32]),
+              bits=_mix(["q"], [1, 2, 3, 4, 8, 0, 2 ** 32 + 4, -2 ** 63]),
+              g=_mix(["q"], [16, 32, 64, 3, 0, -1, 2 ** 62]), sym=_mix(["q"], [True, False]))
+
+
+def _resolve_q(p):
+    p["qfmt"], p["qbits"] = p["qfb"]
+    for a in ("fmt", "bits", "g", "sym"):
+        if p[a] == "q":
+            p[a] = p["q" + a]
+
+
+def _same_as_q(p):
+    return all(p[a] == p["q" + a] for a in ("fmt", "bits", "g", "sym"))
+
+
+def _dequantize_ref(p, args, out):
+    if not _same_as_q(p) or p["K"] != p["k"] or p["dtype"] != 0:
+        return
+    ref, ok = quant_ref(p["_w"], p["qfmt"], p["qbits"], p["qg"], p["qsym"])
+    close(out[0], ref, "dequantize", ok)
+
+
+def _dequantize_build(p, gen):
+    w, codes, scales, zeros = _qw(p, gen)
+    p["K"] = p["k"] if p["K"] == "k" else p["K"]
+    p["_w"] = w
+    return (codes, scales, zeros, p["fmt"], p["bits"], p["g"], p["sym"], p["K"], p["dtype"])
+
+
+def _s24(p, gen):
+    """(values (n, k/2) of dtype vd with p's layout, meta from a random 2:4 mask, the mask)."""
+    n, k = p["n"], p["k"]
+    if not (0 <= n and 0 <= k and n * k <= MAX_NUMEL):
+        raise ValueError("sizes: not built (small tensors only)")
+    mask = rand_mask24(n, k - k % 4, gen) if k >= 4 else torch.zeros(n, 0, dtype=torch.bool)
+    from lowbit.sparse.sparse24_weight import meta_from_mask
+
+    meta = meta_from_mask(mask) if k % 4 == 0 and k > 0 else \
+        torch.zeros(n, max(1, (k + 7) // 8), dtype=torch.uint8)
+    values = make(tensor((n, k // 2), p["vd"], p["vl"]), gen)
+    return values, meta, mask
+
+
+S24 = dict(n=dims(4, 1, 3, 0), k=dims(16, 8, 32, 12, 6, 0), vd=dtypes(),
+           vl=st.sampled_from(LAYOUTS))
+
+
+def _decompress_ref(p, args, out):
+    values, meta = args
+    close(out[0], scatter24(values, p["_mask"]), "sparse24_decompress")
+
+
+def _decompress_build(p, gen):
+    values, meta, p["_mask"] = _s24(p, gen)
+    return values, meta
+
+
+def _linear24_build(p, gen):
+    values, meta, p["_mask"] = _s24(p, gen)
+    xd = p["vd"] if p["xd"] == "v" else p["xd"]  # x and values share a dtype, mostly
+    x = make(tensor((p["m"], p["k"] + p["dk"]), xd, p["xl"]), gen)
+    nb = p["n"] if p["nb"] == 4 else p["nb"]     # 4: the right size
+    bias = make(tensor((nb,), p["vd"]), gen) if nb >= 0 else torch.empty(0)
+    return x, values, meta, bias
+
+
+def _linear24_ref(p, args, out):
+    x, values, meta, bias = args
+    y = x.double() @ scatter24(values, p["_mask"]).T
+    if bias.numel():
+        y = y + bias.double()
+    close(out[0], y, "sparse24_linear")
+
+
+def _gradx24_build(p, gen):
+    values, meta, p["_mask"] = _s24(p, gen)
+    return make(tensor((p["m"], p["n"] + p["dk"]), p["xd"], p["xl"]), gen), values, meta
+
+
+def _gradx24_ref(p, args, out):
+    g, values, meta = args
+    close(out[0], g.double() @ scatter24(values, p["_mask"]), "sparse24_grad_x")
+
+
+def _qlinear24_build(p, gen):
+    n, k = p["n"], p["k"]
+    mask = rand_mask24(n, k, gen)
+    from lowbit.sparse.sparse24_weight import meta_from_mask
+
+    kept = torch.randn(n, k // 2, generator=gen)
+    _resolve_q(p)
+    codes, scales, zeros = torch.ops.lowbit.quantize(kept, p["qfmt"], p["qbits"], p["qg"],
+                                                     p["qsym"])
+    p["_mask"], p["_kept"] = mask, kept
+    x = make(tensor((p["m"], k + p["dk"]), p["xd"], p["xl"]), gen)
+    bias = make(tensor((n,), p["xd"]), gen) if p["bias"] else torch.empty(0)
+    return (x, codes, scales, zeros, meta_from_mask(mask), bias, p["fmt"], p["bits"], p["g"],
+            p["sym"])
+
+
+def _qlinear24_ref(p, args, out):
+    if not _same_as_q(p):
+        return
+    x, bias = args[0], args[5]
+    ref, ok = quant_ref(p["_kept"], p["qfmt"], p["qbits"], p["qg"], p["qsym"])
+    if not bool(ok.all()):  # one tie moves a whole output: compare only tie-free weights
+        return
+    y = x.double() @ scatter24(ref, p["_mask"]).T
+    if bias.numel():
+        y = y + bias.double()
+    close(out[0], y, "sparse24_qlinear")
+
+
+KL_NAMES = ["forward", "reverse", "cakld", "jsd"]
+TAUS = st.one_of(st.sampled_from([1.0, 2.0, 0.5]),
+                 st.sampled_from([0.0, -1.0, 1e-39, 1e39, float("inf"), float("nan")]))
+UNIT = st.one_of(st.sampled_from([0.5, 0.0, 1.0, 0.25]),
+                 st.sampled_from([-0.5, 1.5, float("nan")]))
+
+
+def _kl_params(**extra):
+    return st.fixed_dictionaries({
+        "r": dims(3, 1, 0), "v": dims(16, 7, 1, 0), "dv": st.sampled_from([0, 0, 0, 1]),
+        "sd": dtypes(), "td": fdtypes(), "sl": st.sampled_from(LAYOUTS),
+        "kind": ints(0, 1, 2, 3), "gamma": UNIT, "beta": UNIT, "tau": TAUS,
+        "ign": ints(-100, 0, 2), "labels": st.sampled_from(["none", "some", "short"]), **extra})
+
+
+def _kl_common(p, gen):
+    s = make(tensor((p["r"], p["v"]), p["sd"], p["sl"]), gen)
+    t = make(tensor((p["r"], p["v"] + p["dv"]), p["td"]), gen)
+    r = max(p["r"], 0)
+    if p["labels"] == "none":
+        lab = torch.empty(0, dtype=torch.int64)
+    else:
+        lab = torch.randint(0, max(p["v"], 1), (r if p["labels"] == "some" else r + 1,),
+                            generator=gen)
+        if r:
+            lab[0] = p["ign"] if -2 ** 63 <= p["ign"] < 2 ** 63 else 0
+    return s, t, lab
+
+
+def _kl_build(p, gen):
+    s, t, lab = _kl_common(p, gen)
+    return (s, t, lab, p["kind"], p["gamma"], p["beta"], p["tau"], p["ign"],
+            p["labels"] != "none", p["with_grad"], p["scale"])
+
+
+def _kl_ref_rows(p, s, t, lab):
+    from reference_kl import ref_rows
+
+    sd = s.double().requires_grad_(True)
+    rows = ref_rows(sd, t.double(), KL_NAMES[p["kind"]], p["gamma"], p["beta"], p["tau"])
+    if p["labels"] != "none":
+        rows = torch.where(lab == p["ign"], torch.zeros_like(rows), rows)
+    return sd, rows
+
+
+def _kl_ref(p, args, out):
+    s, t, lab = args[:3]
+    sd, rows = _kl_ref_rows(p, s, t, lab)
+    close(out[0], rows.detach(), "kl_loss rows")
+    if p["with_grad"] and s.numel():
+        (g,) = torch.autograd.grad(rows.sum() * p["scale"], sd)
+        close(out[1], g, "kl_loss grad")
+
+
+def _klb_build(p, gen):
+    s, t, lab = _kl_common(p, gen)
+    gl = make(tensor((p["r"] + p["dr"],), "float32"), gen)
+    return (gl, s, t, lab, p["kind"], p["gamma"], p["beta"], p["tau"], p["ign"],
+            p["labels"] != "none")
+
+
+def _klb_ref(p, args, out):
+    gl, s, t, lab = args[:4]
+    if not s.numel():
+        return
+    sd, rows = _kl_ref_rows(p, s, t, lab)
+    (g,) = torch.autograd.grad((rows * gl.double()).sum(), sd)
+    close(out[0], g, "kl_loss_backward")
+
+
+def _clip_build(p, gen):
+    w = make(p["w"], gen)
+    gg = p["gg"]
+    k = p["w"]["shape"][1]
+    gram = make(tensor((k // gg if gg > 0 else 0, gg, gg)), gen) if gg >= 0 else torch.empty(0)
+    return w, gram, p["fmt"], p["bits"], p["g"], p["sym"], p["n_grid"], p["shrink"]
+
+
+OPS = {
+    "fake_quant": Entry(
+        _w_params(ste=ints(0, 1)),
+        lambda p, gen: (make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"], p["ste"]),
+        _fq_ref),
+    "fake_quant_backward": Entry(
+        _w_params(gl=st.sampled_from(["same", "other"])),
+        lambda p, gen: (make(p["w"] if p["gl"] == "same" else
+                             tensor([p["w"]["shape"][0], p["w"]["shape"][1] + 1]), gen),
+                        make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"])),
+    "quantize": Entry(
+        _w_params(),
+        lambda p, gen: (make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"]),
+        _quantize_ref),
+    "dequantize": Entry(
+        st.fixed_dictionaries({**QW, **Q_ARGS, "K": _mix(["k"], [32, 64, 96, 0, 2 ** 32]),
+                               "dtype": ints(0, 1, 2)}),
+        _dequantize_build, _dequantize_ref),
+    "clip_search": Entry(
+        _w_params(gg=ints(32, 16, 0), n_grid=ints(20, 2, 1), shrink=ints(0, 1)),
+        _clip_build),
+    "kl_loss": Entry(
+        _kl_params(with_grad=st.booleans(), scale=st.sampled_from([1.0, 0.5, -2.0])),
+        _kl_build, _kl_ref),
+    "kl_loss_backward": Entry(_kl_params(dr=st.sampled_from([0, 0, 1])), _klb_build, _klb_ref),
+    "sparse24_decompress": Entry(st.fixed_dictionaries(S24), _decompress_build, _decompress_ref),
+    "sparse24_linear": Entry(
+        st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 4]),
+                               "xd": _mix(["v"], DTYPES + ODD_DTYPES),
+                               "xl": st.sampled_from(LAYOUTS),
+                               "nb": st.sampled_from([-1, -1, 4, 3])}),
+        _linear24_build, _linear24_ref),
+    "sparse24_grad_x": Entry(
+        st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 1]),
+                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS)}),
+        _gradx24_build, _gradx24_ref),
+    "sparse24_qlinear": Entry(
+        st.fixed_dictionaries({**QW, "k": st.sampled_from([64, 128]), **Q_ARGS,
+                               "m": dims(3, 1, 0), "dk": st.sampled_from([0, 0, 4]),
+                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
+                               "bias": st.booleans()}),
+        _qlinear24_build, _qlinear24_ref),
+    "sparse24_cslt_compress": Entry(
+        st.fixed_dictionaries({"w": st.builds(tensor, st.tuples(dims(16, 0), dims(32, 0)),
+                                              dtypes())}),
+        lambda p, gen: (make(p["w"], gen),), cpu_only=True),
+    "sparse24_cslt_linear": Entry(
+        st.fixed_dictionaries({"m": dims(4, 0), "k": dims(32, 0), "n": ints(16, 0, -1)}),
+        lambda p, gen: (make(tensor((p["m"], p["k"])), gen),
+                        torch.zeros(64, dtype=torch.uint8), torch.empty(0), p["n"]),
+        cpu_only=True),
+}
+
+
+# ---- qlinear family, TODAY's schema (qlinear_pack(codes, scales, zeros, fmt, bits, g, sym, K),
+# quant_linear(x, codes, scales, zeros, packed, params, bias, fmt, bits, g, sym),
+# qlinear_dequant_t(packed, params, fmt, bits, g, sym, N, K, kb0, kb1)). Branch kernels changes
+# these schemas: adapt this block at merge (the rest of the harness does not depend on it).
+def _ql_build(p, gen):
+    w, codes, scales, zeros = _qw(p, gen)
+    p["_w"] = w
+    return codes, scales, zeros
+
+
+def _ql_pack_build(p, gen):
+    codes, scales, z = _ql_build(p, gen)
+    p["K"] = p["k"] if p["K"] == "k" else p["K"]
+    return codes, scales, z, p["fmt"], p["bits"], p["g"], p["sym"], p["K"]
+
+
+def _quant_linear_build(p, gen):
+    codes, scales, z = _ql_build(p, gen)
+    packed, params = torch.ops.lowbit.qlinear_pack(codes, scales, z, p["qfmt"], p["qbits"],
+                                                   p["qg"],
+                                                   p["qsym"], p["k"])
+    x = make(tensor((p["m"], p["k"] + p["dk"]), p["xd"], p["xl"]), gen)
+    bias = make(tensor((p["n"],), p["xd"]), gen) if p["bias"] else torch.empty(0)
+    return (x, codes, scales, z, packed, params, bias, p["fmt"], p["bits"], p["g"], p["sym"])
+
+
+def _quant_linear_ref(p, args, out):
+    if not _same_as_q(p):
+        return
+    ref, ok = quant_ref(p["_w"], p["qfmt"], p["qbits"], p["qg"], p["qsym"])
+    if not bool(ok.all()):
+        return
+    x, bias = args[0], args[6]
+    y = x.double() @ ref.T
+    if bias.numel():
+        y = y + bias.double()
+    close(out[0], y, "quant_linear")
+
+
+def _dequant_t_build(p, gen):
+    codes, scales, z = _ql_build(p, gen)
+    g = p["qg"]
+    packed, params = torch.ops.lowbit.qlinear_pack(codes, scales, z, p["qfmt"], p["qbits"], g,
+                                                   p["qsym"], p["k"])
+    return packed, params, p["fmt"], p["bits"], p["g"], p["sym"], p["N"], p["K"], p["kb0"], \
+        p["kb1"]
+
+
+QL = dict(QW, qg=st.sampled_from([32]), **Q_ARGS)
+OPS.update({
+    "qlinear_pack": Entry(st.fixed_dictionaries({**QL, "K": _mix(["k"], [32, 64, 96, 0, 2 ** 61])}),
+                          _ql_pack_build),
+    "quant_linear": Entry(
+        st.fixed_dictionaries({**QL, "m": dims(3, 1, 8, 0), "dk": st.sampled_from([0, 0, 4]),
+                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
+                               "bias": st.booleans()}),
+        _quant_linear_build, _quant_linear_ref),
+    "qlinear_dequant_t": Entry(
+        st.fixed_dictionaries({**QL, "N": ints(4, 1, 16), "K": ints(64, 32),
+                               "kb0": ints(0, 1), "kb1": ints(1, 2, 0)}),
+        _dequant_t_build),
+})
+# ---- end of the qlinear block
+
+
+# ---------------------------------------------------------------------------------------------
+# the child
+# ---------------------------------------------------------------------------------------------
+def _outcome(fn):
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 -- the parent judges the type
+        return {"ok": False, "type": type(e).__name__, "msg": str(e).splitlines()[0][:300]
+                if str(e) else ""}, None
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return {"ok": True, "shapes": [list(o.shape) for o in outs],
+            "dtypes": [str(o.dtype) for o in outs]}, outs
+
+
+def run_case(name, p):
+    import zlib
+
+    entry = OPS[name]
+    gen = torch.Generator().manual_seed(zlib.crc32(json.dumps(p, sort_keys=True).encode()))
+    p = dict(p)
+    try:
+        args = entry.build(p, gen)
+    except Exception as e:  # noqa: BLE001 -- the harness's own setup (e.g. a negative size)
+        return {"skip": f"{type(e).__name__}: {e}"}
+    op = getattr(torch.ops.lowbit, name)
+    res = {}
+    res["cpu"], outs = _outcome(lambda: op(*args))
+    if not entry.cpu_only:
+        res["meta"], _ = _outcome(lambda: op(*[to_meta(a) for a in args]))
+    if res["cpu"]["ok"] and entry.ref is not None:
+        try:
+            entry.ref(p, args, outs)
+        except AssertionError as e:
+            res["ref"] = str(e)[:1500]
+    return res
+
+
+def worker():
+    import lowbit  # noqa: F401
+
+    for line in sys.stdin:
+        case = json.loads(line)
+        sys.stdout.write(json.dumps(run_case(case["op"], case["p"])) + "\n")
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent
+# ---------------------------------------------------------------------------------------------
+class Child:
+    def __init__(self):
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=HERE)
+
+    def call(self, name, p):
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        self.proc.stdin.write(json.dumps({"op": name, "p": p}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            rc = self.proc.wait()
+            err = self.proc.stderr.read()[-3000:]
+            self.proc = None
+            pytest.fail(f"the child died (rc {rc}) on lowbit::{name} {p}:\n{err}")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def child():
+    c = Child()
+    yield c
+    c.close()
+
+
+def check(child, name, p, raises_alike=None):
+    """One case. raises_alike: whether real and fake must agree on raising (default: the
+    entry's fake_checks); shapes and dtypes are compared whenever both return."""
+    res = child.call(name, p)
+    if "skip" in res:
+        return
+    where = f"lowbit::{name} {json.dumps(p)}"
+    for dev in ("cpu", "meta"):
+        o = res.get(dev)
+        if o is not None and not o["ok"]:
+            assert o["type"] in CLEAN, f"{where}: {dev} raised {o['type']}: {o['msg']}"
+    if raises_alike is None:
+        raises_alike = OPS[name].fake_checks
+    if "meta" in res:
+        c, m = res["cpu"], res["meta"]
+        if raises_alike:
+            assert c["ok"] == m["ok"], (
+                f"{where}: cpu {'returned' if c['ok'] else 'raised ' + c['msg']} but meta "
+                f"{'returned' if m['ok'] else 'raised ' + m['msg']}")
+        if c["ok"] and m["ok"]:
+            assert (c["shapes"], c["dtypes"]) == (m["shapes"], m["dtypes"]), \
+                f"{where}: cpu {c} vs meta {m}"
+    elif OPS[name].cpu_only:  # no CUDA here: it must refuse cleanly
+        assert not res["cpu"]["ok"] or torch.cuda.is_available(), f"{where}: ran on CPU"
+    assert "ref" not in res, f"{where}: {res['ref']}"
+
+
+# no shrinking: a crash restarts the child (seconds per try) and the full case is printed anyway
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@settings(max_examples=60, phases=NO_SHRINK)
+@given(data=st.data())
+def test_fuzz_op(child, name, data):
+    check(child, name, data.draw(OPS[name].params, label="p"))
+
+
+# Found by the long run (under ASan+UBSan too): these fakes raise ZeroDivisionError for
+# group_size 0 where the real op raises a RuntimeError naming group_size (fake_quant.py,
+# clip_search.py, qlinear.py: not this branch's files). Strict: the mark must go with the fix.
+FAKE_ZERO_DIVISION = ["clip_search", "qlinear_pack", "quantize"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="fake kernel: ZeroDivisionError for group_size 0"))
+    if n in FAKE_ZERO_DIVISION else n for n in sorted(OPS)])
+@settings(max_examples=500, phases=NO_SHRINK)
+@given(data=st.data())
+def test_fuzz_op_long(child, name, data):
+    check(child, name, data.draw(OPS[name].params, label="p"))
+
+
+# Ops whose fake kernels do not repeat the real kernels' argument checks yet: on the meta device
+# (torch.compile, FakeTensor) they return where the real op raises. Their families belong to
+# other branches (fake_quant/clip_search: scaledt; qlinear: kernels); strict, so the mark must
+# go when a fix lands. The root-cause fix: the C glue checks meta tensors too (see the report).
+FAKE_CHECKS_MISSING = ["clip_search", "dequantize", "fake_quant", "fake_quant_backward",
+                       "qlinear_dequant_t", "qlinear_pack", "quant_linear", "quantize",
+                       "sparse24_qlinear"]
+for _n in FAKE_CHECKS_MISSING:
+    OPS[_n].fake_checks = False
+
+
+@pytest.mark.parametrize("name", [pytest.param(
+    n, marks=pytest.mark.xfail(strict=True, reason="its fake kernel does not check arguments"))
+    for n in FAKE_CHECKS_MISSING])
+@settings(max_examples=40, phases=NO_SHRINK)
+@given(data=st.data())
+def test_fake_raises_like_real_known_gaps(child, name, data):
+    check(child, name, data.draw(OPS[name].params, label="p"), raises_alike=True)
+
+
+def test_every_op_has_an_entry():
+    names = {s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas()
+             if s.name.startswith("lowbit::")}
+    assert names == set(OPS), names ^ set(OPS)
+
+
+def test_a_crash_fails_the_test_not_pytest(child):
+    """The harness itself: a child that dies is a test failure naming the case."""
+    OPS["_crash"] = Entry(st.just({}), lambda p, gen: os.abort())
+    try:
+        c = Child()
+        c.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        with pytest.raises(pytest.fail.Exception, match="the child died"):
+            c.call("_crash", {})
+    finally:
+        del OPS["_crash"]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    sys.path.insert(0, HERE)
+    worker()
