@@ -183,6 +183,12 @@ def test_layout_follows_in_place_edits(gen):
     check()
     qw.codes = other.codes.clone()  # a new tensor: rebuilt as well
     check()
+    # replacements whose storage may land where an earlier codes tensor was freed (same address,
+    # shape and version 0): the layout is keyed on the tensor object, not its address
+    for i in range(4):
+        qw.codes = lowbit.quantize(torch.randn(24, 96, generator=gen), spec).codes
+        qw.codes = lowbit.quantize(torch.randn(24, 96, generator=gen), spec).codes
+        check()
 
     m = lowbit.nn.QuantLinear.from_linear(torch.nn.Linear(96, 24), spec)
     y0 = m(x)

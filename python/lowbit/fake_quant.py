@@ -98,7 +98,8 @@ def _dequantize_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K, 
 
 
 def _fake_quant_setup(ctx, inputs, output):
-    w, fmt, bits, group_size, symmetric, ste, scale_dtype = inputs
+    w, fmt, bits, group_size, symmetric, ste, *rest = inputs  # scale_dtype may be defaulted
+    scale_dtype = rest[0] if rest else 0
     ctx.args = (fmt, bits, group_size, symmetric, scale_dtype)
     ctx.ste = ste
     if ste == STE_CODES["bitdistiller"]:

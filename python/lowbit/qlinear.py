@@ -55,10 +55,14 @@ def _layout(holder, codes, spec, K):
     then read the canonical codes: same result, slower) and for group sizes without a layout."""
     if codes.device.type != "cpu" or torch.compiler.is_compiling():
         return None
-    key = (codes.data_ptr(), tuple(codes.shape), codes._version)
-    if getattr(holder, "_packed_key", None) != key or holder.packed is None:
+    # the tensor object itself (an address or id may be reused by a replacement; the current
+    # codes are held anyway, so the reference costs nothing until they are replaced), its shape
+    # and its version counter
+    key = getattr(holder, "_packed_key", None)
+    if (holder.packed is None or key is None or key[0] is not codes
+            or key[1:] != (tuple(codes.shape), codes._version)):
         holder.packed = build_kernel_layout(codes, spec, K)
-        holder._packed_key = key
+        holder._packed_key = (codes, tuple(codes.shape), codes._version)
     return holder.packed
 
 
@@ -305,8 +309,11 @@ def _quant_linear_backward(ctx, grad):
     return gx, None, None, None, None, gb, None, None, None, None, None
 
 
+_ARGS = [a.name for a in torch.ops.lowbit.quant_linear.default._schema.arguments]
+_BIAS_ARG, _ACT_ARG = _ARGS.index("bias"), _ARGS.index("act")  # the tangent is the exact float map
 _autograd.register("quant_linear", "lowbit.quant_linear", _quant_linear_backward,
                    _quant_linear_setup, double_backward=True,
-                   jvp=_autograd.linear_jvp("quant_linear", (0, 6), "lowbit.quant_linear"))
+                   jvp=_autograd.linear_jvp("quant_linear", (0, _BIAS_ARG), "lowbit.quant_linear",
+                                            fixed={_ACT_ARG: C.QL_ACT_CODES["float"]}))
 
 __all__ = ["quant_linear", "QuantLinear", "QuantSpec", "build_kernel_layout"]
