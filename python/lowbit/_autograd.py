@@ -76,9 +76,11 @@ def _apply(fn, *args):
         return super(torch.autograd.Function, fn).apply(*args)
     # inside a torch.func transform's layer: a single-level Function per layer, as functorch's
     # own autograd.Function support does once it reaches a layer
-    # (torch/_functorch/autograd_function.py, generate_single_level_function)
+    # (torch/_functorch/autograd_function.py, generate_single_level_function). The class must
+    # be a _SingleLevelFunction, not a Function: from torch 2.14 the C apply itself routes a
+    # Function under active transforms to custom_function_call, which has no kernel here.
     with enable_single_level_autograd_function():
-        return super(torch.autograd.Function, fn).apply(*args)
+        return fn._lb_single.apply(*args)
 
 
 def register(name, public, backward=None, setup_context=None, *, jvp=None, double_backward=False):
@@ -139,9 +141,11 @@ def register(name, public, backward=None, setup_context=None, *, jvp=None, doubl
         tangents = [t if m else None for t, m in zip(tangents, ctx.lb_tangent_mask)]
         return jvp(ctx.lb_inputs, tangents)
 
-    fn = type(f"LowbitAutograd_{name}", (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "setup_context": staticmethod(setup),
-        "backward": staticmethod(backward_fn), "jvp": staticmethod(jvp_fn)})
+    methods = {"forward": staticmethod(forward), "setup_context": staticmethod(setup),
+               "backward": staticmethod(backward_fn), "jvp": staticmethod(jvp_fn)}
+    fn = type(f"LowbitAutograd_{name}", (torch.autograd.Function,), dict(methods))
+    fn._lb_single = type(f"LowbitAutograd_{name}_single",
+                         (torch.autograd.function._SingleLevelFunction,), dict(methods))
 
     def kernel(keyset, *args):
         fw = _tangent_mask(args)
