@@ -7,7 +7,8 @@ same arguments on the meta device and on CPU FakeTensors (the fake kernel, as to
 traces it). Checked per case:
   * a crash (signal, abort) fails the test naming the case, never kills pytest;
   * the op returns or raises RuntimeError / ValueError / TypeError (nothing else);
-  * real and fake kernels agree on whether they raise and on every output's shape and dtype;
+  * real and fake kernels agree on whether they raise (naming the same argument) and on every
+    output's shape and dtype;
   * a result equals the reference (tests/reference*.py, written from FORMATS.md) where the
     entry has one. Quantized references skip elements at rounding ties (FORMATS.md: tests
     avoid midpoints), as test_fake_quant does.
@@ -659,7 +660,8 @@ def child():
 
 def check(child, name, p):
     """One case: the fake kernel (on meta tensors, and on FakeTensors) raises where the real
-    one does, and agrees on every output's shape and dtype when both return."""
+    one does, naming the same argument, and agrees on every output's shape and dtype when both
+    return."""
     res = child.call(name, p)
     if "skip" in res:
         return
@@ -679,6 +681,9 @@ def check(child, name, p):
         if c["ok"]:
             assert (c["shapes"], c["dtypes"]) == (m["shapes"], m["dtypes"]), \
                 f"{where}: cpu {c} vs {dev} {m}"
+        else:  # "<arg>: ..." on both sides, naming the same argument
+            assert c["msg"].split(":")[0] == m["msg"].split(":")[0], \
+                f"{where}: cpu raised {c['msg']!r} but {dev} {m['msg']!r}"
     if "meta" not in res and OPS[name].cpu_only:  # no CUDA here: it must refuse cleanly
         assert not c["ok"] or torch.cuda.is_available(), f"{where}: ran on CPU"
     assert "ref" not in res, f"{where}: {res['ref']}"
@@ -701,6 +706,21 @@ def test_fuzz_op(child, name, data):
 @given(data=st.data())
 def test_fuzz_op_long(child, name, data):
     check(child, name, data.draw(OPS[name].params, label="p"))
+
+
+# Found by the long run: these fakes divided by group_size before checking it
+# (ZeroDivisionError where the real op raises a RuntimeError naming group_size).
+@pytest.mark.parametrize("name", ["quantize", "fake_quant", "clip_search"])
+@pytest.mark.parametrize("on", ["meta", "fake"])
+def test_fake_group_size_zero(name, on):
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    args = {"quantize": (w, 0, 2, 0, True), "fake_quant": (w, 0, 2, 0, True, 0),
+            "clip_search": (w, torch.zeros(2, 32, 32), 0, 2, 0, False, 20, 10)}[name]
+    op = getattr(torch.ops.lowbit, name)
+    for run in (lambda: op(*args), lambda: op(*[to_meta(a) for a in args]) if on == "meta"
+                else _under_fake_mode(op, args)):
+        with pytest.raises(RuntimeError, match="^group_size: 0 must be positive"):
+            run()
 
 
 def test_every_op_has_an_entry():
