@@ -181,6 +181,7 @@ static struct PyModuleDef lb_module = {
  *                                    supported bit widths per format as a mask: bit b set if
  *                                    b bits are supported (int: 2, 3, 4, 8; nf, fp: 3, 4)
  *   MAX_BITS                         the widest code (8)
+ *   MAX_DIM                          the most dimensions an op's tensor argument may have (8)
  *   KIND_INT_ASYM, KIND_INT_SYM, KIND_LVL2, KIND_LVL1
  *                                    what (fmt, symmetric) resolves to: INT asymmetric (zero
  *                                    points stored), INT symmetric, two-scale NF/FP (scales
@@ -212,7 +213,7 @@ static struct PyModuleDef lb_module = {
 #define LB_INT_CONSTANTS(X)                                                                     \
     X(FMT_INT, LB_FMT_INT) X(FMT_NF, LB_FMT_NF) X(FMT_FP, LB_FMT_FP)                            \
     X(FMT_INT_BITS, LB_FMT_INT_BITS) X(FMT_NF_BITS, LB_FMT_NF_BITS)                             \
-    X(FMT_FP_BITS, LB_FMT_FP_BITS) X(MAX_BITS, LB_MAX_BITS)                                     \
+    X(FMT_FP_BITS, LB_FMT_FP_BITS) X(MAX_BITS, LB_MAX_BITS) X(MAX_DIM, LB_MAX_DIM)             \
     X(KIND_INT_ASYM, LB_KIND_INT_ASYM) X(KIND_INT_SYM, LB_KIND_INT_SYM)                         \
     X(KIND_LVL2, LB_KIND_LVL2) X(KIND_LVL1, LB_KIND_LVL1)                                       \
     X(DT_F32, LB_DT_F32) X(DT_BF16, LB_DT_BF16) X(DT_F16, LB_DT_F16)                            \

@@ -3,10 +3,12 @@
 Hypothesis draws each case as plain data (shapes, dtypes, strides, integer and float
 arguments, incl. values near the int32/int64 limits); a child process (one per test module,
 restarted after a crash) builds the tensors from it, seeded, and calls the op on CPU and with the
-same arguments on the meta device (the fake kernel). Checked per case:
+same arguments on the meta device and on CPU FakeTensors (the fake kernel, as torch.compile
+traces it). Checked per case:
   * a crash (signal, abort) fails the test naming the case, never kills pytest;
   * the op returns or raises RuntimeError / ValueError / TypeError (nothing else);
-  * real and fake kernels agree on whether they raise and on every output's shape and dtype;
+  * real and fake kernels agree on whether they raise (naming the same argument) and on every
+    output's shape and dtype;
   * a result equals the reference (tests/reference*.py, written from FORMATS.md) where the
     entry has one. Quantized references skip elements at rounding ties (FORMATS.md: tests
     avoid midpoints), as test_fake_quant does.
@@ -162,8 +164,6 @@ class Entry:
     build: Callable           # (p, gen) -> argument tuple (CPU tensors)
     ref: Optional[Callable] = None  # (p, args, outputs) -> None, AssertionError on mismatch
     cpu_only: bool = False    # a CUDA-only op: on CPU it must raise cleanly; no fake compare
-    fake_checks: bool = True  # False: its fake kernel does not repeat the real one's argument
-    #                           checks yet (see FAKE_CHECKS_MISSING)
 
 
 def _w_params(**extra):
@@ -579,6 +579,14 @@ def _outcome(fn):
             "dtypes": [str(o.dtype) for o in outs]}, outs
 
 
+def _under_fake_mode(op, args):
+    """op on FakeTensors of args (CPU device), as torch.compile and opcheck trace it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        return op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
 def run_case(name, p):
     import zlib
 
@@ -594,6 +602,7 @@ def run_case(name, p):
     res["cpu"], outs = _outcome(lambda: op(*args))
     if not entry.cpu_only:
         res["meta"], _ = _outcome(lambda: op(*[to_meta(a) for a in args]))
+        res["fake"], _ = _outcome(lambda: _under_fake_mode(op, args))
     if res["cpu"]["ok"] and entry.ref is not None:
         try:
             entry.ref(p, args, outs)
@@ -649,30 +658,34 @@ def child():
     c.close()
 
 
-def check(child, name, p, raises_alike=None):
-    """One case. raises_alike: whether real and fake must agree on raising (default: the
-    entry's fake_checks); shapes and dtypes are compared whenever both return."""
+def check(child, name, p):
+    """One case: the fake kernel (on meta tensors, and on FakeTensors) raises where the real
+    one does, naming the same argument, and agrees on every output's shape and dtype when both
+    return."""
     res = child.call(name, p)
     if "skip" in res:
         return
     where = f"lowbit::{name} {json.dumps(p)}"
-    for dev in ("cpu", "meta"):
+    for dev in ("cpu", "meta", "fake"):
         o = res.get(dev)
         if o is not None and not o["ok"]:
             assert o["type"] in CLEAN, f"{where}: {dev} raised {o['type']}: {o['msg']}"
-    if raises_alike is None:
-        raises_alike = OPS[name].fake_checks
-    if "meta" in res:
-        c, m = res["cpu"], res["meta"]
-        if raises_alike:
-            assert c["ok"] == m["ok"], (
-                f"{where}: cpu {'returned' if c['ok'] else 'raised ' + c['msg']} but meta "
-                f"{'returned' if m['ok'] else 'raised ' + m['msg']}")
-        if c["ok"] and m["ok"]:
+    c = res["cpu"]
+    for dev in ("meta", "fake"):
+        if dev not in res:
+            continue
+        m = res[dev]
+        assert c["ok"] == m["ok"], (
+            f"{where}: cpu {'returned' if c['ok'] else 'raised ' + c['msg']} but {dev} "
+            f"{'returned' if m['ok'] else 'raised ' + m['msg']}")
+        if c["ok"]:
             assert (c["shapes"], c["dtypes"]) == (m["shapes"], m["dtypes"]), \
-                f"{where}: cpu {c} vs meta {m}"
-    elif OPS[name].cpu_only:  # no CUDA here: it must refuse cleanly
-        assert not res["cpu"]["ok"] or torch.cuda.is_available(), f"{where}: ran on CPU"
+                f"{where}: cpu {c} vs {dev} {m}"
+        else:  # "<arg>: ..." on both sides, naming the same argument
+            assert c["msg"].split(":")[0] == m["msg"].split(":")[0], \
+                f"{where}: cpu raised {c['msg']!r} but {dev} {m['msg']!r}"
+    if "meta" not in res and OPS[name].cpu_only:  # no CUDA here: it must refuse cleanly
+        assert not c["ok"] or torch.cuda.is_available(), f"{where}: ran on CPU"
     assert "ref" not in res, f"{where}: {res['ref']}"
 
 
@@ -687,41 +700,27 @@ def test_fuzz_op(child, name, data):
     check(child, name, data.draw(OPS[name].params, label="p"))
 
 
-# Found by the long run (under ASan+UBSan too): these fakes raise ZeroDivisionError for
-# group_size 0 where the real op raises a RuntimeError naming group_size (fake_quant.py,
-# clip_search.py, qlinear.py: not this branch's files). Strict: the mark must go with the fix.
-FAKE_ZERO_DIVISION = ["clip_search", "quantize"]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="fake kernel: ZeroDivisionError for group_size 0"))
-    if n in FAKE_ZERO_DIVISION else n for n in sorted(OPS)])
+@pytest.mark.parametrize("name", sorted(OPS))
 @settings(max_examples=500, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op_long(child, name, data):
     check(child, name, data.draw(OPS[name].params, label="p"))
 
 
-# Ops whose fake kernels do not repeat the real kernels' argument checks yet: on the meta device
-# (torch.compile, FakeTensor) they return where the real op raises. Their families belong to
-# other branches (fake_quant/clip_search: scaledt; qlinear: kernels); strict, so the mark must
-# go when a fix lands. The root-cause fix: the C glue checks meta tensors too (see the report).
-FAKE_CHECKS_MISSING = ["clip_search", "dequantize", "fake_quant", "fake_quant_backward",
-                       "qlinear_dequant_t", "qlinear_pack", "qlinear_unpack", "quant_linear",
-                       "quantize",
-                       "sparse24_qlinear"]
-for _n in FAKE_CHECKS_MISSING:
-    OPS[_n].fake_checks = False
-
-
-@pytest.mark.parametrize("name", [pytest.param(
-    n, marks=pytest.mark.xfail(strict=True, reason="its fake kernel does not check arguments"))
-    for n in FAKE_CHECKS_MISSING])
-@settings(max_examples=40, phases=NO_SHRINK)
-@given(data=st.data())
-def test_fake_raises_like_real_known_gaps(child, name, data):
-    check(child, name, data.draw(OPS[name].params, label="p"), raises_alike=True)
+# Found by the long run: these fakes divided by group_size before checking it
+# (ZeroDivisionError where the real op raises a RuntimeError naming group_size).
+@pytest.mark.parametrize("name", ["quantize", "fake_quant", "clip_search"])
+@pytest.mark.parametrize("on", ["meta", "fake"])
+def test_fake_group_size_zero(name, on):
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    args = {"quantize": (w, 0, 2, 0, True), "fake_quant": (w, 0, 2, 0, True, 0),
+            "clip_search": (w, torch.zeros(2, 32, 32), 0, 2, 0, False, 20, 10)}[name]
+    op = getattr(torch.ops.lowbit, name)
+    for run in (lambda: op(*args), lambda: op(*[to_meta(a) for a in args]) if on == "meta"
+                else _under_fake_mode(op, args)):
+        with pytest.raises(RuntimeError, match="^group_size: 0 must be positive"):
+            run()
 
 
 def test_every_op_has_an_entry():

@@ -10,6 +10,7 @@ import torch
 
 from .. import _constants as C
 from .. import _autograd
+from .. import _fake_checks as X
 from .. import _ops  # noqa: F401  (loads the ops registered below)
 from .._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from .._checks import check_activation, check_bias, check_device
@@ -120,8 +121,7 @@ def sparse24_linear(x, sw, bias=None, backend="auto"):
 # The fake kernels repeat the C glue's argument checks (csrc/ops/sparse24.c; meta's content
 # aside, which a fake cannot read), so the meta device and torch.compile raise where the real
 # kernels do (issue 11 item 15; tests/test_fuzz.py compares the two).
-def _fail(msg):
-    raise RuntimeError(msg)
+_fail = X.fail
 
 
 def _fake_x(x):
@@ -141,12 +141,6 @@ def _fake_meta(meta, like, likename, n, k):
         _fail(f"meta: must be on the device of {likename}")
 
 
-def _fake_bias(bias, x, n):
-    if bias.numel() and (bias.dim() != 1 or bias.shape[0] != n or bias.dtype != x.dtype or
-                         not bias.is_contiguous() or bias.device != x.device):
-        _fail(f"bias: expected a contiguous ({n},) tensor of x's dtype and device")
-
-
 @torch.library.register_fake("lowbit::sparse24_linear")
 def _linear_fake(x, values, meta, bias):
     _fake_x(x)
@@ -155,13 +149,25 @@ def _linear_fake(x, values, meta, bias):
             values.shape[1] != k // 2 or values.device != x.device:
         _fail(f"values: expected a contiguous (N, {k // 2}) tensor of x's dtype and device")
     _fake_meta(meta, x, "x", values.shape[0], k)
-    _fake_bias(bias, x, values.shape[0])
+    X.check_bias(bias, x, values.shape[0])
     return x.new_empty((x.shape[0], values.shape[0]))
 
 
 @torch.library.register_fake("lowbit::sparse24_qlinear")
 def _qlinear_fake(x, codes, scales, zeros, meta, bias, fmt, bits, group_size, symmetric):
-    return x.new_empty((x.shape[0], codes.shape[0]))
+    X.describe(("x", x), ("codes", codes), ("scales", scales), ("zeros", zeros), ("meta", meta),
+               ("bias", bias))
+    _fake_x(x)
+    k = x.shape[1]
+    if not X.on_cpu(x):
+        _fail("x: sparse24_qlinear has a CPU kernel only")
+    kind = X.check_spec(fmt, bits, group_size, symmetric, k // 2)
+    n = X.check_qweight(codes, scales, zeros, kind, bits, k // 2, group_size)
+    X.check_same_device(codes, "codes", x, "x")
+    _fake_meta(meta, x, "x", n, k)
+    X.check_bias(bias, x, n)
+    X.check_numel((x.shape[0], n), 4, "x")
+    return x.new_empty((x.shape[0], n))
 
 
 @torch.library.register_fake("lowbit::sparse24_grad_x")
