@@ -104,14 +104,14 @@ def profile_step(model, prompt, steps=8):
 
     with torch.no_grad():
         out = model(prompt, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        out = model(nxt, past_key_values=past, use_cache=True)  # a warm step first
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+        out = model(nxt, cache=past, use_cache=True)  # a warm step first
+        past, nxt = out.cache, out.logits[:, -1:].argmax(-1)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for _ in range(steps):
-                out = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                out = model(nxt, cache=past, use_cache=True)
+                past, nxt = out.cache, out.logits[:, -1:].argmax(-1)
             wall = (time.perf_counter() - t0) * 1e3 / steps
     ev = prof.key_averages()
     res = {"step ms": wall}
@@ -120,6 +120,8 @@ def profile_step(model, prompt, steps=8):
         res[g] = sum(e.cpu_time_total for e in ev if e.key in names) / 1e3 / steps
         grouped.update(names)
     res["rest"] = wall - sum(res[g] for g in PROFILE_GROUPS)
+    for g in (*PROFILE_GROUPS, "rest"):
+        res[g + " %"] = 100 * res[g] / wall
     # the rest's largest ops by self time; key_averages has no parent links, so the usual
     # children of the grouped ops (aten::mm under aten::linear, ...) are left out by name
     inside = {"aten::mm", "aten::addmm", "aten::matmul", "aten::t", "aten::transpose",
@@ -216,13 +218,14 @@ def main(argv=None):
     rep.note(f"children: {results[names[0]]['machine']}")
     if a.profile:
         p = rep.table([("variant", "{}"), ("act", "{}"), ("step ms", "{:.1f}"),
-                       ("quant_linear ms", "{:.1f}"), ("float linear ms", "{:.1f}"),
-                       ("attention ms", "{:.1f}"), ("rest ms", "{:.1f}"),
+                       ("quant_linear", "{}"), ("float linear", "{}"),
+                       ("attention", "{}"), ("rest", "{}"),
                        ("largest rest ops (self ms)", "{}")], "profile")
         for v in names:
             pr, (label, _, act) = results[v]["profile"], VARIANTS[v]
-            p.row(label, act or "-", pr["step ms"], pr["quant_linear"], pr["float linear"],
-                  pr["attention"], pr["rest"], pr["top rest"])
+            p.row(label, act or "-", pr["step ms"],
+                  *(f"{pr[g]:.1f} ms ({pr[g + ' %']:.0f}%)" for g in (*PROFILE_GROUPS, "rest")),
+                  pr["top rest"])
     rep.save()
     return results
 
