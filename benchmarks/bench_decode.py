@@ -155,10 +155,9 @@ def child(args):
     min_run = 0.05 if args["quick"] else 0.5
     t1, tn = H.interleaved([generate_fn(model, prompt, 1), generate_fn(model, prompt, n)],
                            min_run=min_run, rounds=1 if args["quick"] else 2)
-    res = {"state": state, "layouts": layouts, "build s": build_s, "build peak": build_peak, "rss": rss,
-           "peak": H.rss_kb("VmHWM") * 1024, "prefill tok/s": args["prompt"] / t1,
-           "decode tok/s": (n - 1) / (tn - t1),
-           "machine": H.machine_line()}
+    res = {"state": state, "layouts": layouts, "build s": build_s, "build peak": build_peak,
+           "rss": rss, "peak": H.rss_kb("VmHWM") * 1024, "prefill tok/s": args["prompt"] / t1,
+           "decode tok/s": (n - 1) / (tn - t1), "machine": H.machine_line()}
     if args["profile"]:
         res["profile"] = profile_step(model, prompt)
     print(json.dumps(res), flush=True)
