@@ -34,8 +34,9 @@ class QuantizedWeight(PackedWeight):
     NF/FP), ``zeros`` (uint8 (N, G) zero points for asymmetric INT, else None), the ``spec``, the
     original ``shape`` (N, K) and ``dtype``. ``packed``: the CPU kernel layout of the codes for
     lowbit.quant_linear (csrc/layouts.h), derived: None until quant_linear first runs on the
-    weight, rebuilt there whenever ``codes`` was replaced or edited in place, and never part of
-    ``nbytes``."""
+    weight, rebuilt there whenever ``codes`` was replaced or edited in place (an edit through
+    ``codes.data`` bypasses torch's version counter and is not seen: edit ``codes`` itself), and
+    never part of ``nbytes``."""
 
     def __init__(self, codes, scales, zeros, spec, shape, dtype):
         self.packed = None
