@@ -58,6 +58,13 @@ static int ql_check_params(const lb_tensor* s, const lb_tensor* z, const lb_fmt*
     return lb_check_same_device(z, "zeros", s, "scales", err);
 }
 
+/* The code widths the packed layout holds: those of the INT formats (2, 3, 4, 8). */
+static int ql_check_bits(int64_t bits, char* err) {
+    if (bits < 0 || bits > LB_MAX_BITS || !((LB_FMT_INT_BITS >> bits) & 1u))
+        return lb_fail(err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
+    return 0;
+}
+
 /* qlinear_pack(Tensor codes, int bits, int K) -> Tensor */
 LB_BOXED(lb_boxed_qlinear_pack) {
     lb_call c;
@@ -67,10 +74,7 @@ LB_BOXED(lb_boxed_qlinear_pack) {
     void* pp = NULL;
     lb_call_begin(&c, "lowbit::qlinear_pack", stack, 1);
     if (lb_call_arg(&c, 0, "codes", &t)) goto fail;
-    if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
-        lb_fail(c.err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
-        goto fail;
-    }
+    if (ql_check_bits(bits, c.err)) goto fail;
     if (K <= 0 || lb_row_bytes_checked(K, bits, &rb)) {
         lb_fail(c.err, "K: must be positive and K * bits fit in int64, got %lld", (long long)K);
         goto fail;
@@ -98,10 +102,7 @@ LB_BOXED(lb_boxed_qlinear_unpack) {
     void* po = NULL;
     lb_call_begin(&c, "lowbit::qlinear_unpack", stack, 1);
     if (lb_call_arg(&c, 0, "packed", &t)) goto fail;
-    if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
-        lb_fail(c.err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
-        goto fail;
-    }
+    if (ql_check_bits(bits, c.err)) goto fail;
     if (N <= 0 || K <= 0 || lb_row_bytes_checked(K, bits, &rb)) {
         lb_fail(c.err, "%s: must be positive, got %lld", N <= 0 ? "N" : "K",
                 (long long)(N <= 0 ? N : K));
