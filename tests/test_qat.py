@@ -160,6 +160,32 @@ def test_quantize_bad_arguments(gen):
     assert [m[0].spec.group_size, m[1].spec.group_size, m[2].spec.group_size] == [64, 8, 128]
 
 
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(skip=None), TypeError, "skip: expected a tuple of name patterns"),
+    (dict(skip=("lm_head", 3)), TypeError, "skip: expected a tuple of name patterns"),
+    (dict(skip=42), TypeError, "skip"),
+    (dict(overrides=None), TypeError, "overrides: expected a dict"),
+    (dict(overrides=[("*", None)]), TypeError, "overrides: expected a dict"),
+    (dict(overrides={1: None}), TypeError, "overrides: keys must be name patterns"),
+    (dict(overrides={"*up": "int4"}), TypeError, r"overrides\['\*up'\]: expected a lowbit.QuantSpec"),
+    (dict(spec=None), TypeError, "spec: expected a lowbit.QuantSpec"),
+    (dict(ste=None), ValueError, "ste: must be one of"),
+    (dict(ste=["identity"]), ValueError, "ste: must be one of"),
+    (dict(indivisible=None), ValueError, "indivisible: must be"),
+    (dict(indivisible=["gcd"]), ValueError, "indivisible: must be"),
+])
+def test_qatconfig_checks_every_field_at_construction(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        lowbit.QATConfig(**kw)
+
+
+def test_qatconfig_accepts_a_list_or_str_skip(gen):
+    assert lowbit.QATConfig(skip=["lm_head", "*.v_proj"]).skip == ("lm_head", "*.v_proj")
+    assert lowbit.QATConfig(skip="lm_head").skip == ("lm_head",)
+    m = lowbit.quantize_(tiny_mlp(gen), lowbit.QATConfig(skip=["2"], spec=lowbit.QuantSpec(group_size=32)))
+    assert type(m[2]) is nn.Linear and isinstance(m[0], QATLinear)
+
+
 def test_quantize_llama_and_convert(gen):
     model = tiny_llama()
     ids = torch.randint(0, 97, (2, 16), generator=gen)
@@ -221,6 +247,25 @@ def test_calibrate_clip_matches_brute_force(fmt, bits, g, gen):
     best = errs.amin(0)
     assert torch.all(got_err <= best * (1 + 1e-4) + 1e-9 * errs[0].max()), (got_err, best)
     assert torch.all(got_err <= errs[0] * (1 + 1e-6)), "worse than not clipping"
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(n_grid=5, max_shrink=10), ValueError, r"max_shrink: must be in \[1, 5\], got 10"),
+    (dict(max_shrink=0), ValueError, r"max_shrink: must be in \[1, 20\], got 0"),
+    (dict(n_grid=0), ValueError, "n_grid: must be >= 1, got 0"),
+    (dict(n_grid=2.5), TypeError, "n_grid: expected an int"),
+    (dict(max_shrink="3"), TypeError, "max_shrink: expected an int"),
+    (dict(max_tokens=0), ValueError, "max_tokens: must be"),
+])
+def test_calibrate_clip_bad_arguments_name_the_python_argument(kw, exc, match, gen):
+    model = lowbit.quantize_(tiny_mlp(gen), lowbit.QATConfig(lowbit.QuantSpec(group_size=32), skip=()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    with pytest.raises(exc, match=match):
+        lowbit.calibrate_clip_(model, [torch.randn(4, 64, generator=gen)], progress=False, **kw)
+    assert not calls, "the calibration batches ran before the arguments were checked"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("fmt,bits,sd,mag", [("nf", 3, "float16", 1e-7), ("int", 3, "bfloat16", 0.1)])

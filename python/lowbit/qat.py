@@ -6,6 +6,7 @@ activations)."""
 import contextlib
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -118,19 +119,27 @@ class QATConfig:
     indivisible: str = "error"
 
     def __post_init__(self):
+        # every field is checked here, so a bad config fails where it is written, not later
+        # inside quantize_
         check_spec(self.spec, "spec")
         if isinstance(self.skip, str):
             self.skip = (self.skip,)
-        if not all(isinstance(p, str) for p in self.skip):
-            raise TypeError("skip: expected a tuple of name patterns")
+        if not isinstance(self.skip, (tuple, list)) or \
+                not all(isinstance(p, str) for p in self.skip):
+            raise TypeError(f"skip: expected a tuple of name patterns (str), got "
+                            f"{self.skip!r:.80}")
+        self.skip = tuple(self.skip)
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"overrides: expected a dict of name pattern -> QuantSpec or None, "
+                            f"got {type(self.overrides).__name__}")
         for pat, sp in self.overrides.items():
             if not isinstance(pat, str):
-                raise TypeError(f"overrides: keys must be name patterns, got {pat!r}")
+                raise TypeError(f"overrides: keys must be name patterns (str), got {pat!r}")
             if sp is not None:
                 check_spec(sp, f"overrides[{pat!r}]")
-        if self.ste not in STE_CODES:
+        if not isinstance(self.ste, str) or self.ste not in STE_CODES:
             raise ValueError(f"ste: must be one of {sorted(STE_CODES)}, got {self.ste!r}")
-        if self.indivisible not in ("error", "gcd"):
+        if not isinstance(self.indivisible, str) or self.indivisible not in ("error", "gcd"):
             raise ValueError(f"indivisible: must be 'error' or 'gcd', got {self.indivisible!r}")
 
     def spec_for(self, name):
@@ -204,6 +213,14 @@ def convert_(model, act="auto"):
 
 # ---- asymmetric clipping calibration (BitDistiller's clip initialisation) ----
 
+def _check_int(name, v, lo, hi=None, why=""):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < lo or (hi is not None and v > hi):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: must be {rng}, got {v}" + (f" {why}" if why else ""))
+
+
 @torch.no_grad()
 def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, max_shrink=10):
     """BitDistiller's asymmetric clipping initialisation, in place: for every QATLinear, per
@@ -212,6 +229,11 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     once. ``batches``: an iterable of model inputs (tensors of token ids, or dicts of kwargs).
     The output error of a group is dw^T (X_g^T X_g) dw, so activations are reduced to one
     g x g Gram matrix per group (exact, and independent of the token count)."""
+    check_model(model)
+    _check_int("n_grid", n_grid, 1)
+    _check_int("max_shrink", max_shrink, 1, n_grid,
+               f"(at most n_grid={n_grid}: the candidates are max*(1 - i/n_grid), i < max_shrink)")
+    _check_int("max_tokens", max_tokens, 1)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QATLinear)]
     if not layers:
         raise ValueError("model: holds no QATLinear layers (run lowbit.quantize_ first)")
