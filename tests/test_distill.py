@@ -186,6 +186,42 @@ def test_generate_data_bad_arguments():
         distill.generate_data(model, tok, ["ok", ""], progress=False)
     with pytest.raises(TypeError, match="teacher"):
         distill.generate_data(torch.nn.Linear(2, 2), tok, PROMPTS, progress=False)
+    for out in (123, 1.5, ["gen.safetensors"]):
+        with pytest.raises(TypeError, match="out: expected None or a .safetensors file path"):
+            distill.generate_data(model, tok, PROMPTS, out=out, progress=False)
+
+
+def test_generate_data_out_directory_is_refused_before_generating(tmp_path, monkeypatch):
+    model, tok = tiny_llama(5), char_tokenizer()
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("generated anyway"))
+    with pytest.raises(ValueError, match="out: .* is a directory"):
+        distill.generate_data(model, tok, PROMPTS, out=tmp_path, progress=False)
+
+
+def test_trainer_bad_batches_name_the_batch(gen):
+    student, teacher = _pair(16)
+    tr = distill.DistillTrainer(student, teacher, gamma=0.5)
+    ids = torch.randint(2, V, (2, 8), generator=gen)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    for batch, exc, match in [
+            ({"attention_mask": torch.ones(2, 8)}, ValueError, "batch: a dict batch needs 'input_ids'"),
+            ({"labels": ids}, ValueError, "batch: a dict batch needs 'input_ids'"),
+            ("some text", TypeError, "batch: expected a tensor of token ids or a dict"),
+            ([[1, 2, 3]], TypeError, "batch: expected a tensor of token ids or a dict"),
+            (ids.float(), ValueError, "batch: expected a 2-D integer tensor"),
+            (ids[0], ValueError, "batch: expected a 2-D integer tensor .* got a 1-D"),
+            ({"input_ids": ids.tolist()}, ValueError, r"batch\['input_ids'\]: expected a 2-D integer"),
+            ({"input_ids": ids, "attention_mask": torch.ones(2, 7, dtype=torch.long)}, ValueError,
+             r"batch: attention_mask \(2, 7\) does not match input_ids \(2, 8\)"),
+            ({"input_ids": ids, "labels": ids[:, :5]}, ValueError,
+             r"batch: labels \(2, 5\) does not match input_ids"),
+    ]:
+        with pytest.raises(exc, match=match):
+            tr.step(batch)
+    assert tr.step_count == 0
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    with pytest.raises(ValueError, match="batch: a dict batch needs 'input_ids'"):
+        distill.perplexity(student, [{"labels": ids}])
 
 
 # ---------------------------------------------------------------------------------------------

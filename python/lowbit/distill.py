@@ -63,20 +63,40 @@ def prepare(model, config, calibration_batches=None, calibrate_tokens=4096, prog
 # ---------------------------------------------------------------------------------------------
 # batches: a tensor of token ids, or a dict with input_ids (+ attention_mask, labels)
 # ---------------------------------------------------------------------------------------------
-def _inputs(batch):
-    """The model's keyword inputs of a batch (labels are not passed: the loss is ours)."""
+def _ids(batch):
+    """The batch's token ids, the batch checked first: a 2-D integer tensor, or a dict with
+    one under "input_ids" (and attention_mask / labels of the same shape when given)."""
     if isinstance(batch, dict):
         if "input_ids" not in batch:
-            raise ValueError("batch: a dict batch needs 'input_ids'")
-        return {k: v for k, v in batch.items() if k != "labels"}
-    if not isinstance(batch, torch.Tensor):
+            raise ValueError(f"batch: a dict batch needs 'input_ids' (got keys {sorted(batch)})")
+        ids, what = batch["input_ids"], "batch['input_ids']"
+    elif isinstance(batch, torch.Tensor):
+        ids, what = batch, "batch"
+    else:
         raise TypeError(f"batch: expected a tensor of token ids or a dict, got "
                         f"{type(batch).__name__}")
-    return {"input_ids": batch}
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or \
+            ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        got = (f"a {ids.dim()}-D {ids.dtype} tensor" if isinstance(ids, torch.Tensor)
+               else type(ids).__name__)
+        raise ValueError(f"{what}: expected a 2-D integer tensor of token ids (batch, "
+                         f"sequence), got {got}")
+    if isinstance(batch, dict):
+        for key in ("attention_mask", "labels"):
+            v = batch.get(key)
+            if v is not None and (not isinstance(v, torch.Tensor) or v.shape != ids.shape):
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"batch: {key} {got} does not match input_ids "
+                                 f"{tuple(ids.shape)}")
+    return ids
 
 
-def _ids(batch):
-    return batch["input_ids"] if isinstance(batch, dict) else batch
+def _inputs(batch):
+    """The model's keyword inputs of a batch (labels are not passed: the loss is ours)."""
+    ids = _ids(batch)
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k != "labels"}
+    return {"input_ids": ids}
 
 
 def _labels(batch, ignore_index):
@@ -85,11 +105,7 @@ def _labels(batch, ignore_index):
     position itself is padding (attention_mask 0), so padded rows contribute nothing."""
     ids = _ids(batch)
     if isinstance(batch, dict) and batch.get("labels") is not None:
-        lab = batch["labels"]
-        if tuple(lab.shape) != tuple(ids.shape):
-            raise ValueError(f"batch: labels shape {tuple(lab.shape)} does not match input_ids "
-                             f"{tuple(ids.shape)}")
-        labels = lab[:, 1:].clone()
+        labels = batch["labels"][:, 1:].clone()
     else:
         labels = ids[:, 1:].clone()
     if isinstance(batch, dict) and batch.get("attention_mask") is not None:
@@ -259,6 +275,13 @@ def generate_data(teacher, tokenizer, prompts, *, max_new_tokens=256, temperatur
     from transformers import GenerationConfig, LogitsProcessorList
 
     _check_generate_args(max_new_tokens, temperature, top_p, batch_size, seed, train_batch_size)
+    if out is not None:
+        if not isinstance(out, (str, os.PathLike)):
+            raise TypeError(f"out: expected None or a .safetensors file path, got "
+                            f"{type(out).__name__}")
+        out = os.fspath(out)
+        if os.path.isdir(out):
+            raise ValueError(f"out: {out} is a directory; expected a .safetensors file path")
     if isinstance(prompts, str):
         prompts = prompts_from_text(prompts, n=num_prompts, prompt_chars=prompt_chars, seed=seed)
     elif num_prompts is not None:
