@@ -110,6 +110,7 @@ def test_directory_written_the_old_way_still_loads(tmp_path):
     assert torch.equal(logits(back), logits(m))
     specs = [x.spec for x in back.modules() if isinstance(x, lowbit.nn.QuantLinear)]
     assert specs and all(s.scale_dtype == "float32" for s in specs)
+    assert all(x.act == "auto" for x in back.modules() if isinstance(x, lowbit.nn.QuantLinear))
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
     with pytest.raises(FileNotFoundError, match="no config.json.*load_quantized\\(model_skeleton"):
         lowbit.load_quantized(str(tmp_path))
@@ -138,6 +139,38 @@ def test_scale_dtype_is_saved_and_loaded(tmp_path):
             dt = x.spec.scale_torch_dtype
             assert torch.equal(x.scales.to(dt).float(), x.scales), n
         assert torch.equal(logits(back), ref)
+
+
+def test_act_is_saved_and_loaded_per_layer(tmp_path):
+    """QuantLinear.act (quant_linear's accuracy mode) is part of what a layer computes: it is
+    stored per layer and every loader gives it back, so the logits are the saved model's."""
+    m = lowbit.convert_(lowbit.quantize_(tiny_llama(4), lowbit.QATConfig(
+        lowbit.QuantSpec("int", 4, 32))), act="int8")
+    m.model.layers[1].mlp.down_proj.act = "float"
+    want = {n: x.act for n, x in m.named_modules() if isinstance(x, lowbit.nn.QuantLinear)}
+    assert set(want.values()) == {"int8", "float"}
+
+    def short_logits(model):  # 9 tokens: the small-M kernels, where the modes differ
+        with torch.no_grad():
+            return model(IDS[:1]).logits
+
+    ref = short_logits(m)
+    m.model.layers[0].self_attn.q_proj.act = "auto"  # so a lost act shows in the logits
+    assert not torch.equal(short_logits(m), ref)
+    m.model.layers[0].self_attn.q_proj.act = "int8"
+    lowbit.save_quantized(m, tmp_path)
+    for f in ("lowbit_config.json", "config.json"):
+        cfg = json.load(open(tmp_path / f))
+        layers = cfg["layers"] if f == "lowbit_config.json" else cfg["quantization_config"]["layers"]
+        assert {n: e["act"] for n, e in layers.items()} == want, f
+    m.save_pretrained(tmp_path / "hf")
+    for back in (lowbit.load_quantized(str(tmp_path)),
+                 lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path)),
+                 transformers.AutoModelForCausalLM.from_pretrained(tmp_path),
+                 transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")):
+        got = {n: x.act for n, x in back.named_modules() if isinstance(x, lowbit.nn.QuantLinear)}
+        assert got == want
+        assert torch.equal(short_logits(back), ref)
 
 
 def _rewrite(directory, edit):
@@ -196,6 +229,8 @@ LAYER = "model.layers.0.self_attn.q_proj"
     (lambda c: c["layers"][LAYER]["spec"].__setitem__("scale_dtype", "float64"), r"\.spec is not a valid QuantSpec: scale_dtype"),
     (lambda c: c["layers"][LAYER]["spec"].__setitem__("scale_dtype", 16), r"\.spec is not a valid QuantSpec: scale_dtype"),
     (lambda c: c["layers"][LAYER].pop("out_features"), r"\.out_features is missing"),
+    (lambda c: c["layers"][LAYER].__setitem__("act", "int4"), r"\.act must be one of \[.*'int8'.*\], got 'int4'"),
+    (lambda c: c["layers"][LAYER].__setitem__("act", None), r"\.act must be one of"),
     (lambda c: c["layers"].__setitem__(LAYER, 3), r"layers\['model.layers.0.self_attn.q_proj'\] must be an object"),
     (lambda c: c.__setitem__("aliases", {"lm_head.weight": "model.nothing.weight"}), r"aliases\['lm_head.weight'\] names tensor 'model.nothing.weight', which is not stored"),
     (lambda c: c.__setitem__("aliases", ["x"]), "field 'aliases' must be an object"),

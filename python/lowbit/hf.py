@@ -37,18 +37,21 @@ class LayerInfo:
     out_features: int
     bias: bool
     dtype: torch.dtype
+    act: str = "auto"
 
 
 def layer_entry(m):
     """The table entry of a packed QuantLinear (JSON-ready)."""
     return {"spec": dataclasses.asdict(m.spec), "in_features": m.in_features,
             "out_features": m.out_features, "bias": m.bias is not None,
-            "dtype": str(m.weight_dtype)}
+            "dtype": str(m.weight_dtype), "act": m.act}
 
 
 def parse_layers(cfg, where):
     """{name: LayerInfo} of a table read from ``where`` (a file name, for the messages): every
-    malformed field raises ValueError naming ``where`` and the field."""
+    malformed field raises ValueError naming ``where`` and the field. A table written before
+    "act" was stored loads its layers with act "auto"."""
+    from .qlinear import ACTS
     if not isinstance(cfg, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     if "layers" not in cfg:
@@ -84,8 +87,11 @@ def parse_layers(cfg, where):
             spec.group_for(e["in_features"])
         except ValueError as exc:
             raise ValueError(f"{where}: field {f}.spec: {exc}") from None
+        act = e.get("act", "auto")
+        if not isinstance(act, str) or act not in ACTS:
+            raise ValueError(f"{where}: field {f}.act must be one of {list(ACTS)}, got {act!r}")
         out[name] = LayerInfo(spec, e["in_features"], e["out_features"], e["bias"],
-                              DTYPES[e["dtype"]])
+                              DTYPES[e["dtype"]], act)
     aliases = cfg.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in aliases.items()):
@@ -110,7 +116,7 @@ def skeleton_layer(info, device="meta"):
     from .qlinear import QuantLinear
 
     m = QuantLinear(info.in_features, info.out_features, info.spec, bias=info.bias,
-                    dtype=info.dtype, device=device)
+                    dtype=info.dtype, device=device, act=info.act)
     for b in DERIVED:
         if hasattr(m, b):
             setattr(m, b, None)
@@ -381,6 +387,11 @@ def register():
             return model
 
         def get_state_dict_and_metadata(self, model):
+            # save_pretrained calls this before it writes config.json: the table is taken from
+            # the layers as they are now (an act set after convert_ is saved, not the old one)
+            fresh = lowbit_quantization_config(model, _shared_aliases(model))
+            for key in ("layers", "aliases", "lowbit_version"):
+                setattr(self.quantization_config, key, fresh[key])
             return packed_state_dict(model), {}
 
         def is_serializable(self):

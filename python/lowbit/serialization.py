@@ -1,6 +1,6 @@
 """python/lowbit/serialization.py: save_quantized / load_quantized — a packed model as one
 safetensors file (every tensor of the state dict: packed codes, scales, zero points, and the
-unquantized layers) plus lowbit_config.json naming each packed layer with its QuantSpec; for a
+unquantized layers) plus lowbit_config.json naming each packed layer with its QuantSpec and act; for a
 transformers model also config.json (quantization_config "lowbit"), generation_config.json and
 the tokenizer, so the directory loads by path alone (load_quantized(path), or
 AutoModelForCausalLM.from_pretrained after `import lowbit`). Every stored tensor's dtype and shape
@@ -26,7 +26,8 @@ def save_quantized(model, directory, tokenizer=None):
     """Writes ``model`` (after lowbit.convert_) to ``directory``: model.safetensors (every
     tensor of the state dict once — tied tensors such as an LM head tied to the embedding are
     stored once and listed as aliases; the kernel layouts are not stored, they are rebuilt from
-    the canonical codes) and lowbit_config.json (each packed layer's QuantSpec). For a
+    the canonical codes) and lowbit_config.json (each packed layer's QuantSpec, shape and
+    accuracy mode ``act``). For a
     transformers model also config.json with quantization_config {"quant_method": "lowbit", ...},
     generation_config.json and, when given, the tokenizer's files. The model is not changed.
     Returns the directory."""
