@@ -70,6 +70,34 @@ def test_save_pretrained_of_a_converted_model(tmp_path):
     assert torch.equal(logits(back), ref)
 
 
+def test_tied_llama_with_a_packed_head_saves_untied_and_loads(tmp_path):
+    """skip=() quantizes the LM head of a tied model: the packed head is no longer the
+    embedding, so every directory lowbit writes says tie_word_embeddings false and loads back
+    with the saved logits (the embedding stays a float tensor of its own)."""
+    m = tiny_llama(5, tied=True)
+    assert m.config.tie_word_embeddings
+    lowbit.quantize_(m, lowbit.QATConfig(lowbit.QuantSpec("int", 4, 32), skip=()))
+    assert m.lm_head.weight is m.model.embed_tokens.weight  # QAT keeps the tie
+    lowbit.convert_(m)
+    assert isinstance(m.lm_head, lowbit.nn.QuantLinear)
+    ref = logits(m)
+    lowbit.save_quantized(m, tmp_path / "sq")
+    m.save_pretrained(tmp_path / "sp")
+    skeleton_cfg = transformers.LlamaConfig(**{**m.config.to_dict(), "tie_word_embeddings": True})
+    skeleton_cfg.quantization_config = None
+    for d in ("sq", "sp"):
+        assert json.load(open(tmp_path / d / "config.json"))["tie_word_embeddings"] is False, d
+        backs = [transformers.AutoModelForCausalLM.from_pretrained(tmp_path / d)]
+        if d == "sq":
+            backs += [lowbit.load_quantized(tmp_path / d),
+                      lowbit.load_quantized(transformers.LlamaForCausalLM(skeleton_cfg),
+                                            str(tmp_path / d))]
+        for back in backs:
+            assert isinstance(back.lm_head, lowbit.nn.QuantLinear)
+            assert torch.equal(back.model.embed_tokens.weight, m.model.embed_tokens.weight)
+            assert torch.equal(logits(back), ref), d
+
+
 def write_old_way(model, directory):
     """The directory lowbit 0.1 wrote (its save_quantized, reproduced here)."""
     import dataclasses

@@ -231,6 +231,27 @@ def prepare_dir(out, overwrite, name="out"):
     return out
 
 
+def head_tie(model):
+    """False when the model's output embedding is a lowbit layer (QATLinear, QuantLinear): its
+    weight is then stored quantized, no longer the input embedding's, so a checkpoint must say
+    tie_word_embeddings false or a loader re-ties it onto a layer that has no weight; else None
+    (the config's own value stands)."""
+    from .qat import QATLinear
+    from .qlinear import QuantLinear
+
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return False if isinstance(head, (QATLinear, QuantLinear)) else None
+
+
+def set_untied(config):
+    """config.tie_word_embeddings = False (and its text_config's, where it has one)."""
+    config.tie_word_embeddings = False
+    text = getattr(config, "text_config", None)
+    if text is not None and hasattr(text, "tie_word_embeddings"):
+        text.tie_word_embeddings = False
+
+
 def hf_config_dict(model, quantization_config, dtype, tie_word_embeddings=None):
     """config.json's content for ``model`` (a transformers model), its own config untouched."""
     cfg = model.config.to_dict()
@@ -303,6 +324,8 @@ def mark_quantized(model):
     if not is_hf_model(model):
         raise TypeError(f"model: expected a transformers model, got {type(model).__name__}")
     cls_cfg, cls_q = register()
+    if head_tie(model) is False:  # a packed head is not the embedding any more
+        set_untied(model.config)
     qc = cls_cfg.from_dict(lowbit_quantization_config(model, _shared_aliases(model)))
     model.config.quantization_config = qc
     model.hf_quantizer = cls_q(qc, pre_quantized=True)

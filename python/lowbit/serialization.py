@@ -58,7 +58,8 @@ def save_quantized(model, directory, tokenizer=None):
         qc = hf.lowbit_quantization_config(model, cfg["aliases"])
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(hf.hf_config_dict(model, qc, dtype), f, indent=2, sort_keys=True)
+            json.dump(hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=hf.head_tie(model)),
+                      f, indent=2, sort_keys=True)
         gen = getattr(model, "generation_config", None)
         if gen is not None and hasattr(gen, "save_pretrained"):
             gen.save_pretrained(directory)

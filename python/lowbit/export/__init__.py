@@ -72,9 +72,7 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     qtensors, qc = fmt.plan(model, layers, dtype)
     others, _aliases = _common.other_tensors(model, layers, dtype)
     tensors = {**others, **qtensors}
-    qnames = {L.name for L in layers}
-    head = "lm_head" in qnames or any(n.endswith("lm_head") for n in qnames)
-    cfg = hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=False if head else None)
+    cfg = hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=hf.head_tie(model))
     out = hf.prepare_dir(out, overwrite)
     if os.path.isdir(out):  # overwrite=True: no stale shard or config may be mixed in
         for f in os.listdir(out):
