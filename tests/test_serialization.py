@@ -309,6 +309,36 @@ def test_save_quantized_plain_module_has_no_config_json(tmp_path):
     assert torch.equal(back(x), m(x))
 
 
+@pytest.mark.parametrize("skeleton_shares", [True, False])
+def test_a_layer_used_at_two_places_loads_shared(skeleton_shares, tmp_path):
+    """nn.Sequential(lin, ReLU, lin): quantize_ / convert_ keep one layer at both places; it is
+    saved once and loads as one QuantLinear at both places again, whether the skeleton's two
+    places are one nn.Linear or two."""
+    def net(shared):
+        a = torch.nn.Linear(64, 64)
+        return torch.nn.Sequential(a, torch.nn.ReLU(), a if shared else torch.nn.Linear(64, 64),
+                                   torch.nn.ReLU(), torch.nn.Linear(64, 16))
+
+    torch.manual_seed(7)
+    m = lowbit.convert_(lowbit.quantize_(net(True), lowbit.QATConfig(
+        lowbit.QuantSpec("int", 3, 32), skip=())), act="float")
+    assert m[0] is m[2]
+    lowbit.save_quantized(m, tmp_path)
+    cfg = json.load(open(tmp_path / "lowbit_config.json"))
+    assert sorted(cfg["layers"]) == ["0", "4"] and cfg["shared"] == {"2": "0"}
+    back = lowbit.load_quantized(net(skeleton_shares), str(tmp_path))
+    assert isinstance(back[0], lowbit.nn.QuantLinear) and back[0] is back[2]
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(back(x), m(x))
+    # and a table whose shared entry is wrong is refused, naming the field
+    for bad, match in (({"2": "1"}, r"shared\['2'\] names layer '1', which is not in 'layers'"),
+                       ({"4": "0"}, r"shared\['4'\] is also a layer"),
+                       (["2"], "field 'shared' must be an object")):
+        _edit_cfg(tmp_path, lambda c: c.__setitem__("shared", bad))
+        with pytest.raises(ValueError, match=match):
+            lowbit.load_quantized(net(True), str(tmp_path))
+
+
 def _child(code):
     env = dict(os.environ)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -100,6 +100,24 @@ def parse_layers(cfg, where):
     return out
 
 
+def parse_shared(cfg, where, layers):
+    """The "shared" table {module name: layer name}: a packed layer used at several places of
+    the model (nn.Sequential(lin, act, lin)) is stored once, under its first name, and these
+    names are the same module. Tables without the field have none."""
+    shared = cfg.get("shared", {})
+    if not isinstance(shared, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in shared.items()):
+        raise ValueError(f"{where}: field 'shared' must be an object of module name -> layer "
+                         f"name, got {shared!r:.80}")
+    for name, first in shared.items():
+        if first not in layers:
+            raise ValueError(f"{where}: field shared[{name!r}] names layer {first!r}, which is "
+                             f"not in 'layers'")
+        if name in layers:
+            raise ValueError(f"{where}: field shared[{name!r}] is also a layer of its own")
+    return shared
+
+
 def parse_aliases(cfg, where, stored_keys):
     """The alias table, each target checked against the stored tensor names."""
     aliases = cfg.get("aliases", {})
@@ -164,24 +182,34 @@ def header_of(files):
     return out
 
 
-def swap_in_packed(model, layers, where, device="meta"):
+def swap_in_packed(model, layers, where, device="meta", shared=None):
     """Replaces each layer named in the table by an empty QuantLinear (an nn.Linear of that shape
-    must be there)."""
+    must be there), and puts that same QuantLinear at each of its ``shared`` names, so a layer
+    saved shared loads shared whether or not the model's own layers are."""
     import torch.nn as nn
 
-    for name, info in layers.items():
+    def place(name, info, new):
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{where}: names layer {name!r}, which the model does not have") \
                 from None
+        if old is new:  # a shared parent: already there
+            return
         if not isinstance(old, nn.Linear) or old.in_features != info.in_features or \
                 old.out_features != info.out_features:
             raise ValueError(f"{where}: layer {name!r} of the model is not an nn.Linear of shape "
                              f"({info.out_features}, {info.in_features})")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, skeleton_layer(info, device=device))
+        setattr(parent, child, new)
+
+    built = {}
+    for name, info in layers.items():
+        built[name] = skeleton_layer(info, device=device)
+        place(name, info, built[name])
+    for name, first in (shared or {}).items():
+        place(name, layers[first], built[first])
 
 
 def rebuild_layouts(model):
@@ -197,19 +225,49 @@ def packed_state_dict(model):
     """state_dict without the derived kernel layouts."""
     from .qlinear import QuantLinear
 
-    derived = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, QuantLinear)
-               for b in DERIVED}
+    derived = {f"{n}.{b}" for n, m in model.named_modules(remove_duplicate=False)
+               if isinstance(m, QuantLinear) for b in DERIVED}
     return {k: v for k, v in model.state_dict().items() if k not in derived and v is not None}
 
 
-def lowbit_quantization_config(model, aliases=None):
-    """The quantization_config dict of config.json for a converted model."""
-    from . import __version__
+def layer_table(model):
+    """{"layers": {name: entry}, "shared": {other name: name}} of the model's packed layers: each
+    QuantLinear under the first name it has, and every further place it is used."""
     from .qlinear import QuantLinear
 
-    layers = {n: layer_entry(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    return {"quant_method": QUANT_METHOD, "lowbit_version": __version__, "layers": layers,
-            "aliases": dict(aliases or {})}
+    first, layers, shared = {}, {}, {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        if not isinstance(m, QuantLinear):
+            continue
+        if id(m) in first:
+            shared[n] = first[id(m)]
+        else:
+            first[id(m)] = n
+            layers[n] = layer_entry(m)
+    return {"layers": layers, "shared": shared}
+
+
+def split_aliases(state_dict):
+    """(tensors, aliases): every tensor once, under its first key; a later key holding the same
+    storage, offset, shape and dtype (tied or shared weights) maps to that first key."""
+    tensors, seen, aliases = {}, {}, {}
+    for key, t in state_dict.items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = t
+    return tensors, aliases
+
+
+def lowbit_quantization_config(model):
+    """The quantization_config dict of config.json for a converted model."""
+    from . import __version__
+
+    _, aliases = split_aliases(packed_state_dict(model))
+    return {"quant_method": QUANT_METHOD, "lowbit_version": __version__, **layer_table(model),
+            "aliases": aliases}
 
 
 # ---- writing checkpoint directories ----
@@ -326,22 +384,11 @@ def mark_quantized(model):
     cls_cfg, cls_q = register()
     if head_tie(model) is False:  # a packed head is not the embedding any more
         set_untied(model.config)
-    qc = cls_cfg.from_dict(lowbit_quantization_config(model, _shared_aliases(model)))
+    qc = cls_cfg.from_dict(lowbit_quantization_config(model))
     model.config.quantization_config = qc
     model.hf_quantizer = cls_q(qc, pre_quantized=True)
     model.is_quantized = True
     return model
-
-
-def _shared_aliases(model):
-    seen, aliases = {}, {}
-    for key, t in packed_state_dict(model).items():
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if ident in seen:
-            aliases[key] = seen[ident]
-        else:
-            seen[ident] = key
-    return aliases
 
 
 # ---- the transformers quantizer ----
@@ -367,10 +414,12 @@ def register():
         to its QuantSpec, shape, bias and dtype; ``aliases`` lists tensors stored once for
         several names."""
 
-        def __init__(self, layers=None, aliases=None, lowbit_version=None, **kwargs):
+        def __init__(self, layers=None, aliases=None, lowbit_version=None, shared=None,
+                     **kwargs):
             self.quant_method = QUANT_METHOD
             self.layers = layers if layers is not None else {}
             self.aliases = aliases if aliases is not None else {}
+            self.shared = shared if shared is not None else {}
             self.lowbit_version = lowbit_version
 
         def parsed(self):
@@ -389,7 +438,8 @@ def register():
         def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
             where = "config.json quantization_config"
             layers = self.quantization_config.parsed()
-            swap_in_packed(model, layers, where)
+            shared = parse_shared(self.quantization_config.to_dict(), where, layers)
+            swap_in_packed(model, layers, where, shared=shared)
             if checkpoint_files:
                 found = header_of(checkpoint_files)
                 check_tensors(found, layers, "checkpoint " + os.path.dirname(checkpoint_files[0]))
@@ -412,8 +462,8 @@ def register():
         def get_state_dict_and_metadata(self, model):
             # save_pretrained calls this before it writes config.json: the table is taken from
             # the layers as they are now (an act set after convert_ is saved, not the old one)
-            fresh = lowbit_quantization_config(model, _shared_aliases(model))
-            for key in ("layers", "aliases", "lowbit_version"):
+            fresh = lowbit_quantization_config(model)
+            for key in ("layers", "shared", "aliases", "lowbit_version"):
                 setattr(self.quantization_config, key, fresh[key])
             return packed_state_dict(model), {}
 

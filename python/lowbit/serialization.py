@@ -16,12 +16,6 @@ CONFIG_NAME = "lowbit_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _packed_layers(model):
-    from .qlinear import QuantLinear
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-
-
 def save_quantized(model, directory, tokenizer=None):
     """Writes ``model`` (after lowbit.convert_) to ``directory``: model.safetensors (every
     tensor of the state dict once — tied tensors such as an LM head tied to the embedding are
@@ -35,27 +29,20 @@ def save_quantized(model, directory, tokenizer=None):
 
     from . import __version__
 
-    layers = _packed_layers(model)
-    if not layers:
+    table = hf.layer_table(model)
+    if not table["layers"]:
         raise ValueError("model: holds no packed QuantLinear layers (run lowbit.convert_ first)")
     hf.check_tokenizer(tokenizer)
-    cfg = {"lowbit_version": __version__, "layers": {n: hf.layer_entry(m) for n, m in layers},
-           "aliases": {}}
-    tensors, seen = {}, {}
-    for key, t in hf.packed_state_dict(model).items():
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if ident in seen:
-            cfg["aliases"][key] = seen[ident]
-            continue
-        seen[ident] = key
-        tensors[key] = t.detach().contiguous().cpu()
+    tensors, aliases = hf.split_aliases(hf.packed_state_dict(model))
+    tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
+    cfg = {"lowbit_version": __version__, **table, "aliases": aliases}
     os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, WEIGHTS_NAME),
               metadata={"format": "pt", "lowbit_version": __version__})
     with open(os.path.join(directory, CONFIG_NAME), "w") as f:
         json.dump(cfg, f, indent=1)
     if hf.is_hf_model(model):
-        qc = hf.lowbit_quantization_config(model, cfg["aliases"])
+        qc = hf.lowbit_quantization_config(model)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=hf.head_tie(model)),
@@ -105,7 +92,8 @@ def load_quantized(model_or_path, directory=None, device="cpu"):
     if not os.path.exists(weights):
         raise FileNotFoundError(f"directory: no {WEIGHTS_NAME} in {directory}")
     hf.check_tensors(hf.header_of([weights]), layers, weights)
-    hf.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu")
+    hf.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu",
+                      shared=hf.parse_shared(cfg, path, layers))
     sd = load_file(weights)
     for alias, key in hf.parse_aliases(cfg, path, set(sd)).items():
         sd[alias] = sd[key]
