@@ -234,6 +234,23 @@ def test_load_checks_every_tensor_dtype_and_shape(edit, match, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bad_header_json"])
+def test_unreadable_model_safetensors_is_a_value_error_naming_the_file(damage, tmp_path):
+    m = converted()
+    lowbit.save_quantized(m, tmp_path)
+    p = tmp_path / "model.safetensors"
+    data = p.read_bytes()
+    p.write_bytes({"truncated": data[:len(data) // 2], "garbage": b"\x00lowbit?" * 64,
+                   "empty": b"",
+                   "bad_header_json": len(b"{nope").to_bytes(8, "little") + b"{nope"}[damage])
+    for load in (lambda: lowbit.load_quantized(str(tmp_path)),
+                 lambda: lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path)),
+                 lambda: transformers.AutoModelForCausalLM.from_pretrained(tmp_path)):
+        with pytest.raises(ValueError, match="not a readable safetensors file") as e:
+            load()
+        assert str(p) in str(e.value)
+
+
 def _edit_cfg(directory, fn):
     p = os.path.join(directory, "lowbit_config.json")
     cfg = json.load(open(p))

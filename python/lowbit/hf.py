@@ -169,17 +169,36 @@ def check_tensors(found, layers, where):
                                  f"({info.out_features}, {info.in_features})")
 
 
+def _unreadable(f, exc):
+    return ValueError(f"{f}: not a readable safetensors file (truncated or corrupt?): {exc}")
+
+
 def header_of(files):
-    """{key: (safetensors dtype, shape)} of safetensors files, read from their headers only."""
-    from safetensors import safe_open
+    """{key: (safetensors dtype, shape)} of safetensors files, read from their headers only; a
+    file safetensors cannot parse is a ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
 
     out = {}
     for f in files:
-        with safe_open(f, framework="pt") as h:
-            for k in h.keys():
-                s = h.get_slice(k)
-                out[k] = (s.get_dtype(), tuple(s.get_shape()))
+        try:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    s = h.get_slice(k)
+                    out[k] = (s.get_dtype(), tuple(s.get_shape()))
+        except SafetensorError as exc:
+            raise _unreadable(f, exc) from None
     return out
+
+
+def read_tensors(f):
+    """Every tensor of the safetensors file ``f`` (on CPU); ValueError naming it if unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(f)
+    except SafetensorError as exc:
+        raise _unreadable(f, exc) from None
 
 
 def swap_in_packed(model, layers, where, device="meta", shared=None):

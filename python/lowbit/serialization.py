@@ -83,8 +83,6 @@ def load_quantized(model_or_path, directory=None, device="cpu"):
                             "directory")
         return _load_by_path(model_or_path, device)
     model_skeleton = model_or_path
-    from safetensors.torch import load_file
-
     if not isinstance(model_skeleton, nn.Module):
         raise TypeError(f"model_skeleton: expected an nn.Module, got {type(model_skeleton).__name__}")
     path, cfg, layers = _read_config(directory)
@@ -94,7 +92,7 @@ def load_quantized(model_or_path, directory=None, device="cpu"):
     hf.check_tensors(hf.header_of([weights]), layers, weights)
     hf.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu",
                       shared=hf.parse_shared(cfg, path, layers))
-    sd = load_file(weights)
+    sd = hf.read_tensors(weights)
     for alias, key in hf.parse_aliases(cfg, path, set(sd)).items():
         sd[alias] = sd[key]
     missing, unexpected = model_skeleton.load_state_dict(sd, strict=False)
