@@ -480,6 +480,84 @@ def test_export_refusals_name_the_layer_before_writing(gen, tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
+def _scaled_qat(gen, spec, factor, zero_rows=0):
+    """A QAT'd tiny Llama whose decoder weights are multiplied by ``factor`` (and whose q_proj
+    rows [0, zero_rows) are zero)."""
+    m = tiny_llama(_seed(gen))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "proj" in n:
+                p.mul_(factor)
+                if "q_proj" in n:
+                    p[:zero_rows] = 0
+    return lowbit.quantize_(m, lowbit.QATConfig(spec))
+
+
+def _worst_f16_rounding(model):
+    """{layer: worst relative float16 rounding of its scales}, over groups whose codes are not
+    all the zero point, decoded here from QuantSpec and lowbit.quantize's integers (numpy)."""
+    out = {}
+    for n, mod in model.named_modules():
+        if not isinstance(mod, lowbit.nn.QATLinear):
+            continue
+        qw = lowbit.quantize(mod.weight.detach(), mod.spec)
+        N, K = qw.shape
+        g = mod.spec.group_size
+        q = unpack_codes(qw.codes, K, mod.spec.bits).numpy().reshape(N, K // g, g)
+        z = qw.zeros.numpy()[..., None] if qw.zeros is not None else 2 ** (mod.spec.bits - 1)
+        used = (q != z).any(-1)
+        sc = qw.scales.numpy().astype(np.float64)
+        err = np.abs(sc.astype(np.float16).astype(np.float64) - sc) / sc
+        out[n] = float(err[used].max()) if used.any() else 0.0
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["compressed-tensors", "gptq", "gguf"])
+def test_export_refuses_scale_rounding_beyond_2_pow_minus_11(fmt, gen, tmp_path):
+    """The README's "at most 2^-11 relative" holds for every export: scales below float16's
+    smallest normal (small weights) are refused with the layer and the worst error, unless the
+    spec trains on float16 scales (then they are exact); groups that are all zero point do not
+    count (their weights are 0 whatever the scale)."""
+    tok = tiny_tokenizer()
+    spec = lowbit.QuantSpec("int", 4, 32)
+    small = _scaled_qat(gen, spec, 5e-4)
+    worst = _worst_f16_rounding(small)
+    first = next(iter(worst))
+    assert worst[first] > 2 ** -11  # the case exists
+    target = tmp_path / ("small.gguf" if fmt == "gguf" else "small")
+    with pytest.raises(ValueError, match=f"{first}: scale .* below float16's smallest normal") as e:
+        lowbit.export(small, target, fmt, tokenizer=tok)
+    assert not os.path.exists(target)
+    got = float(str(e.value).split("a relative error of ")[1].split(",")[0])
+    assert got == pytest.approx(worst[first], rel=2e-3)
+    # the same weights trained on float16 scales export, exactly
+    exact = _scaled_qat(gen, lowbit.QuantSpec("int", 4, 32, scale_dtype="float16"), 5e-4)
+    lowbit.export(exact, tmp_path / "exact.gguf" if fmt == "gguf" else tmp_path / "exact", fmt,
+                  tokenizer=tok)
+    # all-zero rows: their groups' scales round badly but carry nothing, so they do not refuse
+    zero = _scaled_qat(gen, spec, 1.0, zero_rows=8)
+    assert max(_worst_f16_rounding(zero).values()) <= 2 ** -11
+    lowbit.export(zero, tmp_path / "zero.gguf" if fmt == "gguf" else tmp_path / "zero", fmt,
+                  tokenizer=tok)
+
+
+def test_export_int8_small_weights_issue_case(gen, tmp_path):
+    """int8-asym scales of weights with std 0.002 fall below float16's smallest normal: refused
+    by the float16 carriers; compressed-tensors in float32 stores them as they are."""
+    m = tiny_llama(_seed(gen))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "proj" in n:
+                p.normal_(0, 0.002, generator=gen)
+    lowbit.quantize_(m, lowbit.QATConfig(lowbit.QuantSpec("int", 8, 64)))
+    assert max(_worst_f16_rounding(m).values()) > 2 ** -11
+    for fmt in ("compressed-tensors", "gptq"):
+        _refuses(m, fmt, r"model\.layers\.0\.self_attn\.q_proj: scale .* relative error", tmp_path)
+    with pytest.raises(ValueError, match="or export with dtype=torch.float32"):
+        lowbit.export(m, tmp_path / "ct16", "compressed-tensors")
+    lowbit.export(m, tmp_path / "ct32", "compressed-tensors", dtype=torch.float32)
+
+
 def test_export_non_empty_out_and_overwrite(gen, tmp_path):
     m = lowbit.convert_(qat_model(gen, lowbit.QuantSpec("int", 4, 32)))
     d = tmp_path / "out"

@@ -31,7 +31,9 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     Scales are stored in the format's dtype (compressed-tensors: ``dtype``; GPTQ, GGUF: float16):
     when the spec's scale_dtype (FORMATS.md 1.6) is that dtype they are lowbit's scales exactly;
     otherwise (float32 scales) they are rounded to it, so the deployed weights differ from the
-    trained ones by that rounding (QuantSpec(scale_dtype=...) removes it). A layer, spec or model
+    trained ones by that rounding (QuantSpec(scale_dtype=...) removes it), which must stay within
+    2^-11 relative for float16 (2^-8 for bfloat16): a larger one (a scale below float16's smallest
+    normal) is refused, naming the layer and the worst error. A layer, spec or model
     the format cannot carry raises ValueError naming the layer and the reason before anything is
     written; so does an existing non-empty ``out`` unless ``overwrite=True``. Returns the path
     written (directory, or .gguf file). With overwrite=True an existing directory's checkpoint files

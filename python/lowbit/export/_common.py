@@ -3,6 +3,7 @@ as integer codes (QATLinear: its current weight quantized with lowbit.quantize; 
 own codes), the rounding of scales to the target's storage dtype (refusing 0 and inf), and the
 unquantized tensors of the state dict."""
 import dataclasses
+import math
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,9 @@ class Layer:
     def shape(self):
         return tuple(self.q.shape)
 
+    def used_groups(self):
+        return used_groups(self.q, self.zeros, self.group, self.spec.bits)
+
     def dequantized(self):
         """(q - z) * s (asym) or (q - 2^(b-1)) * s (sym) in float32, from these integers: the
         weight lowbit computes with (INT formats)."""
@@ -34,6 +38,15 @@ class Layer:
         if self.zeros is not None:
             return (self.q - self.zeros.repeat_interleave(g, dim=1)).float() * s
         return (self.q - (1 << (self.spec.bits - 1))).float() * s
+
+
+def used_groups(q, zeros, group, bits):
+    """(N, G) bool: the groups of codes ``q`` (N, K) holding a code other than their zero point
+    (``zeros`` None: INT sym, 2^(b-1)); the others dequantize to 0 whatever their scale."""
+    N, K = q.shape
+    z = zeros if zeros is not None else torch.full((N, K // group), 1 << (bits - 1),
+                                                   dtype=q.dtype)
+    return (q.reshape(N, K // group, group) != z.unsqueeze(-1)).any(-1)
 
 
 def unpack_codes(codes, bits, K, chunk_rows=1024):
@@ -99,21 +112,49 @@ def spec_scale_dtype(spec):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def round_scales(t, dtype, what, layer, spec=None):
+# the most round-to-nearest-even can move a number of the normal range, relative to it (half an
+# ulp): what an export may lose on a scale. Below float16's smallest normal (6.1e-5) the spacing
+# is fixed and the relative error grows, so such scales are refused rather than written.
+REL_ROUNDING = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 0.0}
+
+
+def round_scales(t, dtype, what, layer, spec=None, used=None, hint=""):
     """``t`` (float32) rounded to ``dtype``; ValueError naming the layer where a value becomes 0
-    or inf (a nonzero scale must stay nonzero and finite). With ``spec`` whose scale_dtype is
-    ``dtype`` the scales must already be exact in it (then the stored scales are lowbit's)."""
+    or inf (a nonzero scale must stay nonzero and finite), and where a scale moves by more than
+    REL_ROUNDING[dtype] relative (2^-11 for float16) — the message gives the worst one. Only the
+    scales of groups in ``used`` (bool, t's leading shape; default all) count there: a group
+    whose codes all equal its zero point is 0 whatever its scale. With ``spec`` whose
+    scale_dtype is ``dtype`` the scales must already be exact in it (then the stored scales are
+    lowbit's). ``hint``: what else the target allows (e.g. a float32 export)."""
     r = t.to(dtype)
+    name = str(dtype).replace("torch.", "")
     if spec is not None and spec_scale_dtype(spec) == dtype and not torch.equal(r.float(), t):
-        raise ValueError(f"{layer}: spec {spec.name} has scale_dtype "
-                         f"{str(dtype).replace('torch.', '')} but its scales are not exact in it "
-                         f"(a packed layer from an inconsistent checkpoint?)")
+        raise ValueError(f"{layer}: spec {spec.name} has scale_dtype {name} but its scales are "
+                         f"not exact in it (a packed layer from an inconsistent checkpoint?)")
     bad = ((r == 0) & (t != 0)) | torch.isinf(r) & torch.isfinite(t)
     if bool(bad.any()):
         v = t[bad].flatten()[0].item()
         raise ValueError(f"{layer}: {what} {v:.3e} rounds to {r[bad].flatten()[0].item()} in "
-                         f"{str(dtype).replace('torch.', '')}; this layer cannot be exported in "
-                         f"that dtype (train with QuantSpec(scale_dtype=...) matching it)")
+                         f"{name}; this layer cannot be exported in that dtype (train with "
+                         f"QuantSpec(scale_dtype=...) matching it){hint}")
+    counted = t != 0
+    if used is not None:
+        counted &= used.reshape(used.shape + (1,) * (t.dim() - used.dim()))
+    rel = torch.where(counted, (r.double() - t.double()).abs() / t.double().abs(),
+                      torch.zeros((), dtype=torch.float64))
+    worst = rel.max() if rel.numel() else torch.zeros(())
+    if float(worst) > REL_ROUNDING[dtype]:
+        i = int(rel.argmax())
+        v, rv = t.flatten()[i].item(), r.flatten()[i].float().item()
+        bound = REL_ROUNDING[dtype]
+        tiny = torch.finfo(dtype).tiny
+        sub = f", below {name}'s smallest normal {tiny:.3g}" if abs(v) < tiny else ""
+        raise ValueError(f"{layer}: {what} {v:.6e}{sub}, rounds to {rv:.6e} in {name}: a "
+                         f"relative error of {float(worst):.4g}, above 2^{int(math.log2(bound))}"
+                         f" = {bound:.3g} (the most rounding to {name} loses in its normal "
+                         f"range): the exported weights would not be the trained ones to {name} "
+                         f"precision. Train with QuantSpec(scale_dtype={name!r}) so the scales "
+                         f"are exact in it{hint}")
     return r
 
 

@@ -51,7 +51,9 @@ def plan(model, layers, dtype):
     for L in layers:
         N, K = L.shape
         off = 1 << (L.spec.bits - 1)
-        scale = round_scales(L.scales, dtype, "scale", L.name, L.spec)
+        scale = round_scales(L.scales, dtype, "scale", L.name, L.spec, used=L.used_groups(),
+                             hint=", or export with dtype=torch.float32 (compressed-tensors "
+                                  "stores the scales in the export dtype)")
         # compressed-tensors' packer takes the signed int8 codes q - 2^(b-1)
         tensors[f"{L.name}.weight_packed"] = pack((L.q - off).to(torch.int8), L.spec.bits)
         tensors[f"{L.name}.weight_scale"] = scale.contiguous()

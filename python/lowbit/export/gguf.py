@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 import torch
 
-from ._common import refuse_non_int, round_scales
+from ._common import refuse_non_int, round_scales, used_groups
 
 ARCHS = ("LlamaForCausalLM",)
 # the llama3 pre-tokenizer regex of Llama 3's tokenizer.json (llama.cpp's llama-vocab.cpp keeps it
@@ -63,7 +63,9 @@ def _blocks(L, btype, gguf, q, scales, zeros):
     N, K = q.shape
     nb = K // 32
     per = L.group // 32  # blocks per group share the group's d (and m)
-    d = round_scales(scales, torch.float16, "scale", L.name, L.spec).repeat_interleave(per, dim=1)
+    used = used_groups(q, zeros, L.group, L.spec.bits)  # q, zeros: in the file's row order
+    d = round_scales(scales, torch.float16, "scale", L.name, L.spec, used=used)
+    d = d.repeat_interleave(per, dim=1)
     d_bytes = d.contiguous().view(torch.uint8).reshape(N, nb, 2)
     if btype == T.Q8_0:
         qs = (q - 128).to(torch.int8).reshape(N, nb, 32).view(torch.uint8)
@@ -76,7 +78,8 @@ def _blocks(L, btype, gguf, q, scales, zeros):
     if btype == T.Q4_0:
         return torch.cat([d_bytes, nib], -1).reshape(N, -1).numpy()
     m = -(zeros.float() * d.float()[:, ::per])  # -z*s with the fp16 s, per group
-    m = round_scales(m, torch.float16, "min (-z*s)", L.name).repeat_interleave(per, dim=1)
+    m = round_scales(m, torch.float16, "min (-z*s)", L.name, used=used)
+    m = m.repeat_interleave(per, dim=1)
     m_bytes = m.contiguous().view(torch.uint8).reshape(N, nb, 2)
     return torch.cat([d_bytes, m_bytes, nib], -1).reshape(N, -1).numpy()
 

@@ -70,7 +70,8 @@ def plan(model, layers, dtype):
     for L in layers:
         N, K = L.shape
         g = L.group
-        scales = round_scales(L.scales, torch.float16, "scale", L.name, L.spec)
+        scales = round_scales(L.scales, torch.float16, "scale", L.name, L.spec,
+                              used=L.used_groups())
         zeros = L.zeros if L.zeros is not None else torch.full_like(
             L.q[:, ::g], 1 << (bits - 1))
         tensors[f"{L.name}.qweight"] = pack_dense(L.q, bits).t().contiguous()
