@@ -10,7 +10,7 @@ import os
 
 import torch.nn as nn
 
-from . import hf
+from . import checkpoint
 
 CONFIG_NAME = "lowbit_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,11 +29,11 @@ def save_quantized(model, directory, tokenizer=None):
 
     from . import __version__
 
-    table = hf.layer_table(model)
+    table = checkpoint.layer_table(model)
     if not table["layers"]:
         raise ValueError("model: holds no packed QuantLinear layers (run lowbit.convert_ first)")
-    hf.check_tokenizer(tokenizer)
-    tensors, aliases = hf.split_aliases(hf.packed_state_dict(model))
+    checkpoint.check_tokenizer(tokenizer)
+    tensors, aliases = checkpoint.split_aliases(checkpoint.packed_state_dict(model))
     tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
     cfg = {"lowbit_version": __version__, **table, "aliases": aliases}
     os.makedirs(directory, exist_ok=True)
@@ -41,12 +41,13 @@ def save_quantized(model, directory, tokenizer=None):
               metadata={"format": "pt", "lowbit_version": __version__})
     with open(os.path.join(directory, CONFIG_NAME), "w") as f:
         json.dump(cfg, f, indent=1)
-    if hf.is_hf_model(model):
-        qc = hf.lowbit_quantization_config(model)
+    if checkpoint.is_hf_model(model):
+        qc = checkpoint.lowbit_quantization_config(model)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=hf.head_tie(model)),
-                      f, indent=2, sort_keys=True)
+            cfg_dict = checkpoint.hf_config_dict(model, qc, dtype,
+                                                 tie_word_embeddings=checkpoint.head_tie(model))
+            json.dump(cfg_dict, f, indent=2, sort_keys=True)
         gen = getattr(model, "generation_config", None)
         if gen is not None and hasattr(gen, "save_pretrained"):
             gen.save_pretrained(directory)
@@ -64,7 +65,7 @@ def _read_config(directory):
             cfg = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return path, cfg, hf.parse_layers(cfg, path)
+    return path, cfg, checkpoint.parse_layers(cfg, path)
 
 
 def load_quantized(model_or_path, directory=None, device="cpu"):
@@ -89,18 +90,18 @@ def load_quantized(model_or_path, directory=None, device="cpu"):
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(weights):
         raise FileNotFoundError(f"directory: no {WEIGHTS_NAME} in {directory}")
-    hf.check_tensors(hf.header_of([weights]), layers, weights)
-    hf.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu",
-                      shared=hf.parse_shared(cfg, path, layers))
-    sd = hf.read_tensors(weights)
-    for alias, key in hf.parse_aliases(cfg, path, set(sd)).items():
+    checkpoint.check_tensors(checkpoint.header_of([weights]), layers, weights)
+    checkpoint.swap_in_packed(model_skeleton, layers, f"{path} (model_skeleton)", device="cpu",
+                              shared=checkpoint.parse_shared(cfg, path, layers))
+    sd = checkpoint.read_tensors(weights)
+    for alias, key in checkpoint.parse_aliases(cfg, path, set(sd)).items():
         sd[alias] = sd[key]
     missing, unexpected = model_skeleton.load_state_dict(sd, strict=False)
     if unexpected:
         raise ValueError(f"directory: tensors not in the model: {sorted(unexpected)[:5]}")
     if missing:
         raise ValueError(f"directory: tensors missing from {WEIGHTS_NAME}: {missing[:5]}")
-    hf.rebuild_layouts(model_skeleton)
+    checkpoint.rebuild_layouts(model_skeleton)
     return model_skeleton.to(device)
 
 
@@ -121,10 +122,13 @@ def _load_by_path(path, device):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
     qc = cfg.get("quantization_config")
-    if not isinstance(qc, dict) or qc.get("quant_method") != hf.QUANT_METHOD:
+    if not isinstance(qc, dict) or qc.get("quant_method") != checkpoint.QUANT_METHOD:
         raise ValueError(f"{cfg_path}: field quantization_config.quant_method is not "
-                         f"{hf.QUANT_METHOD!r} (not a directory written by save_quantized)")
-    hf.parse_layers(qc, f"{cfg_path} quantization_config")
+                         f"{checkpoint.QUANT_METHOD!r} (not a directory written by "
+                         f"save_quantized)")
+    checkpoint.parse_layers(qc, f"{cfg_path} quantization_config")
+    from . import hf
+
     hf.register()
     import transformers
 

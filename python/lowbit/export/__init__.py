@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .. import hf
+from .. import checkpoint
 from . import _common
 
 FORMATS = ("compressed-tensors", "gptq", "gguf")
@@ -47,7 +47,7 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
         raise TypeError(f"out: expected a path, got {type(out).__name__}")
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite: expected a bool, got {type(overwrite).__name__}")
-    hf.check_tokenizer(tokenizer)
+    checkpoint.check_tokenizer(tokenizer)
     layers = _common.collect(model)
     if format == "gguf":
         from . import gguf as fmt
@@ -64,7 +64,7 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
         write(tmp)
         os.replace(tmp, path)
         return path
-    if not hf.is_hf_model(model):
+    if not checkpoint.is_hf_model(model):
         raise ValueError(f"model: format {format!r} writes a Hugging Face checkpoint; "
                          f"{type(model).__name__} is not a transformers model")
     if format == "compressed-tensors":
@@ -74,14 +74,15 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     qtensors, qc = fmt.plan(model, layers, dtype)
     others, _aliases = _common.other_tensors(model, layers, dtype)
     tensors = {**others, **qtensors}
-    cfg = hf.hf_config_dict(model, qc, dtype, tie_word_embeddings=hf.head_tie(model))
-    out = hf.prepare_dir(out, overwrite)
+    cfg = checkpoint.hf_config_dict(model, qc, dtype,
+                                    tie_word_embeddings=checkpoint.head_tie(model))
+    out = checkpoint.prepare_dir(out, overwrite)
     if os.path.isdir(out):  # overwrite=True: no stale shard or config may be mixed in
         for f in os.listdir(out):
             if f.endswith((".safetensors", ".safetensors.index.json")) or f in _HF_FILES:
                 os.remove(os.path.join(out, f))
     from .. import __version__
-    hf.write_checkpoint(out, tensors, cfg, model=model, tokenizer=tokenizer,
+    checkpoint.write_checkpoint(out, tensors, cfg, model=model, tokenizer=tokenizer,
                         max_shard_size=max_shard_size,
                         metadata={"lowbit_version": __version__})
     return out
