@@ -112,9 +112,9 @@ def make_step(variant, student, teacher, ids, device, autocast, clock, gamma=0.5
         with torch.autocast(device, dtype=dt, enabled=autocast):
             if variant == "lowbit-fused":
                 with torch.no_grad():
-                    th, tw, tb = distill._hidden_and_head(teacher, batch, "teacher")
+                    th, tw, tb = distill.trainer._hidden_and_head(teacher, batch, "teacher")
                 mark()
-                sh, sw, sb = distill._hidden_and_head(student, batch, "student")
+                sh, sw, sb = distill.trainer._hidden_and_head(student, batch, "student")
                 mark()
                 loss = lowbit.fused_linear_kl_loss(sh[:, :-1], sw, teacher_hidden=th[:, :-1],
                                                    teacher_weight=tw, kind="cakld", gamma=gamma,
