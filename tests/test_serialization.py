@@ -388,3 +388,20 @@ def test_safetensors_is_a_core_dependency():
     assert "safetensors" in deps
     test = [d.split(">")[0].split("=")[0].strip() for d in proj["optional-dependencies"]["test"]]
     assert {"gguf", "compressed-tensors", "tokenizers"} <= set(test)
+
+
+def test_version_has_one_home(tmp_path):
+    """lowbit/_version.py is the version every module writes (pyproject.toml holds the same)."""
+    try:
+        import tomllib
+    except ImportError:
+        pytest.skip("tomllib needs Python 3.11")
+    from lowbit._version import __version__
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["version"] == __version__ == lowbit.__version__
+    lowbit.save_quantized(converted(), tmp_path)
+    assert json.load(open(tmp_path / "lowbit_config.json"))["lowbit_version"] == __version__
+    assert json.load(open(tmp_path / "config.json"))["quantization_config"]["lowbit_version"] == \
+        __version__

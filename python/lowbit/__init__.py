@@ -8,6 +8,7 @@ from . import _autograd
 from . import data, distill, nn, sparse  # lowbit.nn, lowbit.sparse, ... namespaces
 from . import hf  # registers the "lowbit" quantizer with transformers when it is imported
 from ._constants import ISA_CODES as _ISA_CODES
+from ._version import __version__
 from .export import export
 from .fake_quant import dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
@@ -19,8 +20,6 @@ from .sparse import sparsify_
 from .spec import QuantSpec
 
 _autograd.cover_unregistered()  # last: every family has registered its formulas by now
-
-__version__ = "0.1.0"
 
 _ISA_NAMES = {v: k for k, v in _ISA_CODES.items()}
 _ISA_AUTO = _ops._C.get_isa()  # the best this CPU runs, chosen at load

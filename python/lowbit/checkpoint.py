@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from ._version import __version__
 from .spec import QuantSpec
 
 QUANT_METHOD = "lowbit"
@@ -274,8 +275,6 @@ def split_aliases(state_dict):
 
 def lowbit_quantization_config(model):
     """The quantization_config dict of config.json for a converted model."""
-    from . import __version__
-
     _, aliases = split_aliases(packed_state_dict(model))
     return {"quant_method": QUANT_METHOD, "lowbit_version": __version__, **layer_table(model),
             "aliases": aliases}

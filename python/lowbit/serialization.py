@@ -11,6 +11,7 @@ import os
 import torch.nn as nn
 
 from . import checkpoint
+from ._version import __version__
 
 CONFIG_NAME = "lowbit_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -21,13 +22,11 @@ def save_quantized(model, directory, tokenizer=None):
     tensor of the state dict once — tied tensors such as an LM head tied to the embedding are
     stored once and listed as aliases; the kernel layouts are not stored, they are rebuilt from
     the canonical codes) and lowbit_config.json (each packed layer's QuantSpec, shape and
-    accuracy mode ``act``). For a
+    accuracy mode ``act``, and the other places a layer used at several places is). For a
     transformers model also config.json with quantization_config {"quant_method": "lowbit", ...},
     generation_config.json and, when given, the tokenizer's files. The model is not changed.
     Returns the directory."""
     from safetensors.torch import save_file
-
-    from . import __version__
 
     table = checkpoint.layer_table(model)
     if not table["layers"]:

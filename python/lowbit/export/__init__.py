@@ -8,6 +8,7 @@ import os
 import torch
 
 from .. import checkpoint
+from .._version import __version__
 from . import _common
 
 FORMATS = ("compressed-tensors", "gptq", "gguf")
@@ -81,7 +82,6 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
         for f in os.listdir(out):
             if f.endswith((".safetensors", ".safetensors.index.json")) or f in _HF_FILES:
                 os.remove(os.path.join(out, f))
-    from .. import __version__
     checkpoint.write_checkpoint(out, tensors, cfg, model=model, tokenizer=tokenizer,
                         max_shard_size=max_shard_size,
                         metadata={"lowbit_version": __version__})
