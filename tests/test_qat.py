@@ -186,6 +186,25 @@ def test_qatconfig_accepts_a_list_or_str_skip(gen):
     assert type(m[2]) is nn.Linear and isinstance(m[0], QATLinear)
 
 
+def test_convert_runs_the_registered_hooks_once_each(gen):
+    from lowbit import qat
+
+    seen = []
+
+    def hook(model):
+        seen.append(model)
+
+    try:
+        assert qat.on_converted(hook) is hook and qat.on_converted(hook) is hook
+        m = lowbit.convert_(lowbit.quantize_(tiny_mlp(gen), lowbit.QATConfig(
+            lowbit.QuantSpec(group_size=32), skip=())))
+        assert seen == [m]
+    finally:
+        qat._CONVERTED_HOOKS.remove(hook)
+    with pytest.raises(TypeError, match="hook: expected a callable"):
+        qat.on_converted(3)
+
+
 def test_quantize_llama_and_convert(gen):
     model = tiny_llama()
     ids = torch.randint(0, 97, (2, 16), generator=gen)

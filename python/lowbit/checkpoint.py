@@ -11,6 +11,8 @@ import os
 import torch
 
 from ._version import __version__
+from .qat import QATLinear
+from .qlinear import ACTS, QuantLinear
 from .spec import QuantSpec
 
 QUANT_METHOD = "lowbit"
@@ -44,7 +46,6 @@ def parse_layers(cfg, where):
     """{name: LayerInfo} of a table read from ``where`` (a file name, for the messages): every
     malformed field raises ValueError naming ``where`` and the field. A table written before
     "act" was stored loads its layers with act "auto"."""
-    from .qlinear import ACTS
     if not isinstance(cfg, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     if "layers" not in cfg:
@@ -124,8 +125,6 @@ def parse_aliases(cfg, where, stored_keys):
 def skeleton_layer(info, device="meta"):
     """An empty QuantLinear for ``info`` whose state_dict holds exactly what is stored (the kernel
     layout is not: it is rebuilt after loading)."""
-    from .qlinear import QuantLinear
-
     m = QuantLinear(info.in_features, info.out_features, info.spec, bias=info.bias,
                     dtype=info.dtype, device=device, act=info.act)
     for b in DERIVED:
@@ -226,8 +225,6 @@ def swap_in_packed(model, layers, where, device="meta", shared=None):
 
 def rebuild_layouts(model):
     """Rebuilds every QuantLinear's CPU kernel layout from its canonical codes."""
-    from .qlinear import QuantLinear
-
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.kernel_layout()
@@ -235,8 +232,6 @@ def rebuild_layouts(model):
 
 def packed_state_dict(model):
     """state_dict without the derived kernel layouts."""
-    from .qlinear import QuantLinear
-
     derived = {f"{n}.{b}" for n, m in model.named_modules(remove_duplicate=False)
                if isinstance(m, QuantLinear) for b in DERIVED}
     return {k: v for k, v in model.state_dict().items() if k not in derived and v is not None}
@@ -245,8 +240,6 @@ def packed_state_dict(model):
 def layer_table(model):
     """{"layers": {name: entry}, "shared": {other name: name}} of the model's packed layers: each
     QuantLinear under the first name it has, and every further place it is used."""
-    from .qlinear import QuantLinear
-
     first, layers, shared = {}, {}, {}
     for n, m in model.named_modules(remove_duplicate=False):
         if not isinstance(m, QuantLinear):
@@ -304,9 +297,6 @@ def head_tie(model):
     weight is then stored quantized, no longer the input embedding's, so a checkpoint must say
     tie_word_embeddings false or a loader re-ties it onto a layer that has no weight; else None
     (the config's own value stands)."""
-    from .qat import QATLinear
-    from .qlinear import QuantLinear
-
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     return False if isinstance(head, (QATLinear, QuantLinear)) else None

@@ -17,6 +17,7 @@ from .checkpoint import (QUANT_METHOD, check_tensors, head_tie, header_of, is_hf
                          lowbit_quantization_config, packed_state_dict, parse_aliases,
                          parse_layers, parse_shared, rebuild_layouts, set_untied, swap_in_packed,
                          write_checkpoint)
+from .qat import on_converted
 
 def mark_quantized(model):
     """Lets ``model.save_pretrained`` of a converted transformers model write a directory that
@@ -32,6 +33,13 @@ def mark_quantized(model):
     model.hf_quantizer = cls_q(qc, pre_quantized=True)
     model.is_quantized = True
     return model
+
+
+@on_converted
+def _mark_converted(model):
+    """convert_'s hook: a converted transformers model is marked (see mark_quantized)."""
+    if is_hf_model(model):
+        mark_quantized(model)
 
 
 # ---- the transformers quantizer ----

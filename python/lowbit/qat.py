@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ._walk import Swap, check_model, matches, swap_modules_
 from .clip_search import group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
-from .qlinear import QuantLinear
+from .qlinear import QuantLinear, check_act
 from .spec import QuantSpec, check_spec
 
 
@@ -195,8 +195,6 @@ def convert_(model, act="auto"):
     returns the model (a QATLinear used at several places becomes one QuantLinear). Outputs
     equal the QAT model's up to float32 rounding with ``act="float"``, within 1e-4 (relative) with
     the default ``"auto"``; ``act`` is the layers' accuracy mode (lowbit.quant_linear)."""
-    from .qlinear import check_act
-
     check_act(act)
     n = swap_modules_(model, Swap(
         verb="convert_", target=lambda m: isinstance(m, QATLinear), choose=lambda name, m: True,
@@ -204,11 +202,23 @@ def convert_(model, act="auto"):
         bare_hint="lowbit.nn.QuantLinear.from_qat(qat_linear)"))
     if not n:
         raise ValueError("model: holds no QATLinear layers (run lowbit.quantize_ first)")
-    from . import hf
-
-    if hf.is_hf_model(model):  # so model.save_pretrained writes a checkpoint from_pretrained loads
-        hf.mark_quantized(model)
+    for hook in _CONVERTED_HOOKS:
+        hook(model)
     return model
+
+
+_CONVERTED_HOOKS = []
+
+
+def on_converted(hook):
+    """Registers ``hook(model)``, run at the end of every convert_ on the converted model (lowbit.hf
+    registers one that marks transformers models quantized, so their save_pretrained writes a
+    checkpoint from_pretrained loads). Returns the hook; registering it twice runs it once."""
+    if not callable(hook):
+        raise TypeError(f"hook: expected a callable, got {type(hook).__name__}")
+    if hook not in _CONVERTED_HOOKS:
+        _CONVERTED_HOOKS.append(hook)
+    return hook
 
 
 # ---- asymmetric clipping calibration (BitDistiller's clip initialisation) ----
