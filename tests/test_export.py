@@ -621,6 +621,55 @@ def test_formats_for(gen):
     assert formats_for(qat_model(gen, lowbit.QuantSpec("fp", 4, 64))) == []
 
 
+def test_targets_registry_is_the_only_dispatch(gen, tmp_path, monkeypatch):
+    """lowbit.export is a callable module; FORMATS and formats_for are its attributes; every
+    target module exposes NAME, check, plan and write, and export / formats_for loop over
+    TARGETS (a target added there is exported to and listed, with nothing else to edit)."""
+    import types
+
+    import lowbit.export as export_module
+
+    assert export_module is lowbit.export and callable(lowbit.export)
+    assert lowbit.export.FORMATS == tuple(lowbit.export.TARGETS) == \
+        ("compressed-tensors", "gptq", "gguf")
+    assert not hasattr(lowbit.export.export, "formats_for")  # no attributes patched on it
+    for name, t in lowbit.export.TARGETS.items():
+        assert t.NAME == name and all(callable(getattr(t, f)) for f in ("check", "plan", "write"))
+    calls = []
+
+    def check(model, layers, dtype=torch.float16):
+        calls.append(("check", [L.name for L in layers]))
+        if any(L.spec.bits != 4 for L in layers):
+            raise ValueError(f"{layers[0].name}: not 4-bit")
+
+    def plan(model, layers, dtype, tokenizer):
+        check(model, layers, dtype)
+        return {"n": len(layers), "dtype": dtype}
+
+    def write(plan, out, overwrite=False, max_shard_size="5GB"):
+        calls.append(("write", plan, os.fspath(out), overwrite))
+        return os.fspath(out)
+
+    fake = types.SimpleNamespace(NAME="fake", check=check, plan=plan, write=write)
+    monkeypatch.setitem(lowbit.export.TARGETS, "fake", fake)
+    m4 = qat_model(gen, lowbit.QuantSpec("int", 4, 64))
+    assert "fake" in lowbit.export.formats_for(m4)
+    assert "fake" not in lowbit.export.formats_for(qat_model(gen, lowbit.QuantSpec("int", 2, 64)))
+    calls.clear()
+    assert lowbit.export(m4, tmp_path / "f", "fake", dtype=torch.bfloat16) == str(tmp_path / "f")
+    assert calls[-1] == ("write", {"n": 14, "dtype": torch.bfloat16}, str(tmp_path / "f"), False)
+
+
+def test_formats_for_runs_the_scale_check_of_every_target(gen):
+    """formats_for is export's checks: weights whose float16 scales would lose more than 2^-11
+    are carried by no float16 target (gguf included), by compressed-tensors in float32 only."""
+    small = _scaled_qat(gen, lowbit.QuantSpec("int", 4, 64), 5e-4)
+    assert lowbit.export.formats_for(small) == []
+    from lowbit.export import _common, compressed_tensors
+
+    compressed_tensors.check(small, _common.collect(small), torch.float32)
+
+
 def test_scale_rounding_reads_the_spec_scale_dtype():
     """Exporters read QuantSpec.scale_dtype (FORMATS.md 1.6) where it exists: scales of a spec
     computed in the export dtype are stored as they are, and must be exact in it."""

@@ -1,19 +1,26 @@
 """python/lowbit/export/__init__.py: lowbit.export — writes a QAT'd (quantize_) or packed
 (convert_) model in a format other engines load: "compressed-tensors" (vLLM, transformers),
-"gptq" (GPTQ v2: transformers + GPTQModel, vLLM) and "gguf" (llama.cpp). One file per format in
-this package; everything is checked before the first file is written, and the model is never
-changed."""
+"gptq" (GPTQ v2: transformers + GPTQModel, vLLM) and "gguf" (llama.cpp). Each format is a target
+module of this package, listed in TARGETS, that exposes NAME, check(model, layers, dtype) (what
+it can carry: ValueError naming the layer), plan(model, layers, dtype, tokenizer) (everything
+checked and computed before any file is written) and write(plan, out, overwrite,
+max_shard_size); export() and formats_for() only loop over TARGETS. The model is never changed.
+
+``lowbit.export`` is this module, callable: ``lowbit.export(model, out, format, ...)`` is
+export(); ``lowbit.export.formats_for`` and ``lowbit.export.FORMATS`` are its attributes."""
 import os
+import sys
+import types
 
 import torch
 
 from .. import checkpoint
-from .._version import __version__
-from . import _common
+from . import compressed_tensors, gguf, gptq
+from ._common import collect
 
-FORMATS = ("compressed-tensors", "gptq", "gguf")
+TARGETS = {t.NAME: t for t in (compressed_tensors, gptq, gguf)}
+FORMATS = tuple(TARGETS)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_HF_FILES = ("config.json", "generation_config.json", "lowbit_config.json")
 
 
 def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite=False,
@@ -39,7 +46,7 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     written; so does an existing non-empty ``out`` unless ``overwrite=True``. Returns the path
     written (directory, or .gguf file). With overwrite=True an existing directory's checkpoint files
     (safetensors, index, config) are replaced; other files are left alone."""
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in TARGETS:
         raise ValueError(f"format: must be one of {FORMATS}, got {format!r}")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: must be torch.float16, torch.bfloat16 or torch.float32, "
@@ -49,72 +56,30 @@ def export(model, out, format, *, tokenizer=None, dtype=torch.float16, overwrite
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite: expected a bool, got {type(overwrite).__name__}")
     checkpoint.check_tokenizer(tokenizer)
-    layers = _common.collect(model)
-    if format == "gguf":
-        from . import gguf as fmt
-
-        write = fmt.plan(model, layers, dtype, tokenizer)
-        path = fmt.out_file(out)
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(f"out: {path} exists (pass overwrite=True to replace it)")
-        if os.path.isdir(path):
-            raise ValueError(f"out: {path} is a directory")
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = path + ".tmp"
-        write(tmp)
-        os.replace(tmp, path)
-        return path
-    if not checkpoint.is_hf_model(model):
-        raise ValueError(f"model: format {format!r} writes a Hugging Face checkpoint; "
-                         f"{type(model).__name__} is not a transformers model")
-    if format == "compressed-tensors":
-        from . import compressed_tensors as fmt
-    else:
-        from . import gptq as fmt
-    qtensors, qc = fmt.plan(model, layers, dtype)
-    others, _aliases = _common.other_tensors(model, layers, dtype)
-    tensors = {**others, **qtensors}
-    cfg = checkpoint.hf_config_dict(model, qc, dtype,
-                                    tie_word_embeddings=checkpoint.head_tie(model))
-    out = checkpoint.prepare_dir(out, overwrite)
-    if os.path.isdir(out):  # overwrite=True: no stale shard or config may be mixed in
-        for f in os.listdir(out):
-            if f.endswith((".safetensors", ".safetensors.index.json")) or f in _HF_FILES:
-                os.remove(os.path.join(out, f))
-    checkpoint.write_checkpoint(out, tensors, cfg, model=model, tokenizer=tokenizer,
-                        max_shard_size=max_shard_size,
-                        metadata={"lowbit_version": __version__})
-    return out
+    target = TARGETS[format]
+    plan = target.plan(model, collect(model), dtype, tokenizer)
+    return target.write(plan, out, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
 def formats_for(model):
-    """The formats of FORMATS that can carry every quantized layer of ``model`` (the checks
-    export runs, without writing anything)."""
+    """The formats of FORMATS that can carry every quantized layer of ``model``: those whose
+    target's check passes (the checks export runs, without computing or writing anything)."""
+    layers = collect(model)
     ok = []
-    layers = _common.collect(model)
-    for f in FORMATS:
+    for name, target in TARGETS.items():
         try:
-            if f == "gguf":
-                from . import gguf as fmt
-                fmt._hparams(model)
-                for L in layers:
-                    fmt._block_type(fmt._gguf(), L)
-            elif f == "compressed-tensors":
-                from . import compressed_tensors as fmt
-                fmt.plan(model, layers, torch.float16)
-            else:
-                from . import gptq as fmt
-                fmt.plan(model, layers, torch.float16)
+            target.check(model, layers)
         except (ValueError, ImportError):
             continue
-        ok.append(f)
+        ok.append(name)
     return ok
 
 
-__all__ = ["export", "formats_for", "FORMATS"]
+class _CallableModule(types.ModuleType):
+    """lowbit.export's module type: calling the module is calling export()."""
+    __call__ = staticmethod(export)
 
-# lowbit.export is this function (the package's name is shadowed by it in lowbit's namespace):
-# keep the helpers reachable as lowbit.export.formats_for / lowbit.export.FORMATS
-export.formats_for = formats_for
-export.FORMATS = FORMATS
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["export", "formats_for", "FORMATS", "TARGETS"]

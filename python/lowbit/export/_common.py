@@ -1,13 +1,23 @@
-"""python/lowbit/export/_common.py: what every exporter shares — the quantized layers of a model
-as integer codes (QATLinear: its current weight quantized with lowbit.quantize; QuantLinear: its
-own codes), the rounding of scales to the target's storage dtype (refusing 0 and inf), and the
-unquantized tensors of the state dict."""
+"""python/lowbit/export/_common.py: what every export target shares — the quantized layers of a
+model as integer codes (QATLinear: its current weight quantized with lowbit.quantize;
+QuantLinear: its own codes), the rounding of scales to the target's storage dtype (refusing 0,
+inf and more than REL_ROUNDING relative), the unquantized tensors of the state dict, and the
+plan and writer of the Hugging Face directory targets (compressed-tensors, gptq)."""
 import dataclasses
 import math
+import os
 
 import torch
 import torch.nn as nn
 
+from .. import checkpoint
+from .._version import __version__
+from ..fake_quant import quantize
+from ..qat import QATLinear
+from ..qlinear import QuantLinear
+from ..sparse import SparseLinear24
+
+HF_FILES = ("config.json", "generation_config.json", "lowbit_config.json")
 
 
 @dataclasses.dataclass
@@ -71,9 +81,6 @@ def unpack_codes(codes, bits, K, chunk_rows=1024):
 def collect(model):
     """[Layer] of every QATLinear / QuantLinear in ``model`` (module order), without changing it.
     Raises ValueError for a model with none, and for 2:4-sparse layers (no target carries them)."""
-    from .. import quantize
-    from ..nn import QATLinear, QuantLinear, SparseLinear24
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     layers = []
@@ -188,3 +195,45 @@ def unquantized_linears(model, layers):
     """Names of plain nn.Linear layers (not quantized by lowbit)."""
     q = {L.name for L in layers}
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in q]
+
+
+# ---- the Hugging Face directory targets ----
+
+def require_hf_model(model, target):
+    if not checkpoint.is_hf_model(model):
+        raise ValueError(f"model: format {target!r} writes a Hugging Face checkpoint; "
+                         f"{type(model).__name__} is not a transformers model")
+
+
+@dataclasses.dataclass
+class HfPlan:
+    """What write_hf_dir writes: every tensor (the target's quantized ones and the rest of the
+    state dict), config.json's content, the model (its generation_config) and the tokenizer."""
+    model: object
+    tensors: dict
+    config: dict
+    tokenizer: object = None
+
+
+def hf_plan(model, layers, qtensors, quantization_config, dtype, tokenizer):
+    """The HfPlan of a target's quantized tensors and quantization_config: the unquantized
+    tensors in ``dtype``, tie_word_embeddings false where the head is quantized."""
+    others, _aliases = other_tensors(model, layers, dtype)
+    cfg = checkpoint.hf_config_dict(model, quantization_config, dtype,
+                                    tie_word_embeddings=checkpoint.head_tie(model))
+    return HfPlan(model, {**others, **qtensors}, cfg, tokenizer)
+
+
+def write_hf_dir(plan, out, overwrite=False, max_shard_size="5GB"):
+    """Writes an HfPlan to the directory ``out`` (refusing a non-empty one unless overwrite;
+    with overwrite, its old checkpoint files go first so no stale shard is mixed in). Returns
+    ``out``."""
+    out = checkpoint.prepare_dir(out, overwrite)
+    if os.path.isdir(out):
+        for f in os.listdir(out):
+            if f.endswith((".safetensors", ".safetensors.index.json")) or f in HF_FILES:
+                os.remove(os.path.join(out, f))
+    checkpoint.write_checkpoint(out, plan.tensors, plan.config, model=plan.model,
+                                tokenizer=plan.tokenizer, max_shard_size=max_shard_size,
+                                metadata={"lowbit_version": __version__})
+    return out

@@ -16,9 +16,12 @@ import warnings
 
 import torch
 
-from ._common import refuse_non_int, round_scales, unquantized_linears
+from ._common import (hf_plan, refuse_non_int, require_hf_model, round_scales,
+                      unquantized_linears, write_hf_dir)
 
+NAME = "compressed-tensors"
 MIN_DENSE_3BIT = (0, 18)
+write = write_hf_dir  # the writer of a plan: a Hugging Face directory
 
 
 def _library():
@@ -40,23 +43,37 @@ def _scheme(spec, K):
             "dynamic": False, "actorder": None, "observer": "minmax"}
 
 
-def plan(model, layers, dtype):
-    """Checks everything (ValueError naming the layer) and returns a writer callable."""
+def _scale(L, dtype):
+    return round_scales(L.scales, dtype, "scale", L.name, L.spec, used=L.used_groups(),
+                        hint=", or export with dtype=torch.float32 (compressed-tensors stores "
+                             "the scales in the export dtype)")
+
+
+def check(model, layers, dtype=torch.float16):
+    """What this target can carry: a transformers model whose quantized layers are INT (3-bit
+    with compressed-tensors >= 0.18) and whose scales round to ``dtype`` within REL_ROUNDING;
+    ValueError naming the layer otherwise (ImportError without the library)."""
+    require_hf_model(model, NAME)
     refuse_non_int(layers, "compressed-tensors pack-quantized")
-    version, pack = _library()
+    version, _ = _library()
     if any(L.spec.bits == 3 for L in layers) and version < MIN_DENSE_3BIT:
         raise ValueError(f"format 'compressed-tensors': 3-bit layers need compressed-tensors >= "
                          f"0.18 (dense 3-bit packing); found {'.'.join(map(str, version))}")
+    for L in layers:
+        _scale(L, dtype)
+
+
+def plan(model, layers, dtype, tokenizer=None):
+    """Checks everything (check) and returns the HfPlan write() writes."""
+    check(model, layers, dtype)
+    _, pack = _library()
     tensors = {}
     for L in layers:
         N, K = L.shape
         off = 1 << (L.spec.bits - 1)
-        scale = round_scales(L.scales, dtype, "scale", L.name, L.spec, used=L.used_groups(),
-                             hint=", or export with dtype=torch.float32 (compressed-tensors "
-                                  "stores the scales in the export dtype)")
         # compressed-tensors' packer takes the signed int8 codes q - 2^(b-1)
         tensors[f"{L.name}.weight_packed"] = pack((L.q - off).to(torch.int8), L.spec.bits)
-        tensors[f"{L.name}.weight_scale"] = scale.contiguous()
+        tensors[f"{L.name}.weight_scale"] = _scale(L, dtype).contiguous()
         tensors[f"{L.name}.weight_shape"] = torch.tensor([N, K], dtype=torch.int64)
         if L.zeros is not None:
             tensors[f"{L.name}.weight_zero_point"] = pack((L.zeros - off).to(torch.int8),
@@ -82,4 +99,4 @@ def plan(model, layers, dtype):
     qc = {"quant_method": "compressed-tensors", "format": "pack-quantized",
           "quantization_status": "compressed", "config_groups": groups, "ignore": ignore,
           "kv_cache_scheme": None}
-    return tensors, qc
+    return hf_plan(model, layers, tensors, qc, dtype, tokenizer)

@@ -22,8 +22,9 @@ import tempfile
 import numpy as np
 import torch
 
-from ._common import refuse_non_int, round_scales, used_groups
+from ._common import refuse_non_int, round_scales
 
+NAME = "gguf"
 ARCHS = ("LlamaForCausalLM",)
 # the llama3 pre-tokenizer regex of Llama 3's tokenizer.json (llama.cpp's llama-vocab.cpp keeps it
 # as the "original regex" of LLAMA_VOCAB_PRE_TYPE_LLAMA3)
@@ -39,9 +40,11 @@ def _gguf():
     return gguf
 
 
-def _block_type(gguf, L):
+def block_type(L):
+    """The GGUF block type (gguf.GGMLQuantizationType) that carries the layer ``L``'s codes, or a
+    ValueError naming the layer. The one place a spec is mapped to a block type."""
     s = L.spec
-    T = gguf.GGMLQuantizationType
+    T = _gguf().GGMLQuantizationType
     if s.format != "int":
         raise ValueError(f"{L.name}: spec {s.name} is a level format (NF/FP); GGUF has no block "
                          f"type with lowbit's level tables and scales")
@@ -57,16 +60,26 @@ def _block_type(gguf, L):
     return T.Q4_0 if s.symmetric else T.Q4_1
 
 
-def _blocks(L, btype, gguf, q, scales, zeros):
-    """(N, K/32 * bytes per block) uint8 of pre-packed ggml blocks."""
-    T = gguf.GGMLQuantizationType
+def _block_scales(L, btype):
+    """(d, m) per group, (N, G) float16 in the layer's row order: d = s, and for Q4_1 m = -z*d
+    (None for the symmetric types); each rounding checked (round_scales: ValueError naming the
+    layer)."""
+    used = L.used_groups()
+    d = round_scales(L.scales, torch.float16, "scale", L.name, L.spec, used=used)
+    if btype != _gguf().GGMLQuantizationType.Q4_1:
+        return d, None
+    m = -(L.zeros.float() * d.float())  # -z*s with the fp16 s
+    return d, round_scales(m, torch.float16, "min (-z*s)", L.name, used=used)
+
+
+def _blocks(L, btype, q, d, m):
+    """(N, K/32 * bytes per block) uint8 of pre-packed ggml blocks from codes ``q`` (N, K) and
+    the per-group d, m of _block_scales (rows in the order of ``q``)."""
+    T = _gguf().GGMLQuantizationType
     N, K = q.shape
     nb = K // 32
     per = L.group // 32  # blocks per group share the group's d (and m)
-    used = used_groups(q, zeros, L.group, L.spec.bits)  # q, zeros: in the file's row order
-    d = round_scales(scales, torch.float16, "scale", L.name, L.spec, used=used)
-    d = d.repeat_interleave(per, dim=1)
-    d_bytes = d.contiguous().view(torch.uint8).reshape(N, nb, 2)
+    d_bytes = d.repeat_interleave(per, dim=1).contiguous().view(torch.uint8).reshape(N, nb, 2)
     if btype == T.Q8_0:
         qs = (q - 128).to(torch.int8).reshape(N, nb, 32).view(torch.uint8)
         return torch.cat([d_bytes, qs], -1).reshape(N, -1).numpy()
@@ -77,10 +90,7 @@ def _blocks(L, btype, gguf, q, scales, zeros):
     nib = (qb[..., :16] | (qb[..., 16:] << 4)).to(torch.uint8)
     if btype == T.Q4_0:
         return torch.cat([d_bytes, nib], -1).reshape(N, -1).numpy()
-    m = -(zeros.float() * d.float()[:, ::per])  # -z*s with the fp16 s, per group
-    m = round_scales(m, torch.float16, "min (-z*s)", L.name, used=used)
-    m = m.repeat_interleave(per, dim=1)
-    m_bytes = m.contiguous().view(torch.uint8).reshape(N, nb, 2)
+    m_bytes = m.repeat_interleave(per, dim=1).contiguous().view(torch.uint8).reshape(N, nb, 2)
     return torch.cat([d_bytes, m_bytes, nib], -1).reshape(N, -1).numpy()
 
 
@@ -231,45 +241,10 @@ def out_file(out):
     return out if out.endswith(".gguf") else os.path.join(out, "model.gguf")
 
 
-def plan(model, layers, dtype, tokenizer):
-    """Checks everything (ValueError before any file is written) and returns write(path)."""
-    gguf = _gguf()
-    cfg, n_head, n_kv, head_dim, rope, rope_type, theta = _hparams(model)
-    refuse_non_int(layers, "GGUF")
-    n_blocks = cfg.num_hidden_layers
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_blocks)
-    qlayers = {L.name: L for L in layers}
-    T = gguf.GGMLQuantizationType
-    float_type = {torch.float16: T.F16, torch.bfloat16: T.BF16, torch.float32: T.F32}[dtype]
-    entries = []  # (gguf name, array, raw_dtype or None)
-    counts = {}
+def _other_tensors(model, qlayers, cfg):
+    """(key, tensor) of the state dict that the file holds besides the quantized layers: a tied
+    head (the embedding itself) is left out."""
     tied = cfg.tie_word_embeddings and "lm_head" not in qlayers
-
-    def permute_for(hf_name, rows):
-        if hf_name.endswith("self_attn.q_proj"):
-            return _rope_perm(rows, n_head)
-        if hf_name.endswith("self_attn.k_proj"):
-            return _rope_perm(rows, n_kv)
-        return None
-
-    def gname(key):
-        g = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if g is None:
-            raise ValueError(f"{key}: a tensor llama.cpp's Llama loader has no name for")
-        return g
-
-    for L in layers:
-        btype = _block_type(gguf, L)
-        perm = permute_for(L.name, L.shape[0])
-        q, s, z = L.q, L.scales, L.zeros
-        if perm is not None:
-            q, s = q[perm], s[perm]
-            z = None if z is None else z[perm]
-        entries.append((gname(L.name + ".weight"), _blocks(L, btype, gguf, q, s, z), btype))
-        counts[btype] = counts.get(btype, 0) + L.q.numel()
-        if L.bias is not None:
-            b = L.bias.float() if perm is None else L.bias.float()[perm]
-            entries.append((gname(L.name + ".bias"), b.numpy(), None))
     seen = {}
     for key, t in model.state_dict().items():
         mod = key.rpartition(".")[0]
@@ -281,7 +256,73 @@ def plan(model, layers, dtype, tokenizer):
         if ident in seen and key == "lm_head.weight":
             continue
         seen[ident] = key
-        perm = permute_for(mod, t.shape[0])
+        yield key, t
+
+
+def _namer(gguf, cfg):
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+
+    def gname(key):
+        g = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if g is None:
+            raise ValueError(f"{key}: a tensor llama.cpp's Llama loader has no name for")
+        return g
+    return gname
+
+
+def check(model, layers, dtype=torch.float16):
+    """What this target can carry (ValueError naming the layer or tensor otherwise; ImportError
+    without gguf-py): a Llama causal LM of a rope type llama.cpp reads, every quantized layer
+    in a block type (block_type) with scales that round to float16 within REL_ROUNDING, and a
+    GGUF name for every tensor. ``dtype`` (of the unquantized tensors) does not matter here."""
+    gguf = _gguf()
+    cfg = _hparams(model)[0]
+    refuse_non_int(layers, "GGUF")
+    for L in layers:
+        _block_scales(L, block_type(L))
+    gname = _namer(gguf, cfg)
+    qlayers = {L.name: L for L in layers}
+    for L in layers:
+        gname(L.name + ".weight")
+    for key, _ in _other_tensors(model, qlayers, cfg):
+        gname(key)
+
+
+def plan(model, layers, dtype, tokenizer):
+    """Checks everything (check, and the tokenizer) and returns the plan: a function writing
+    the .gguf file to a path."""
+    check(model, layers, dtype)
+    gguf = _gguf()
+    cfg, n_head, n_kv, head_dim, rope, rope_type, theta = _hparams(model)
+    n_blocks = cfg.num_hidden_layers
+    gname = _namer(gguf, cfg)
+    qlayers = {L.name: L for L in layers}
+    T = gguf.GGMLQuantizationType
+    float_type = {torch.float16: T.F16, torch.bfloat16: T.BF16, torch.float32: T.F32}[dtype]
+    entries = []  # (gguf name, array, raw_dtype or None)
+    counts = {}
+
+    def permute_for(hf_name, rows):
+        if hf_name.endswith("self_attn.q_proj"):
+            return _rope_perm(rows, n_head)
+        if hf_name.endswith("self_attn.k_proj"):
+            return _rope_perm(rows, n_kv)
+        return None
+
+    for L in layers:
+        btype = block_type(L)
+        d, m = _block_scales(L, btype)
+        q, perm = L.q, permute_for(L.name, L.shape[0])
+        if perm is not None:
+            q, d = q[perm], d[perm]
+            m = None if m is None else m[perm]
+        entries.append((gname(L.name + ".weight"), _blocks(L, btype, q, d, m), btype))
+        counts[btype] = counts.get(btype, 0) + L.q.numel()
+        if L.bias is not None:
+            b = L.bias.float() if perm is None else L.bias.float()[perm]
+            entries.append((gname(L.name + ".bias"), b.numpy(), None))
+    for key, t in _other_tensors(model, qlayers, cfg):
+        perm = permute_for(key.rpartition(".")[0], t.shape[0])
         t = t.detach().cpu().float()
         if perm is not None:
             t = t[perm]
@@ -302,7 +343,7 @@ def plan(model, layers, dtype, tokenizer):
              T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, T.F16: gguf.LlamaFileType.MOSTLY_F16,
              T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.F32: gguf.LlamaFileType.ALL_F32}[main]
 
-    def write(path):
+    def write_to(path):
         w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         name = getattr(cfg, "_name_or_path", "") or type(model).__name__
         w.add_name(os.path.basename(str(name).rstrip("/")) or type(model).__name__)
@@ -330,4 +371,20 @@ def plan(model, layers, dtype, tokenizer):
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return write
+    return write_to
+
+
+def write(plan, out, overwrite=False, max_shard_size=None):
+    """Writes a plan to ``out`` (out_file: a .gguf name or a directory), refusing an existing
+    file unless overwrite, through a temporary file so an interrupted write leaves nothing
+    half-written; ``max_shard_size`` does not apply (one file). Returns the path."""
+    path = out_file(out)
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"out: {path} exists (pass overwrite=True to replace it)")
+    if os.path.isdir(path):
+        raise ValueError(f"out: {path} is a directory")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    plan(tmp)
+    os.replace(tmp, path)
+    return path

@@ -12,8 +12,11 @@ decoder blocks: a model that mixes specs, or leaves a block's linear layer unqua
 refused. GPTQModel (the reference reader) supports group sizes -1, 16, 32, ..., 1024."""
 import torch
 
-from ._common import refuse_non_int, round_scales, unquantized_linears
+from ._common import (hf_plan, refuse_non_int, require_hf_model, round_scales,
+                      unquantized_linears, write_hf_dir)
 
+NAME = "gptq"
+write = write_hf_dir  # the writer of a plan: a Hugging Face directory
 GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -34,7 +37,17 @@ def pack_dense(values, bits, chunk_rows=256):
     return out
 
 
-def plan(model, layers, dtype):
+def _scale(L):
+    return round_scales(L.scales, torch.float16, "scale", L.name, L.spec, used=L.used_groups())
+
+
+def check(model, layers, dtype=torch.float16):
+    """What this target can carry (ValueError naming the layer otherwise): a transformers model
+    whose every decoder linear layer is quantized with one INT (bits, group_size, sym) of a
+    group size GPTQ readers support and shapes that pack into int32 words, an unquantized LM
+    head, and scales that round to float16 within REL_ROUNDING. ``dtype`` (of the unquantized
+    tensors) does not matter here."""
+    require_hf_model(model, NAME)
     refuse_non_int(layers, "GPTQ")
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
@@ -65,13 +78,20 @@ def plan(model, layers, dtype):
             raise ValueError(f"{name}: an unquantized linear layer; GPTQ readers quantize every "
                              f"linear layer of the decoder blocks (quantize it too, or export "
                              f"with 'compressed-tensors')")
+    for L in layers:
+        _scale(L)
+
+
+def plan(model, layers, dtype, tokenizer=None):
+    """Checks everything (check) and returns the HfPlan write() writes."""
+    check(model, layers, dtype)
+    first = layers[0]
     bits, sym = first.spec.bits, first.spec.symmetric
     tensors = {}
     for L in layers:
         N, K = L.shape
         g = L.group
-        scales = round_scales(L.scales, torch.float16, "scale", L.name, L.spec,
-                              used=L.used_groups())
+        scales = _scale(L)
         zeros = L.zeros if L.zeros is not None else torch.full_like(
             L.q[:, ::g], 1 << (bits - 1))
         tensors[f"{L.name}.qweight"] = pack_dense(L.q, bits).t().contiguous()
@@ -83,4 +103,4 @@ def plan(model, layers, dtype):
     qc = {"quant_method": "gptq", "bits": bits, "group_size": first.spec.group_size,
           "desc_act": False, "sym": sym, "format": "gptq_v2", "checkpoint_format": "gptq_v2",
           "lm_head": False, "true_sequential": True, "damp_percent": 0.01}
-    return tensors, qc
+    return hf_plan(model, layers, tensors, qc, dtype, tokenizer)
