@@ -296,7 +296,7 @@ def test_trainer_padding_contents_contribute_nothing(gen):
     lab = batch["labels"].clone()
     lab[0, 3:6] = -100
     masked = dict(batch, labels=lab)
-    lab_rows = distill.batches._labels(masked, -100)
+    lab_rows = distill.batches.next_token_labels(masked, -100)
     assert (lab_rows[0, 2:5] == -100).all() and (lab_rows[0, :2] != -100).all()
 
 

@@ -4,7 +4,7 @@ model's inputs, next-token labels and logits."""
 import torch
 
 
-def _ids(batch):
+def batch_ids(batch):
     """The batch's token ids, the batch checked first: a 2-D integer tensor, or a dict with
     one under "input_ids" (and attention_mask / labels of the same shape when given)."""
     if isinstance(batch, dict):
@@ -32,19 +32,19 @@ def _ids(batch):
     return ids
 
 
-def _inputs(batch):
+def model_inputs(batch):
     """The model's keyword inputs of a batch (labels are not passed: the loss is ours)."""
-    ids = _ids(batch)
+    ids = batch_ids(batch)
     if isinstance(batch, dict):
         return {k: v for k, v in batch.items() if k != "labels"}
     return {"input_ids": ids}
 
 
-def _labels(batch, ignore_index):
+def next_token_labels(batch, ignore_index):
     """Next-token labels aligned with logits[:, :-1]: batch["labels"][:, 1:] when given, else the
     ids shifted. A position is ignored when its target is ignore_index or padding, or when the
     position itself is padding (attention_mask 0), so padded rows contribute nothing."""
-    ids = _ids(batch)
+    ids = batch_ids(batch)
     if isinstance(batch, dict) and batch.get("labels") is not None:
         labels = batch["labels"][:, 1:].clone()
     else:
@@ -55,6 +55,6 @@ def _labels(batch, ignore_index):
     return labels
 
 
-def _logits(model, batch):
-    out = model(**_inputs(batch))
+def model_logits(model, batch):
+    out = model(**model_inputs(batch))
     return out.logits if hasattr(out, "logits") else out

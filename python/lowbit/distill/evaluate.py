@@ -5,19 +5,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .batches import _labels, _logits
+from ..kl_loss import GammaEstimator
+from .batches import model_logits, next_token_labels
 
 
 @torch.no_grad()
 def estimate_gamma_from(teacher, batches, method="target", ignore_index=-100):
     """CAKLD's confidence coefficient: the teacher's mean probability of the label token
     ("target") or its mean max probability ("max"), over unmasked positions of ``batches``."""
-    from ..kl_loss import GammaEstimator
-
     est = GammaEstimator(method=method, ignore_index=ignore_index)
     for b in batches:
-        logits = _logits(teacher, b)[:, :-1]
-        est.update(logits, _labels(b, ignore_index))
+        logits = model_logits(teacher, b)[:, :-1]
+        est.update(logits, next_token_labels(b, ignore_index))
     return est.value
 
 
@@ -29,8 +28,8 @@ def perplexity(model, batches, ignore_index=-100):
     model.eval()
     nll, count = 0.0, 0
     for b in batches:
-        logits = _logits(model, b)[:, :-1].float()
-        labels = _labels(b, ignore_index)
+        logits = model_logits(model, b)[:, :-1].float()
+        labels = next_token_labels(b, ignore_index)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=ignore_index, reduction="sum")
         nll += loss.item()

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..qat import QATConfig, calibrate_clip_, quantize_
-from .batches import _ids, _inputs, _labels, _logits
+from ..kl_loss import fused_linear_kl_loss, kl_div_loss
+from ..qat import QATConfig, QATLinear, calibrate_clip_, quantize_
+from .batches import batch_ids, model_inputs, model_logits, next_token_labels
 from .evaluate import estimate_gamma_from, perplexity
 from .plot import plot_history
 from .schedules import make_scheduler
@@ -40,7 +41,7 @@ def prepare(model, config, calibration_batches=None, calibrate_tokens=4096, prog
     teacher = make_teacher(model)
     student = quantize_(model, config)
     if calibration_batches is not None:
-        calibrate_clip_(student, [_inputs(b) for b in calibration_batches],
+        calibrate_clip_(student, [model_inputs(b) for b in calibration_batches],
                         max_tokens=calibrate_tokens, progress=progress, **calibrate_kwargs)
     return student, teacher
 
@@ -61,15 +62,13 @@ def _body_and_head(model, role):
 
 def _head_weight(head):
     """(weight, bias) the head applies: a QATLinear's fake-quantized weight, else its own."""
-    from ..nn import QATLinear
-
     w = head.quantized_weight() if isinstance(head, QATLinear) else head.weight
     return w, head.bias
 
 
 def _hidden_and_head(model, batch, role):
     body, head = _body_and_head(model, role)
-    out = body(**_inputs(batch))
+    out = body(**model_inputs(batch))
     h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     w, b = _head_weight(head)
     return h, w, b
@@ -80,11 +79,11 @@ def _check_head_matches(model, batch, role):
     """Once per model: its logits must be head(body(x)) — models that rescale or soft-cap their
     logits cannot use the fused head (the loss would be silently wrong)."""
     inp = {k: v[:1, :8] if isinstance(v, torch.Tensor) and v.dim() == 2 else v
-           for k, v in _inputs(batch).items()}
+           for k, v in model_inputs(batch).items()}
     was = model.training
     model.eval()
     try:
-        ref = _logits(model, inp).float()
+        ref = model_logits(model, inp).float()
         h, w, b = _hidden_and_head(model, inp, role)
         got = F.linear(h, w, b).float()
     finally:
@@ -135,8 +134,6 @@ class DistillTrainer:
                  temperature=1.0, grad_accum=1, optimizer=None, autocast=None,
                  max_grad_norm=1.0, ignore_index=-100, fused_head=False, scheduler="constant",
                  warmup_steps=0, total_steps=None, cache_teacher=False):
-        from ..kl_loss import kl_div_loss  # noqa: F401  (fail early if the loss is missing)
-
         if kind not in KINDS:
             raise ValueError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
         if isinstance(grad_accum, bool) or not isinstance(grad_accum, numbers.Integral) or \
@@ -196,9 +193,7 @@ class DistillTrainer:
 
     def loss(self, batch):
         """The distillation loss of one batch (student graph kept for backward)."""
-        from ..kl_loss import fused_linear_kl_loss, kl_div_loss
-
-        labels = _labels(batch, self.ignore_index)
+        labels = next_token_labels(batch, self.ignore_index)
         if self.gamma == "auto" and self.kind == "cakld":
             self.gamma = estimate_gamma_from(self.teacher, [batch], ignore_index=self.ignore_index)
         gamma = self.gamma if self.kind == "cakld" else None
@@ -216,7 +211,7 @@ class DistillTrainer:
                 return fused_linear_kl_loss(sh[:, :-1], sw, teacher_hidden=th[:, :-1],
                                             teacher_weight=tw, student_bias=sb,
                                             teacher_bias=tb, **kw)
-            s = _logits(self.student, batch)[:, :-1]
+            s = model_logits(self.student, batch)[:, :-1]
         return kl_div_loss(s, t[:, :-1], **kw)
 
     @torch.no_grad()
@@ -227,7 +222,7 @@ class DistillTrainer:
         frozen teacher gives the same output for the same batch."""
         key = None
         if self.cache_teacher:
-            ids = _ids(batch)
+            ids = batch_ids(batch)
             mask = batch.get("attention_mask") if isinstance(batch, dict) else None
             key = (ids, ids._version, mask, None if mask is None else mask._version)
             hit = self._teacher_cache.get(id(ids))
@@ -240,7 +235,7 @@ class DistillTrainer:
             out = _hidden_and_head(self.teacher, batch, "teacher")
             keep = out[0]
         else:
-            out = keep = _logits(self.teacher, batch)
+            out = keep = model_logits(self.teacher, batch)
         if key is not None:
             self._teacher_cache[id(key[0])] = (key, keep)
         return out
