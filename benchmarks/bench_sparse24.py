@@ -3,7 +3,7 @@ dense F.linear of the same pruned weight, same process, same inputs, interleaved
 
     python benchmarks/bench_sparse24.py [--device cpu|cuda] [--quick] [--json PATH]
 
-CPU (float32, the issue's shapes): M = 1 and M = 256 rows of x through 4096 -> 11008 (plus M = 8
+CPU (float32, LLM MLP shapes): M = 1 and M = 256 rows of x through 4096 -> 11008 (plus M = 8
 and 64 for the crossover), the 2:4 + int4-g128 kernel (kept values quantized, ~3.2 bits per
 weight), and the backward to x (M=1: an op over the compressed weight; M=256: decompress in
 row chunks + matmul) against the dense backward.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benchmarks/quality_grid.sh: issue 13's quality grid — the main job (examples/qat_selfdistill.py)
+# benchmarks/quality_grid.sh: the QAT quality grid — the main job (examples/qat_selfdistill.py)
 # over specs x training data x step budgets, one run after another, each writing
 # OUT/<spec>-<data>-<steps>/results.json; then benchmarks/quality_table.py prints the table.
 # Usage: bash benchmarks/quality_grid.sh OUT "int:2:64 int:3:64 nf:3:64" "generated text" "40 300"

@@ -1,4 +1,4 @@
-"""benchmarks/quality_table.py: prints issue 13's quality table (markdown) from the results.json
+"""benchmarks/quality_table.py: prints the QAT quality table (markdown) from the results.json
 files that benchmarks/quality_grid.sh's runs of examples/qat_selfdistill.py wrote under OUT."""
 import glob
 import json
@@ -19,7 +19,7 @@ def main(out):
         rtn = ppl(lambda n: n.startswith("RTN") and "clipping" not in n)
         clip = ppl(lambda n: "clipping" in n, float("nan"))
         qat = ppl(lambda n: n.startswith("QAT"))
-        # share of the RTN log-perplexity gap that QAT closes (issue 13's 2-bit goal: >= 85%)
+        # share of the RTN log-perplexity gap that QAT closes (the 2-bit goal: >= 85%)
         closed = 1 - math.log(qat / fp) / math.log(rtn / fp)
         # CPU seconds of the process: unlike wall time, not stretched by other work on the cores
         st = r["stages_wall_cpu_s"]

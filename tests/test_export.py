@@ -111,7 +111,7 @@ def test_compressed_tensors_read_by_transformers(gen, tmp_path):
     assert len([f for f in os.listdir(d) if f.endswith(".safetensors")]) > 1
     models[d] = (exact, "exact")
     dirs.append(d)
-    # issue 9's promise without convert_: a QAT model on float16 scales exports exactly the
+    # without convert_ too: a QAT model on float16 scales exports exactly the
     # weights its forward trains with (read in the same child process)
     qat16 = qat_model(gen, f16(4, 32))
     d = str(tmp_path / "qat-f16")
@@ -197,7 +197,7 @@ def test_compressed_tensors_mixed_specs_and_qat_model(gen, tmp_path):
 
 
 def test_qat_model_on_float16_scales_exports_the_trained_weights_gptq(gen, tmp_path):
-    """Issue 9's promise without convert_ for GPTQ v2 (its float16 scales), decoded by the
+    """Float16 scales give the trained weights without convert_ for GPTQ v2 too, decoded by the
     unpacker written from the format description: exactly the weights QAT trains with. (The
     compressed-tensors reader checks the same in test_compressed_tensors_read_by_transformers.)"""
     from safetensors.torch import load_file
@@ -541,7 +541,7 @@ def test_export_refuses_scale_rounding_beyond_2_pow_minus_11(fmt, gen, tmp_path)
                   tokenizer=tok)
 
 
-def test_export_int8_small_weights_issue_case(gen, tmp_path):
+def test_export_int8_scales_of_small_weights(gen, tmp_path):
     """int8-asym scales of weights with std 0.002 fall below float16's smallest normal: refused
     by the float16 carriers; compressed-tensors in float32 stores them as they are."""
     m = tiny_llama(_seed(gen))

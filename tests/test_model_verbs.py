@@ -1,4 +1,4 @@
-"""The model verbs' module walk (lowbit._walk; issue 11 items 7-8): a module used at several
+"""The model verbs' module walk (lowbit._walk): a module used at several
 places is replaced by ONE new module at every use (weight sharing survives), a bare module is
 refused by every verb with what to call instead, and quantize_ / sparsify_ refuse each other's
 layers instead of dropping what they hold. Numerics against tests/reference.py."""

@@ -61,7 +61,7 @@ def test_qatlinear_from_linear_keeps_parameters():
 
 def _eval_edits():
     """(what, edit) pairs that change a QATLinear's effective weight without autograd; the
-    .data ones do not bump the weight's version counter (issue 11 item 4)."""
+    .data ones do not bump the weight's version counter."""
     return [
         ("data.mul_", lambda m, w2: m.weight.data.mul_(3)),
         ("data.copy_", lambda m, w2: m.weight.data.copy_(w2)),

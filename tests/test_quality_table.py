@@ -1,4 +1,4 @@
-"""tests/test_quality_table.py: benchmarks/quality_table.py (issue 13's quality table) reads the
+"""tests/test_quality_table.py: benchmarks/quality_table.py (the quality table) reads the
 results.json files of examples/qat_selfdistill.py and prints each run's perplexities, the share
 of the RTN log-perplexity gap QAT closes and QAT against full precision, checked here against
 those definitions on random perplexities."""

@@ -1,8 +1,8 @@
 """save_quantized / load_quantized and the transformers round trip: from_pretrained of a
 save_quantized directory (and of model.save_pretrained) returns the packed model through the
 registered "lowbit" quantizer; load_quantized(path); QuantSpec.scale_dtype is saved and loaded
-back (issue 9); directories written the 0.1 way (no scale_dtype) still load, as float32;
-every stored tensor's dtype and shape is checked (issue 11 item 11); a malformed lowbit_config.json
+back; directories written the 0.1 way (no scale_dtype) still load, as float32;
+every stored tensor's dtype and shape is checked; a malformed lowbit_config.json
 is a ValueError naming the file and field (item 14); safetensors is a core dependency (item 16)."""
 import json
 import os
@@ -376,7 +376,7 @@ def test_registration_without_importing_transformers_eagerly():
 
 
 def test_safetensors_is_a_core_dependency():
-    """Issue 11 item 16: `pip install lowbit` (no extras) can save and load."""
+    """`pip install lowbit` (no extras) can save and load."""
     try:
         import tomllib
     except ImportError:

@@ -64,7 +64,7 @@ def parse_layers(cfg, where):
                 raise ValueError(f"{where}: field {f}.{key} is missing")
         if not isinstance(e["spec"], dict):
             raise ValueError(f"{where}: field {f}.spec must be an object, got {e['spec']!r:.80}")
-        try:  # a spec written before scale_dtype existed (issue 9) loads as float32
+        try:  # a spec written before scale_dtype existed loads as float32
             spec = QuantSpec(**e["spec"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: field {f}.spec is not a valid QuantSpec: {exc}") from None
