@@ -1,4 +1,4 @@
-"""Forward-mode AD and double backward through every differentiable lowbit op (issue 11 item 3):
+"""Forward-mode AD and double backward through every differentiable lowbit op:
 an exact tangent / second derivative where the op defines one cheaply (the identity STE, the
 linear products, the KL loss's first-order tangent, decompress_24), else a RuntimeError naming
 the public function -- never a None or zero tangent, never a silent zero second derivative.

@@ -1,4 +1,4 @@
-"""tests/test_fuzz.py: the fuzz harness of the raw torch.ops.lowbit.* ops (issue 11 Deliver 2).
+"""tests/test_fuzz.py: the fuzz harness of the raw torch.ops.lowbit.* ops.
 
 Hypothesis draws each case as plain data (shapes, dtypes, strides, integer and float
 arguments, incl. values near the int32/int64 limits); a child process (one per test module,

@@ -675,7 +675,7 @@ def test_fused_linear_no_grad(gen):
 
 
 # ---------------------------------------------------------------------------------------------
-# tiny temperatures and out-of-range arguments (issue 11 items 12 and 15)
+# tiny temperatures and out-of-range arguments
 # ---------------------------------------------------------------------------------------------
 def test_temperature_whose_inverse_overflows_is_refused(gen):
     s, t = make_logits((3, 8), torch.float32, gen)
@@ -734,7 +734,7 @@ def test_ignore_index_and_chunk_rows_ranges():
 
 
 def test_fused_linear_refuses_mismatched_parts(gen):
-    """Issue 11 item 15: mismatched dtypes, a wrongly shaped teacher_bias (it used to broadcast)
+    """Mismatched dtypes, a wrongly shaped teacher_bias (it used to broadcast)
     and tensors on other devices raise naming the argument, before any work."""
     h = torch.randn(2, 3, 16, generator=gen)
     w = torch.randn(24, 16, generator=gen)

@@ -1,4 +1,4 @@
-"""Integer arguments of the raw ops (issue 11, items 1, 2 and 9): sizes computed from user
+"""Integer arguments of the raw ops: sizes computed from user
 integers are overflow-checked and every int64 argument is range-checked before C narrows it, so
 each call below raises a RuntimeError naming the argument -- never a crash, a wrap or a silently
 different value. The calls run in one child process (a crash must fail the test, not the suite);
@@ -65,7 +65,7 @@ CASES = [
     ("clip_search_shrink_wrap", "shrink",
      "torch.ops.lowbit.clip_search(torch.randn(4, 32), torch.eye(32).reshape(1, 32, 32), "
      "0, 4, 32, False, 20, 2**32 + 2)"),
-    # issue 9: the scale dtype code (FORMATS.md 1.6) of the ops that compute scales
+    # the scale dtype code (FORMATS.md 1.6) of the ops that compute scales
     ("fake_quant_scale_dtype_wrap", "scale_dtype",
      "torch.ops.lowbit.fake_quant(torch.randn(4, 64), 0, 4, 32, False, 0, 2**32 + 2)"),
     ("fake_quant_scale_dtype_bad", "scale_dtype",

@@ -1,4 +1,4 @@
-"""lowbit.quant_linear / lowbit.nn.QuantLinear (packed low-bit inference, issue 4) against
+"""lowbit.quant_linear / lowbit.nn.QuantLinear (packed low-bit inference) against
 F.linear(x, dequantize(qw)) for every format, group size, M, dtype and CPU ISA path; gradients
 of x and bias; torch.compile; bad input; QuantLinear state_dict round trip and repr; CUDA.
 

@@ -1,5 +1,5 @@
-"""quant_linear's accuracy modes (FORMATS.md 4; issue 10) and the derived-state rules of
-QuantLinear (issue 11 items 5, 6, 13, 15): every mode against a float64 reference on Gaussian and
+"""quant_linear's accuracy modes (FORMATS.md 4) and the derived-state rules of
+QuantLinear: every mode against a float64 reference on Gaussian and
 heavy-tailed activations for every format, bits and group kind, M in {1, 2, 3, 5, 8, 16, 17},
 each CPU ISA forced in turn; inf / nan / 1e35 inputs; determinism; the kernel layout never
 stale; 16-bit casts of QuantLinear; bad sizes and modes.
@@ -96,7 +96,7 @@ def test_modes_on_a_larger_layer(spec, gen):
 
 @pytest.mark.parametrize("act", ["float", "auto", "int8"])
 def test_inf_nan_and_huge_inputs_behave_as_f_linear(act, gen, restore_isa):
-    """issue 11 item 6: inf / nan in a row give F.linear's inf / nan outputs for that row (never
+    """Inf / nan in a row give F.linear's inf / nan outputs for that row (never
     a whole row of nan where F.linear has inf, never a finite wrong number); a row of 1e35 gives
     finite, accurate outputs; the other rows are unaffected."""
     qw = lowbit.quantize(torch.randn(40, 128, generator=gen), qspec("int", 4, 32, False))
@@ -162,7 +162,7 @@ def test_act_argument_and_module_modes(gen):
     assert model[0].act == "int8"
 
 
-# ---- derived state (issue 11 item 5) ----
+# ---- derived state ----
 def test_layout_follows_in_place_edits(gen):
     spec = qspec("int", 4, 32, False)
     qw = lowbit.quantize(torch.randn(24, 96, generator=gen), spec)
@@ -223,7 +223,7 @@ def test_load_state_dict_of_a_save_quantized_file(gen, tmp_path):
     torch.testing.assert_close(m2(x), y, rtol=0, atol=0)
 
 
-# ---- 16-bit casts and bad sizes (issue 11 items 13, 15) ----
+# ---- 16-bit casts and bad sizes ----
 @pytest.mark.parametrize("cast", ["bf16", "half", "model"])
 def test_16_bit_casts_keep_the_packed_weight(cast, gen):
     spec = qspec("nf", 4, 64, False)

@@ -451,7 +451,7 @@ def test_sparsify_sequential(gen):
 
 @pytest.mark.parametrize("mode", ["train", "inference"])
 def test_sparsify_shared_module_keeps_sharing(mode, gen):
-    """A Linear used twice becomes ONE SparseLinear24 used twice (issue 11 item 7)."""
+    """A Linear used twice becomes ONE SparseLinear24 used twice."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 64)
     model = nn.Sequential(lin, nn.ReLU(), lin)
@@ -563,7 +563,7 @@ def test_cuda_sanitizer_small_sparse24(gen):
 
 
 # ---------------------------------------------------------------------------------------------
-# meta content (issue 11 item 10) and 16-bit casts of quantized layers (item 13)
+# meta content and 16-bit casts of quantized layers
 # ---------------------------------------------------------------------------------------------
 def _nibble_ok(nb):
     return (nb & 3) < (nb >> 2)  # the two in-group indices strictly increasing

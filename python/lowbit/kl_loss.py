@@ -414,7 +414,7 @@ class _FusedLinearKL(torch.autograd.Function):
 
 def _check_fused_parts(student_hidden, lm_head_weight, student_bias, teacher_logits,
                        teacher_hidden, teacher_weight, teacher_bias):
-    """What fused_linear_kl_loss's body takes for granted (issue 11 item 15): every tensor on
+    """What fused_linear_kl_loss's body takes for granted: every tensor on
     student_hidden's device; outside autocast each linear's input, weight and bias of one dtype
     (F.linear's message names none of them); teacher_bias of shape (V,) (a (1,) or (V, 1) bias
     would otherwise broadcast silently). Runs before the per-argument checks below."""
