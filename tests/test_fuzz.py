@@ -364,9 +364,10 @@ def _kl_ref_rows(p, s, t, lab):
     from reference_kl import ref_rows
 
     sd = s.double().requires_grad_(True)
-    rows = ref_rows(sd, t.double(), KL_NAMES[p["kind"]], p["gamma"], p["beta"], p["tau"])
-    if p["labels"] != "none":
-        rows = torch.where(lab == p["ign"], torch.zeros_like(rows), rows)
+    keep = None if p["labels"] == "none" else lab != p["ign"]
+    rows = ref_rows(sd, t.double(), KL_NAMES[p["kind"]], p["gamma"], p["beta"], p["tau"], keep)
+    if keep is not None:
+        rows = torch.where(keep, rows, torch.zeros_like(rows))
     return sd, rows
 
 
