@@ -396,10 +396,13 @@ class _FusedLinearKL(torch.autograd.Function):
         # buffer) and drops them, so a second backward through the same graph is refused
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (w.dtype, None if bias is None else bias.dtype)
+        # what the gradients depend on, for the error of a second derivative (references only:
+        # nothing is recomputed from them, so no saved-tensor version check either)
+        ctx.lb_links = tuple(t for t in (h, w, bias) if t is not None and t.requires_grad)
         return total * scale
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_autograd.once_differentiable("lowbit.fused_linear_kl_loss")
     def backward(ctx, go):
         if ctx.grads is None:
             raise RuntimeError("fused_linear_kl_loss: backward can run only once per forward "
