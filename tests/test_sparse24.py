@@ -216,6 +216,87 @@ def test_backward_to_x_paths(dtype, gen, restore_isa):
                            compress_24(prune_24(torch.randn(8, 16))[0]).meta))
 
 
+# ---- inf / NaN activations (FORMATS.md 4: they propagate as F.linear's would) ----
+SPECIALS = (float("nan"), float("inf"), float("-inf"), 1e38)
+
+
+def with_specials(x, gen):
+    """x with rows 0..3 holding NaN, +inf, -inf, 1e38 (inf in float16) at a random column each;
+    the rows after stay finite. Each column is pruned in about half the weight's rows."""
+    x = x.clone()
+    for r, v in enumerate(SPECIALS[:x.shape[0]]):
+        x[r, int(torch.randint(0, x.shape[1], (1,), generator=gen))] = v
+    return x
+
+
+def check_nonfinite(y, ref, dtype, K, what):
+    """NaN and +-inf exactly where the float64 reference (rounded to dtype: an overflow is inf
+    there too) has them; elsewhere close relative to the row's largest value."""
+    r = ref.to(dtype).double()
+    g = y.double()
+    assert torch.equal(torch.isnan(g), torch.isnan(r)), \
+        f"{what}: NaN at {int(torch.isnan(g).sum())} outputs, F.linear has {int(torch.isnan(r).sum())}"
+    inf = torch.isinf(r)
+    assert torch.equal(g[inf], r[inf]) and not bool(torch.isinf(g[~inf]).any()), \
+        f"{what}: infinities differ from F.linear's"
+    fin = torch.isfinite(r)
+    g, r = torch.where(fin, g, 0.0), torch.where(fin, r, 0.0)
+    scale = r.abs().amax(-1, keepdim=True).clamp(min=1.0)
+    err = ((g - r).abs() / scale).max().item()
+    assert err <= tol(dtype, K), f"{what}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("M", [1, 4, 8, 9, 70])
+def test_linear_nonfinite_x_matches_f_linear(M, dtype, gen, restore_isa):
+    """A NaN or inf in x that meets a pruned weight makes the output NaN (0 * inf), as F.linear of
+    the pruned weight does: the gather path (M <= 8), the transposed-x path, the low-bit kept
+    values, every ISA; bias or not."""
+    spec = lowbit.QuantSpec("int", 4, 16)
+    for (N, K) in [(24, 64), (19, 36)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        x = with_specials(torch.randn(M, K, generator=gen).to(dtype), gen)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(prune_24(w)[0])
+        sq = sw.quantize(spec) if K % 32 == 0 else None
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            for bias in (None, b):
+                y = sparse24_linear(x, sw, bias)
+                check_nonfinite(y, ref_linear(x, p, bias), dtype, K, f"{isa} M={M} {N}x{K}")
+                if sq is not None:
+                    yq = sparse24_linear(x, sq, bias)
+                    check_nonfinite(yq, ref_linear(x, decompress_24(sq), bias), dtype, K,
+                                    f"int4 {isa} M={M} {N}x{K}")
+        if M >= 2:  # a whole row of NaN: every output of it
+            x[1] = float("nan")
+            assert bool(torch.isnan(sparse24_linear(x, sw)[1]).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_backward_to_x_nonfinite_grad(dtype, gen, restore_isa):
+    """grad_x = g @ W_pruned with a NaN/inf in g: NaN at the positions its row of W prunes, as the
+    dense product gives; the compressed-form op (M <= 8) and the dense path (M > 8)."""
+    from lowbit.sparse.sparse24 import _grad_x
+    N, K = 20, 48
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    p, _ = ref_prune_24(w)
+    sw = compress_24(p)
+    for M in (1, 4, 8, 9):
+        g = with_specials(torch.randn(M, N, generator=gen).to(dtype), gen)
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            check_nonfinite(_grad_x(g, sw.values, sw.meta), g.double() @ p.double(), dtype, N,
+                            f"{isa} M={M}")
+    # through autograd: an inf upstream gradient
+    x = torch.randn(3, K, generator=gen).to(dtype).requires_grad_(True)
+    up = torch.randn(3, N, generator=gen).to(dtype)
+    up[1, 2] = float("inf")
+    sparse24_linear(x, sw).backward(up)
+    check_nonfinite(x.grad, up.double() @ p.double(), dtype, N, "autograd")
+
+
 def test_linear_opcheck_and_compile(gen):
     w = torch.randn(32, 64, generator=gen)
     sw = compress_24(prune_24(w)[0])
