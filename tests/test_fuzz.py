@@ -453,7 +453,10 @@ OPS = {
     "sparse24_cslt_linear": Entry(
         st.fixed_dictionaries({"m": dims(4, 0), "k": dims(32, 0), "n": ints(16, 0, -1)}),
         lambda p, gen: (make(tensor((p["m"], p["k"])), gen),
-                        torch.zeros(64, dtype=torch.uint8), torch.empty(0), p["n"]),
+                        torch.zeros(64, dtype=torch.uint8),
+                        torch.full((max(p["n"], 0) if p["n"] < 64 else 0,
+                                    max(1, (p["k"] + 7) // 8)), 0x44, dtype=torch.uint8),
+                        torch.empty(0), p["n"]),
         cpu_only=True),
 }
 

@@ -725,6 +725,26 @@ def test_cuda_vs_reference(kind, dtype, V, gen):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_rows_without_finite_logits_are_nan(kind, gen):
+    """The CUDA kernel's rule for rows without finite logits: NaN loss and gradient (both the
+    warp and the block kernel: V <= 2048 and above)."""
+    for V in (20, 3000):
+        s, t, labels = _dead_rows_case(gen)
+        s, t = torch.cat([s, s.new_zeros(7, V - 20)], 1), torch.cat([t, t.new_zeros(7, V - 20)], 1)
+        s[[1, 3, 6], 20:] = t[[2, 3, 4, 5], 20:] = float("-inf")
+        kw = dict(kind=kind, labels=labels, reduction="none", **kind_args(kind))
+        x = s.cuda().requires_grad_(True)
+        loss = lowbit.kl_div_loss(x, t.cuda(), **dict(kw, labels=labels.cuda()))
+        up = torch.full(loss.shape, 1.5)
+        loss.backward(up.cuda())
+        rl, rg = run_ref(s, t, up, **kw)
+        check_close(loss.cpu(), rl, 1e-5, "cuda loss")
+        check_close(x.grad.cpu(), rg, 1e-5, "cuda grad")
+        assert bool(torch.isnan(loss[1:4].cpu()).all())
+
+
+@pytest.mark.cuda
 def test_cuda_fused_linear_and_extremes(gen):
     h = torch.randn(64, 32, generator=gen)
     w = torch.randn(1000, 32, generator=gen) * 0.3

@@ -628,6 +628,33 @@ def test_cuda_cusparselt(dtype, gen):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_nonfinite_x_matches_f_linear(dtype, gen):
+    """NaN/inf in x at pruned positions on CUDA: lowbit's gather kernel (any M), the low-bit
+    kept values (dequantized, then that kernel) and cuSPARSELt (16-bit, when installed)."""
+    N, K = 64, 256
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    p, _ = ref_prune_24(w)
+    sw = compress_24(p.cuda())
+    sq = sw.quantize(lowbit.QuantSpec("int", 4, 16))
+    backends = ["lowbit"]
+    if dtype != torch.float32 and lowbit.sparse.cusparselt_available():
+        backends.append("cusparselt")
+    for M in (1, 5, 64):
+        x = with_specials(torch.randn(M, K, generator=gen).to(dtype), gen)
+        for backend in backends:
+            if backend == "cusparselt" and M % 8:
+                continue
+            for bias in (None, b):
+                y = sparse24_linear(x.cuda(), sw, None if bias is None else bias.cuda(),
+                                    backend=backend)
+                check_nonfinite(y.cpu(), ref_linear(x, p, bias), dtype, K, f"{backend} M={M}")
+        yq = sparse24_linear(x.cuda(), sq)
+        check_nonfinite(yq.cpu(), ref_linear(x, decompress_24(sq).cpu()), dtype, K, f"q M={M}")
+
+
+@pytest.mark.cuda
 def test_cuda_sanitizer_small_sparse24(gen):
     """Small odd shapes through every CUDA kernel of the family (device_check.sh runs this under
     compute-sanitizer): an odd number of groups, M not a multiple of 4, all dtypes."""
