@@ -506,6 +506,75 @@ def test_module_bad_arguments(gen):
         SparseLinear24.from_linear(_lin(gen), srste_decay=-1)
 
 
+_NAN, _INF = float("nan"), float("inf")
+BAD_MODULE_ARGS = [  # (override of SparseLinear24(8, 4)'s arguments, error type, named argument)
+    (dict(out_features=-3), ValueError, "out_features"),
+    (dict(out_features=0), ValueError, "out_features"),
+    (dict(out_features=True), TypeError, "out_features"),
+    (dict(out_features=4.0), TypeError, "out_features"),
+    (dict(in_features=-8), ValueError, "in_features"),
+    (dict(in_features=6), ValueError, "in_features"),
+    (dict(in_features="8"), TypeError, "in_features"),
+    (dict(srste_decay="a"), TypeError, "srste_decay"),
+    (dict(srste_decay=_NAN), ValueError, "srste_decay"),
+    (dict(srste_decay=_INF), ValueError, "srste_decay"),
+    (dict(srste_decay=-0.1), ValueError, "srste_decay"),
+    (dict(srste_decay=None), TypeError, "srste_decay"),
+    (dict(mask_update_interval=-1), ValueError, "mask_update_interval"),
+    (dict(mask_update_interval=2.5), TypeError, "mask_update_interval"),
+    (dict(mask_update_interval=True), TypeError, "mask_update_interval"),
+    (dict(mode="fast"), ValueError, "mode"),
+    (dict(mode=None), ValueError, "mode"),
+    (dict(ste="no"), TypeError, "ste"),
+    (dict(bias="yes"), TypeError, "bias"),
+    (dict(spec="int4"), TypeError, "spec"),
+    (dict(spec=lowbit.QuantSpec("int", 4, 16)), ValueError, "spec"),  # train mode
+    (dict(mode="inference", spec=lowbit.QuantSpec("int", 4, 32)), ValueError, "spec"),  # 32 > K/2
+    (dict(dtype=torch.int32), TypeError, "dtype"),
+    (dict(dtype=torch.float64), TypeError, "dtype"),
+    (dict(dtype="float32"), TypeError, "dtype"),
+    (dict(device="nodevice"), ValueError, "device"),
+    (dict(device=1.5), TypeError, "device"),
+]
+
+
+@pytest.mark.parametrize("override,exc,name", BAD_MODULE_ARGS,
+                         ids=[f"{a[2]}-{i}" for i, a in enumerate(BAD_MODULE_ARGS)])
+def test_module_constructor_arguments_are_checked(override, exc, name):
+    """Every constructor argument of SparseLinear24 is checked, the error naming it (no torch
+    negative-dimension error, no bare float() error, no NaN decay or empty layer accepted)."""
+    kw = dict(dict(in_features=8, out_features=4), **override)
+    with pytest.raises(exc, match=f"^{name}: "):
+        SparseLinear24(**kw)
+    # the options of from_linear and sparsify_ go through the same checks
+    opts = {k: v for k, v in override.items()
+            if k in ("mode", "srste_decay", "mask_update_interval", "ste", "spec")}
+    if opts:
+        with pytest.raises(exc, match=f"^{name}: "):
+            SparseLinear24.from_linear(nn.Linear(8, 4), **opts)
+        model = nn.Sequential(nn.Linear(8, 4))
+        with pytest.raises(exc, match=f"^{name}: "):
+            lowbit.sparsify_(model, **opts)
+        assert type(model[0]) is nn.Linear  # nothing replaced
+
+
+def test_sparsify_arguments_are_checked():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    for kw, exc, name in [(dict(skip=5), TypeError, "skip"), (dict(include=[1]), TypeError, "include"),
+                          (dict(skip=["0", None]), TypeError, "skip"),
+                          (dict(maks_update_interval=2), TypeError, "maks_update_interval"),
+                          (dict(mode="inference", spec=lowbit.QuantSpec("int", 4, 8)), ValueError,
+                           "spec")]:
+        with pytest.raises(exc, match=f"^{name}: "):
+            lowbit.sparsify_(model, **kw)
+        assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear, kw
+    # valid values of the same arguments still work
+    lowbit.sparsify_(model, skip=None, include=("0",), srste_decay=torch.tensor(0.5), ste=False,
+                     mask_update_interval=None)
+    assert isinstance(model[0], SparseLinear24) and type(model[2]) is nn.Linear
+    assert model[0].srste_decay == 0.5 and model[0].mask_update_interval == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # sparsify_
 # ---------------------------------------------------------------------------------------------
