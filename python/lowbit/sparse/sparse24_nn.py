@@ -11,7 +11,7 @@ from torch import nn
 from .._checks import FLOAT_DTYPES, check_float_dtype, check_tensor
 from .._walk import Swap, check_model, made_by, matches, swap_modules_
 from ..fake_quant import quantize
-from ..qweight import QuantizedWeight
+from ..qweight import QuantizedWeight, check_packed, check_packed_values
 from ..spec import check_spec
 from .sparse24 import sparse24_linear
 from .sparse24_mask import MaskedWeight, apply_mask, mask_24
@@ -178,9 +178,20 @@ class SparseLinear24(nn.Module):
             self.register_load_state_dict_post_hook(SparseLinear24._check_loaded)
         self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.mode == "inference" and self.spec is not None:  # values before they are copied
+            got = {f: state_dict.get(prefix + f) for f in ("scales", "zeros")}
+            check_packed_values(*(t if isinstance(t, torch.Tensor) else None
+                                  for t in got.values()), self.spec, {f: prefix + f for f in got})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def _check_loaded(module, incompatible_keys):
         check_meta(module.meta, module.out_features, module.in_features)
+        if module.spec is not None:  # the quantized kept values, as a QuantizedWeight checks them
+            check_packed(module.codes, module.scales,
+                         module.zeros if module.zeros.shape[1] > 0 else None, module.spec,
+                         (module.out_features, module.in_features // 2), module._wdtype)
 
     def _apply(self, fn, *args, **kwargs):
         """``.to(dtype)``, ``.half()``, ``model.to(torch.bfloat16)`` on a quantized layer (spec
@@ -247,7 +258,7 @@ class SparseLinear24(nn.Module):
     def _quantized_weight(self, dtype):
         z = self.zeros if self.zeros.shape[1] > 0 else None
         q = QuantizedWeight(self.codes, self.scales, z, self.spec,
-                            (self.out_features, self.in_features // 2), dtype)
+                            (self.out_features, self.in_features // 2), dtype, check=False)
         # the buffers are lowbit's own (checked when loaded; the CPU ops recheck meta)
         return Sparse24Weight(None, self.meta, (self.out_features, self.in_features), dtype, q,
                               check=False)
