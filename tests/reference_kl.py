@@ -46,16 +46,19 @@ def _plain_rows(s, t, kind, gamma, beta):
 
 def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, keep=None):
     """Per-row losses, float64, shape (...). Rows all -inf in student or teacher -> NaN (loss
-    and gradient), unless ``keep`` (bool, shape (...)) says the row is masked: the caller then
-    replaces it by 0, and its gradient must stay 0."""
+    and gradient). ``keep`` (bool, shape (...)): rows where it is False are masked: loss 0 and
+    gradient exactly 0, whatever their logits (an infinite loss included)."""
     s0 = student.double() / temperature
     t0 = teacher.detach().double() / temperature
     none = torch.isneginf(s0).all(-1) | torch.isneginf(t0).all(-1)
-    # rows without logits are kept finite here, so no NaN reaches the selected-away values or
-    # their gradients; the unmasked ones take their values from _plain_rows below
-    s = torch.where(none.unsqueeze(-1), torch.zeros_like(s0), s0)
-    t = torch.where(none.unsqueeze(-1), torch.zeros_like(t0), t0)
-    dead = none if keep is None else none & keep
+    masked = torch.zeros_like(none) if keep is None else ~keep
+    # rows without logits and masked rows are computed on zeros here, so no NaN or inf reaches
+    # the selected-away values or their gradients; the unmasked rows without logits take their
+    # values from _plain_rows below, the masked ones are 0
+    out = (none | masked).unsqueeze(-1)
+    s = torch.where(out, torch.zeros_like(s0), s0)
+    t = torch.where(out, torch.zeros_like(t0), t0)
+    dead = none & ~masked
     lq = torch.log_softmax(s, -1)
     lp = torch.log_softmax(t, -1)
     q = lq.exp()
@@ -67,7 +70,9 @@ def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, keep
     elif kind == "cakld":
         fkl = _xlogratio(p, lp, lq).sum(-1)
         rkl = _xlogratio(q, lq, lp).sum(-1)
-        rows = gamma * rkl + (1 - gamma) * fkl
+        # a term of weight 0 is absent (gamma 0 is FKL, 1 is RKL), so an infinite unused term
+        # (p = 0 where q > 0: RKL = +inf) cannot make 0 * inf = NaN
+        rows = fkl if gamma == 0 else rkl if gamma == 1 else gamma * rkl + (1 - gamma) * fkl
     elif kind == "jsd":
         m = beta * p + (1 - beta) * q
         lm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))  # m = 0 only where p = q = 0
@@ -76,7 +81,7 @@ def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, keep
         raise ValueError(kind)
     if bool(dead.any()):
         rows = rows.index_put((dead,), _plain_rows(s0[dead], t0[dead], kind, gamma, beta))
-    return rows
+    return torch.where(masked, torch.zeros_like(rows), rows)
 
 
 def ref_loss(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, labels=None,

@@ -109,7 +109,7 @@ def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
     is floored above 0) and exact in spec.scale_dtype (1.6); zeros uint8 (N, G) with values <=
     qmax = 2^bits - 1 for asymmetric INT, else None; all contiguous, on one device; dtype a float
     dtype. ``names``: how the errors call codes / scales / zeros (e.g. state-dict keys).
-    Values are not read on the meta device or under torch.compile."""
+    Values are not read on the meta device, in FakeTensors or under torch.compile."""
     names = dict(zip(FIELDS, FIELDS), **(names or {}))
     check_spec(spec)
     n, k, groups = _parts_layout(spec, shape)
@@ -143,13 +143,20 @@ def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
     check_packed_values(scales, zeros, spec, names)
 
 
+def _has_values(t):
+    """Whether t's values can be read here (not a meta tensor, not a FakeTensor of tracing)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.device.type != "meta" and t.numel() > 0 and not is_fake(t)
+
+
 def check_packed_values(scales, zeros, spec, names=None):
     """The value rules of check_packed on scales and zeros (either may be None), in whatever
     dtype they come (a zero point is compared before any cast to uint8 could wrap it)."""
     names = dict(zip(FIELDS, FIELDS), **(names or {}))
     if torch.compiler.is_compiling():
         return
-    if isinstance(zeros, torch.Tensor) and zeros.device.type != "meta" and zeros.numel():
+    if isinstance(zeros, torch.Tensor) and _has_values(zeros):
         qmax = (1 << spec.bits) - 1
         z = zeros if not zeros.dtype.is_floating_point else zeros.double()
         bad = (z < 0) | (z > qmax) | (z != z.round() if zeros.dtype.is_floating_point else False)
@@ -157,7 +164,7 @@ def check_packed_values(scales, zeros, spec, names=None):
             i = tuple(bad.nonzero()[0].tolist())
             raise ValueError(f"{names['zeros']}: zero point {zeros[i].item()} at {list(i)} is "
                              f"outside [0, qmax = {qmax}] of {spec.name}")
-    if isinstance(scales, torch.Tensor) and scales.device.type != "meta" and scales.numel():
+    if isinstance(scales, torch.Tensor) and _has_values(scales):
         sf = scales.float() if scales.dtype.is_floating_point else scales.double()
         bad = ~(torch.isfinite(sf) & (sf > 0))
         if bool(bad.any()):
