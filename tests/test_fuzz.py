@@ -974,34 +974,22 @@ def check(child, name, p):
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
 
 
-@pytest.mark.parametrize("name", sorted(OPS))
+ALL = sorted(OPS) + sorted(PUBLIC)  # the raw ops, then the public functions
+
+
+@pytest.mark.parametrize("name", ALL)
 @settings(max_examples=60, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op(child, name, data):
-    check(child, name, data.draw(OPS[name].params, label="p"))
+    check(child, name, data.draw(entry_of(name).params, label="p"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("name", ALL)
 @settings(max_examples=500, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op_long(child, name, data):
-    check(child, name, data.draw(OPS[name].params, label="p"))
-
-
-@pytest.mark.parametrize("name", sorted(PUBLIC))
-@settings(max_examples=40, phases=NO_SHRINK)
-@given(data=st.data())
-def test_fuzz_public(child, name, data):
-    check(child, name, data.draw(PUBLIC[name].params, label="p"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(PUBLIC))
-@settings(max_examples=500, phases=NO_SHRINK)
-@given(data=st.data())
-def test_fuzz_public_long(child, name, data):
-    check(child, name, data.draw(PUBLIC[name].params, label="p"))
+    check(child, name, data.draw(entry_of(name).params, label="p"))
 
 
 # Found by the long run: these fakes divided by group_size before checking it
