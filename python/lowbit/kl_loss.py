@@ -12,9 +12,11 @@ Conventions (all kinds):
   * An entry that is -inf in both student and teacher (a masked vocabulary entry) contributes
     nothing and gets exactly zero gradient. A row whose student or teacher logits are -inf
     everywhere has no distribution (softmax is 0/0): its loss and gradient are NaN, as torch's
-    softmax gives (mask such rows with labels = ignore_index instead). A NaN in a row makes that
-    row's loss and gradient NaN; +inf logits give NaN.
-  * CAKLD with gamma 0 or 1 is exactly FKL or RKL; JSD with beta 0 or 1 is exactly 0.
+    softmax gives, whatever the kind, gamma or beta (mask such rows with labels = ignore_index
+    instead), and it still counts in "mean". A NaN in a row makes that row's loss and gradient
+    NaN; +inf logits give NaN.
+  * CAKLD with gamma 0 or 1 is exactly FKL or RKL; JSD with beta 0 or 1 is exactly 0 (on rows
+    that have a distribution).
 """
 import math
 import numbers
