@@ -108,7 +108,8 @@ __global__ void s24_nonfinite_kernel(const T* __restrict__ x, const uint8_t* __r
                 const int b = (meta[n * MB + (q >> 1)] >> ((q & 1) << 2)) & 15;
                 const unsigned kept = (1u << (b & 3)) | (1u << (b >> 2));
                 for (int i = 0; i < 4; ++i)
-                    hit |= !(kept >> i & 1u) && !(fabsf(lb_ld(x, m * K + 4 * q + i)) <= 3.4028235e38f);
+                    hit |= !(kept >> i & 1u) &&
+                           !(fabsf(lb_ld(x, m * K + 4 * q + i)) <= 3.4028235e38f);
             }
             if (__any_sync(LB_FULL_MASK, hit) && lane == 0)
                 lb_st(y, m * N + n, __int_as_float(0x7fc00000));

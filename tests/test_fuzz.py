@@ -648,8 +648,10 @@ OPS.update({
 # ---------------------------------------------------------------------------------------------
 def _pub_kl_build(p, gen):
     shape = ([2] if p["lead"] == 3 else []) + [p["r"], p["v"]]
-    s = make(tensor(shape, p["sd"]), gen, lambda sh, dt: (torch.randn(sh, generator=gen) * 3).to(dt))
-    t = make(tensor(shape, p["td"]), gen, lambda sh, dt: (torch.randn(sh, generator=gen) * 3).to(dt))
+    def logits(sh, dt):
+        return (torch.randn(sh, generator=gen) * 3).to(dt)
+
+    s, t = make(tensor(shape, p["sd"]), gen, logits), make(tensor(shape, p["td"]), gen, logits)
     put_kl_rows(s, t, p["rows"], p["row"], gen)
     lab = None
     if p["labels"]:
@@ -809,7 +811,8 @@ PUBLIC = {
                                "r": dims(5, 1, 9), "v": dims(16, 33), "chunk": dims(2, 1, 128)}),
         _pub_fused_build, _pub_fused_ref, fn=_pub_fused, fake=False),
     "lowbit.sparse.sparse24_linear": Entry(
-        st.fixed_dictionaries({"n": dims(8, 16, 5), "k": dims(32, 64, 16), "m": dims(1, 3, 8, 9, 20),
+        st.fixed_dictionaries({"n": dims(8, 16, 5), "k": dims(32, 64, 16),
+                               "m": dims(1, 3, 8, 9, 20),
                                "dt": fdtypes(), "q": st.booleans(), "bias": st.booleans(),
                                "xs": XS, "xl": st.sampled_from(LAYOUTS)}),
         _pub_s24_build, _pub_s24_ref, fn=_pub_s24),

@@ -235,7 +235,8 @@ def check_nonfinite(y, ref, dtype, K, what):
     r = ref.to(dtype).double()
     g = y.double()
     assert torch.equal(torch.isnan(g), torch.isnan(r)), \
-        f"{what}: NaN at {int(torch.isnan(g).sum())} outputs, F.linear has {int(torch.isnan(r).sum())}"
+        f"{what}: NaN at {int(torch.isnan(g).sum())} outputs, F.linear at " \
+        f"{int(torch.isnan(r).sum())}"
     inf = torch.isinf(r)
     assert torch.equal(g[inf], r[inf]) and not bool(torch.isinf(g[~inf]).any()), \
         f"{what}: infinities differ from F.linear's"
@@ -560,7 +561,8 @@ def test_module_constructor_arguments_are_checked(override, exc, name):
 
 def test_sparsify_arguments_are_checked():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    for kw, exc, name in [(dict(skip=5), TypeError, "skip"), (dict(include=[1]), TypeError, "include"),
+    for kw, exc, name in [(dict(skip=5), TypeError, "skip"),
+                          (dict(include=[1]), TypeError, "include"),
                           (dict(skip=["0", None]), TypeError, "skip"),
                           (dict(maks_update_interval=2), TypeError, "maks_update_interval"),
                           (dict(mode="inference", spec=lowbit.QuantSpec("int", 4, 8)), ValueError,

@@ -110,7 +110,8 @@ static void nf_rows(int64_t m0, int64_t m1, void* ctx) {
         lb_load_row(p->x, p->xdt, m * K, K, 1.0f, xr);
         for (int64_t q = 0; q < G; ++q) {
             unsigned bits = 0;
-            for (int i = 0; i < 4; ++i) bits |= (unsigned)!(fabsf(xr[4 * q + i]) <= 3.4028235e38f) << i;
+            for (int i = 0; i < 4; ++i)
+                bits |= (unsigned)!(fabsf(xr[4 * q + i]) <= 3.4028235e38f) << i;
             if (bits) {
                 gq[nq] = q;
                 gb[nq++] = (uint8_t)bits;

@@ -105,10 +105,10 @@ def _parts_layout(spec, shape):
 def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
     """The parts of a packed (N, K) = ``shape`` weight of ``spec`` (FORMATS.md 1.7; the layout
     lowbit.quantize writes): codes uint8 (N, ceil(K * bits / 8)); scales float32 (N, G), or
-    (N, G, 2) = [s+, s-] for two-scale NF/FP, every one finite, > 0 (each scale of FORMATS.md 1.1-1.4
-    is floored above 0) and exact in spec.scale_dtype (1.6); zeros uint8 (N, G) with values <=
-    qmax = 2^bits - 1 for asymmetric INT, else None; all contiguous, on one device; dtype a float
-    dtype. ``names``: how the errors call codes / scales / zeros (e.g. state-dict keys).
+    (N, G, 2) = [s+, s-] for two-scale NF/FP, every one finite, > 0 (each scale of FORMATS.md
+    1.1-1.4 is floored above 0) and exact in spec.scale_dtype (1.6); zeros uint8 (N, G) with
+    values <= qmax = 2^bits - 1 for asymmetric INT, else None; all contiguous, on one device;
+    dtype a float dtype. ``names``: how the errors call codes / scales / zeros (state-dict keys).
     Values are not read on the meta device, in FakeTensors or under torch.compile."""
     names = dict(zip(FIELDS, FIELDS), **(names or {}))
     check_spec(spec)
