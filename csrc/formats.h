@@ -415,10 +415,11 @@ LB_HD int lb_get_code(const uint8_t* row, int64_t j, int bits) {
  * kernel (csrc/cpu/kl_loss.h) and the CUDA launcher (cuda/kl_loss.cuh) alike.
  * S (student) and T (teacher) are contiguous (rows, V) in dtypes dtS/dtT (LB_DT_*); labels
  * int64 (rows,) or NULL. Outputs:
- *   loss  float32 (rows,) or NULL: per-row loss (0 for masked rows and for rows where the student
- *         or the teacher is -inf everywhere)
+ *   loss  float32 (rows,) or NULL: per-row loss (0 for masked rows; NaN for rows holding a NaN
+ *         or +inf and for rows where the student or the teacher is -inf everywhere: no softmax)
  *   grad  (rows, V) in dtS or NULL: d loss_row / d S, times row_scale[r] if row_scale (float32
- *         (rows,)) is given, else times grad_scale. Zero for masked/degenerate rows. ---- */
+ *         (rows,)) is given, else times grad_scale. Zero for masked rows, NaN where the loss is
+ *         NaN. ---- */
 typedef struct {
     const void* S;
     const void* T;

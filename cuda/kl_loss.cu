@@ -166,8 +166,8 @@ __global__ void __launch_bounds__(NT == 32 ? 32 * KL_WARP_ROWS : NT)
         return;
     }
     const float sc = (A.row_scale ? A.row_scale[r] : A.grad_scale) * it;
-    if (bad || !(at.z > 0.0f) || !(as.z > 0.0f)) {
-        float v = bad ? __int_as_float(0x7fc00000) : 0.0f;
+    if (bad || !(at.z > 0.0f) || !(as.z > 0.0f)) { /* NaN/+inf, or no finite logit: NaN */
+        const float v = __int_as_float(0x7fc00000);
         if (tid == 0 && A.loss) A.loss[r] = v;
         if (G)
             for (int64_t i = tid; i < V; i += NT) lb_st(G, base + i, v);

@@ -7,6 +7,11 @@
  *                          groups, gather x at 4q + idx, accumulate in float32, warp-reduce.
  *                          Correct and simple (no tensor cores); it serves float32, shapes
  *                          cuSPARSELt does not take, and small M, where it pads nothing.
+ *   s24_nonfinite_kernel   after the gather kernel and after cuSPARSELt (both read x at kept
+ *                          positions only): F.linear of the pruned weight multiplies a
+ *                          non-finite x at a pruned position by 0, a NaN output; this pass sets
+ *                          those outputs (same rule as csrc/cpu/sparse24.c nonfinite_at_pruned).
+ *                          One read of x; rows holding a non-finite value also walk the meta.
  *   lb24_cslt_*            cuSPARSELt for float16/bfloat16 on sparse tensor cores. The library
  *                          is NOT linked: it is loaded with dlopen on first use from
  *                          $LOWBIT_CUSPARSELT_LIB (python/lowbit/sparse24.py points it at the
@@ -81,6 +86,53 @@ __global__ void s24_linear_kernel(const T* __restrict__ x, const T* __restrict__
         const float a = lb_warp_sum(acc[r]);
         const int64_t m = m0 + r;
         if (lane == 0 && m < M) lb_st(y, m * N + n, a + (bias ? lb_ld(bias, n) : 0.0f));
+    }
+}
+
+/* ---- non-finite x at pruned positions: block per row of x (grid-stride), then for a row
+ * holding one, warp per output row n ---- */
+#define S24_NF_GRID 4096
+template <typename T>
+__global__ void s24_nonfinite_kernel(const T* __restrict__ x, const uint8_t* __restrict__ meta,
+                                     T* __restrict__ y, int64_t M, int64_t N, int64_t K) {
+    const int lane = threadIdx.x & 31;
+    const int64_t G = K / 4, MB = lb24_meta_bytes(K);
+    for (int64_t m = blockIdx.x; m < M; m += gridDim.x) { /* block-uniform */
+        int bad = 0;
+        for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+            bad |= !(fabsf(lb_ld(x, m * K + k)) <= 3.4028235e38f);
+        if (!__syncthreads_or(bad)) continue;
+        for (int64_t n = threadIdx.x >> 5; n < N; n += blockDim.x >> 5) { /* warp-uniform */
+            int hit = 0;
+            for (int64_t q = lane; q < G && !hit; q += 32) {
+                const int b = (meta[n * MB + (q >> 1)] >> ((q & 1) << 2)) & 15;
+                const unsigned kept = (1u << (b & 3)) | (1u << (b >> 2));
+                for (int i = 0; i < 4; ++i)
+                    hit |= !(kept >> i & 1u) &&
+                           !(fabsf(lb_ld(x, m * K + 4 * q + i)) <= 3.4028235e38f);
+            }
+            if (__any_sync(LB_FULL_MASK, hit) && lane == 0)
+                lb_st(y, m * N + n, __int_as_float(0x7fc00000));
+        }
+    }
+}
+
+static void s24_nonfinite(int dt, const void* x, const uint8_t* meta, void* y, int64_t M,
+                          int64_t N, int64_t K, cudaStream_t s) {
+    const unsigned grid = (unsigned)(M < S24_NF_GRID ? M : S24_NF_GRID);
+    switch (dt) {
+    case LB_DT_F32:
+        s24_nonfinite_kernel<float><<<grid, S24_THREADS, 0, s>>>((const float*)x, meta,
+                                                                 (float*)y, M, N, K);
+        break;
+    case LB_DT_BF16:
+        s24_nonfinite_kernel<__nv_bfloat16><<<grid, S24_THREADS, 0, s>>>(
+            (const __nv_bfloat16*)x, meta, (__nv_bfloat16*)y, M, N, K);
+        break;
+    default:
+        s24_nonfinite_kernel<__half><<<grid, S24_THREADS, 0, s>>>((const __half*)x, meta,
+                                                                  (__half*)y, M, N, K);
+        break;
     }
 }
 
@@ -293,6 +345,11 @@ int lb24_linear_cuda(const void* x, int dt, int64_t M, int64_t K, const void* va
         break;
     default: return (int)cudaErrorInvalidValue;
     }
+    {
+        const cudaError_t ce = cudaGetLastError();
+        if (ce != cudaSuccess) return (int)ce;
+    }
+    s24_nonfinite(dt, x, meta, y, M, N, K, s);
     return (int)cudaGetLastError();
 }
 
@@ -332,7 +389,8 @@ done:
 }
 
 int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const void* x,
-                     const void* packed, const void* bias, void* y, void* stream, char* err) {
+                     const void* packed, const uint8_t* meta, const void* bias, void* y,
+                     void* stream, char* err) {
     const cslt_handle_t* h = cslt_handle(device, err);
     cslt_mat_t a, b, c;
     cslt_matmul_t mm;
@@ -376,6 +434,8 @@ int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const 
     }
     CSLT_CHECK(cslt.cusparseLtMatmul(h, &plan, &alpha, packed, x, &beta, y, y, ws, &s, 1),
                "Matmul");
+    /* cuSPARSELt multiplies the kept values only: a NaN/inf x at a pruned position is lost */
+    s24_nonfinite(dt, x, meta, y, M, N, K, s);
     rc = 0;
 done:
     if (ws) cudaFreeAsync(ws, s);

@@ -23,9 +23,12 @@ int lb24_cslt_compressed_size(int device, int dt, int64_t N, int64_t K, int64_t*
                               int64_t* scratch, char* err);
 int lb24_cslt_compress(int device, int dt, int64_t N, int64_t K, const void* dense,
                        void* packed, void* scratch, void* stream, char* err);
-/* y (M, N) = x (M, K) @ W^T (+ bias, N values of dt, or NULL). */
+/* y (M, N) = x (M, K) @ W^T (+ bias, N values of dt, or NULL); meta: W's lb24 meta (N,
+ * lb24_meta_bytes(K)) on the device, for the outputs a NaN/inf x at a pruned position makes NaN
+ * (cuSPARSELt reads x at kept positions only). */
 int lb24_cslt_linear(int device, int dt, int64_t M, int64_t N, int64_t K, const void* x,
-                     const void* packed, const void* bias, void* y, void* stream, char* err);
+                     const void* packed, const uint8_t* meta, const void* bias, void* y,
+                     void* stream, char* err);
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,11 @@ entry that is -inf in both student and teacher contributes 0 and gets exactly ze
 never 0 * inf = NaN). Nothing here is non-smooth in a way whose gradient a torch version could
 choose (no clamp, max or abs on the gradient path; torch.where only selects), so the gradients
 are the same on every torch version (unlike reference.py, which writes its clamp mask out).
+
+A row with no finite logit in the student or in the teacher has no distribution: the selection
+above would turn its 0/0 softmax into a silent 0, so such rows are computed by the textbook
+formulas with torch's own log_softmax instead, which give NaN there (loss and gradient), as
+plain torch does.
 """
 import torch
 
@@ -22,16 +27,38 @@ def _xlogratio(x, lx, ly):
     return torch.where(pos, x * d, torch.zeros_like(x))
 
 
-def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0):
-    """Per-row losses, float64, shape (...). Rows all -inf in student or teacher -> 0."""
-    s = student.double() / temperature
-    t = teacher.detach().double() / temperature
-    s_dead = torch.isneginf(s).all(-1, keepdim=True)
-    t_dead = torch.isneginf(t).all(-1, keepdim=True)
-    dead = s_dead | t_dead
-    # keep dead rows finite so no NaN reaches the (selected-away) values or their gradients
-    s = torch.where(dead, torch.zeros_like(s), s)
-    t = torch.where(dead, torch.zeros_like(t), t)
+def _plain_rows(s, t, kind, gamma, beta):
+    """The formulas of FORMATS.md 2 as written, nothing selected away (for rows without logits:
+    torch's log_softmax of an all -inf row is NaN, and so is its gradient)."""
+    lq, lp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    q, p = lq.exp(), lp.exp()
+    fkl = (p * (lp - lq)).sum(-1)
+    rkl = (q * (lq - lp)).sum(-1)
+    if kind == "forward":
+        return fkl
+    if kind == "reverse":
+        return rkl
+    if kind == "cakld":
+        return gamma * rkl + (1 - gamma) * fkl
+    lm = torch.log(beta * p + (1 - beta) * q)
+    return beta * (p * (lp - lm)).sum(-1) + (1 - beta) * (q * (lq - lm)).sum(-1)
+
+
+def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, keep=None):
+    """Per-row losses, float64, shape (...). Rows all -inf in student or teacher -> NaN (loss
+    and gradient). ``keep`` (bool, shape (...)): rows where it is False are masked: loss 0 and
+    gradient exactly 0, whatever their logits (an infinite loss included)."""
+    s0 = student.double() / temperature
+    t0 = teacher.detach().double() / temperature
+    none = torch.isneginf(s0).all(-1) | torch.isneginf(t0).all(-1)
+    masked = torch.zeros_like(none) if keep is None else ~keep
+    # rows without logits and masked rows are computed on zeros here, so no NaN or inf reaches
+    # the selected-away values or their gradients; the unmasked rows without logits take their
+    # values from _plain_rows below, the masked ones are 0
+    out = (none | masked).unsqueeze(-1)
+    s = torch.where(out, torch.zeros_like(s0), s0)
+    t = torch.where(out, torch.zeros_like(t0), t0)
+    dead = none & ~masked
     lq = torch.log_softmax(s, -1)
     lp = torch.log_softmax(t, -1)
     q = lq.exp()
@@ -43,21 +70,25 @@ def ref_rows(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0):
     elif kind == "cakld":
         fkl = _xlogratio(p, lp, lq).sum(-1)
         rkl = _xlogratio(q, lq, lp).sum(-1)
-        rows = gamma * rkl + (1 - gamma) * fkl
+        # a term of weight 0 is absent (gamma 0 is FKL, 1 is RKL), so an infinite unused term
+        # (p = 0 where q > 0: RKL = +inf) cannot make 0 * inf = NaN
+        rows = fkl if gamma == 0 else rkl if gamma == 1 else gamma * rkl + (1 - gamma) * fkl
     elif kind == "jsd":
         m = beta * p + (1 - beta) * q
         lm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))  # m = 0 only where p = q = 0
         rows = beta * _xlogratio(p, lp, lm).sum(-1) + (1 - beta) * _xlogratio(q, lq, lm).sum(-1)
     else:
         raise ValueError(kind)
-    return torch.where(dead.squeeze(-1), torch.zeros_like(rows), rows)
+    if bool(dead.any()):
+        rows = rows.index_put((dead,), _plain_rows(s0[dead], t0[dead], kind, gamma, beta))
+    return torch.where(masked, torch.zeros_like(rows), rows)
 
 
 def ref_loss(student, teacher, kind, gamma=None, beta=0.5, temperature=1.0, labels=None,
              ignore_index=-100, reduction="mean"):
-    rows = ref_rows(student, teacher, kind, gamma, beta, temperature)
+    keep = None if labels is None else labels != ignore_index
+    rows = ref_rows(student, teacher, kind, gamma, beta, temperature, keep)
     if labels is not None:
-        keep = labels != ignore_index
         rows = torch.where(keep, rows, torch.zeros_like(rows))
         n_keep = int(keep.sum())
     else:

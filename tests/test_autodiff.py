@@ -158,6 +158,28 @@ def test_kl_div_loss_second_derivative_raises(gen):
                                                     False, False, 1.0)[0], (t,), (t,))
 
 
+def test_fused_linear_kl_loss_second_derivative_raises(gen):
+    """The same clear error as kl_div_loss, whichever input the second derivative is taken
+    with respect to (torch's own once_differentiable gave a generic 'does not require grad')."""
+    h = torch.randn(5, 8, generator=gen).requires_grad_()
+    w = torch.randn(12, 8, generator=gen).requires_grad_()
+    b = torch.randn(12, generator=gen).requires_grad_()
+    t = torch.randn(5, 12, generator=gen)
+    loss = lowbit.fused_linear_kl_loss(h, w, t, student_bias=b, kind="forward", chunk_size=2)
+    grads = torch.autograd.grad(loss, (h, w, b), create_graph=True)
+    for g in grads:
+        for wrt in (h, w, b):
+            with pytest.raises(RuntimeError, match=TWICE_MSG + "lowbit.fused_linear_kl_loss"):
+                torch.autograd.grad(g.pow(2).sum(), wrt, retain_graph=True)
+    with pytest.raises(RuntimeError, match=TWICE_MSG + "lowbit.fused_linear_kl_loss"):
+        grads[0].sum().backward()
+    # first derivatives are unchanged by the guard
+    hr, wr, br = (v.detach().double().requires_grad_() for v in (h, w, b))
+    ref = ref_loss(F.linear(hr, wr, br), t.double(), kind="forward")
+    for g, r in zip(grads, torch.autograd.grad(ref, (hr, wr, br))):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-6)
+
+
 # ---- sparse24 ----
 def _sparse_case(gen):
     w = torch.randn(16, 32, generator=gen)

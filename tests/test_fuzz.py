@@ -18,6 +18,13 @@ have their own tests. Each op is one entry of OPS: a hypothesis strategy of its 
 builder of its arguments and an optional reference. The qlinear entries (today's schema) are
 in one block of their own.
 
+Hostile *values* are drawn too, where the contract says what they give: logit rows without a
+finite value (all -inf, all but one -inf, -inf in the student only) for the losses, and NaN,
++-inf and 1e38 activations for every linear op, against float64 references (NaN and inf where
+the reference has them). PUBLIC holds the same for the public functions (kl_div_loss with every
+kind and reduction, fused_linear_kl_loss, sparse24_linear with float and int4 kept values,
+quant_linear in every accuracy mode), run the same way.
+
 Short profile: the suite (derandomized, 60 examples per op). Long: ``-m slow`` (500 per op;
 HYPOTHESIS_PROFILE=lowbit-long draws new ones), also under scripts/sanitize.sh."""
 import json
@@ -148,11 +155,60 @@ def quant_ref(w, fmt, bits, g, sym):
 
 
 def close(got, ref, what, ok=None):
+    """got against a float64 reference rounded to got's dtype (an overflow is inf on both
+    sides): NaN exactly where the reference is NaN, infinities equal, the rest close."""
+    ref = ref.to(got.dtype).double() if got.dtype.is_floating_point else ref.double()
     got = got.double()
-    ref = ref.double()
     if ok is not None:
         got, ref = got[ok], ref[ok]
-    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+# ---- hostile values (FORMATS.md 2 and 4 say what they give) ----
+X_SPECIALS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "big": 1e38}
+XS = st.sampled_from(["none", "none", "none", "nan", "inf", "-inf", "big", "rows"])
+
+
+def put_specials(x, xs, gen):
+    """x (M, K) with hostile values in place (views write through): one of X_SPECIALS at a
+    random element, or "rows": row i gets the i-th special at a random column."""
+    if xs == "none" or not x.dtype.is_floating_point or x.dim() != 2 or not x.numel():
+        return x
+    m, k = x.shape
+    pick = [xs] if xs != "rows" else list(X_SPECIALS)[:m]
+    for i, name in enumerate(pick):
+        r = i if xs == "rows" else int(torch.randint(0, m, (1,), generator=gen))
+        x[r, int(torch.randint(0, k, (1,), generator=gen))] = X_SPECIALS[name]
+    return x
+
+
+KL_ROWS = st.sampled_from(["none", "none", "t_dead", "s_dead", "both_dead", "t_one", "s_one",
+                           "holes"])
+
+
+def put_kl_rows(s, t, rows, row, gen):
+    """Logit rows without a distribution, in place: row ``row`` of the teacher and / or student
+    all -inf ("t_dead", "s_dead", "both_dead"), all -inf but one logit ("t_one", "s_one"), or
+    -inf holes in both and in the student alone ("holes")."""
+    if rows == "none" or s.dim() < 2 or not s.shape[-2] or not s.shape[-1]:
+        return
+    V = s.shape[-1]
+    row = min(row, s.shape[-2] - 1)
+    keep = int(torch.randint(0, V, (1,), generator=gen))
+    if rows in ("t_dead", "both_dead"):
+        t[..., row, :] = float("-inf")
+    if rows in ("s_dead", "both_dead"):
+        s[..., row, :] = float("-inf")
+    if rows in ("t_one", "s_one"):
+        x = t if rows == "t_one" else s
+        x[..., row, :keep] = float("-inf")
+        x[..., row, keep + 1:] = float("-inf")
+    if rows == "holes":
+        both = torch.rand(s.shape, generator=gen) < 0.3
+        only_s = torch.rand(s.shape, generator=gen) < 0.2
+        t[both] = float("-inf")
+        s[both | only_s] = float("-inf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +220,8 @@ class Entry:
     build: Callable           # (p, gen) -> argument tuple (CPU tensors)
     ref: Optional[Callable] = None  # (p, args, outputs) -> None, AssertionError on mismatch
     cpu_only: bool = False    # a CUDA-only op: on CPU it must raise cleanly; no fake compare
+    fn: Optional[Callable] = None  # PUBLIC entries: the function called (else the op itself)
+    fake: bool = True         # also run on meta tensors and FakeTensors, compared with the cpu run
 
 
 def _w_params(**extra):
@@ -272,7 +330,7 @@ def _decompress_build(p, gen):
 def _linear24_build(p, gen):
     values, meta, p["_mask"] = _s24(p, gen)
     xd = p["vd"] if p["xd"] == "v" else p["xd"]  # x and values share a dtype, mostly
-    x = make(tensor((p["m"], p["k"] + p["dk"]), xd, p["xl"]), gen)
+    x = put_specials(make(tensor((p["m"], p["k"] + p["dk"]), xd, p["xl"]), gen), p["xs"], gen)
     nb = p["n"] if p["nb"] == 4 else p["nb"]     # 4: the right size
     bias = make(tensor((nb,), p["vd"]), gen) if nb >= 0 else torch.empty(0)
     return x, values, meta, bias
@@ -288,7 +346,9 @@ def _linear24_ref(p, args, out):
 
 def _gradx24_build(p, gen):
     values, meta, p["_mask"] = _s24(p, gen)
-    return make(tensor((p["m"], p["n"] + p["dk"]), p["xd"], p["xl"]), gen), values, meta
+    g = put_specials(make(tensor((p["m"], p["n"] + p["dk"]), p["xd"], p["xl"]), gen), p["xs"],
+                     gen)
+    return g, values, meta
 
 
 def _gradx24_ref(p, args, out):
@@ -306,7 +366,7 @@ def _qlinear24_build(p, gen):
     codes, scales, zeros = torch.ops.lowbit.quantize(kept, p["qfmt"], p["qbits"], p["qg"],
                                                      p["qsym"])
     p["_mask"], p["_kept"] = mask, kept
-    x = make(tensor((p["m"], k + p["dk"]), p["xd"], p["xl"]), gen)
+    x = put_specials(make(tensor((p["m"], k + p["dk"]), p["xd"], p["xl"]), gen), p["xs"], gen)
     bias = make(tensor((n,), p["xd"]), gen) if p["bias"] else torch.empty(0)
     return (x, codes, scales, zeros, meta_from_mask(mask), bias, p["fmt"], p["bits"], p["g"],
             p["sym"])
@@ -326,6 +386,7 @@ def _qlinear24_ref(p, args, out):
 
 
 KL_NAMES = ["forward", "reverse", "cakld", "jsd"]
+REDUCTIONS = ("mean", "sum", "batchmean", "none")
 TAUS = st.one_of(st.sampled_from([1.0, 2.0, 0.5]),
                  st.sampled_from([0.0, -1.0, 1e-39, 1e39, float("inf"), float("nan")]))
 UNIT = st.one_of(st.sampled_from([0.5, 0.0, 1.0, 0.25]),
@@ -337,12 +398,15 @@ def _kl_params(**extra):
         "r": dims(3, 1, 0), "v": dims(16, 7, 1, 0), "dv": st.sampled_from([0, 0, 0, 1]),
         "sd": dtypes(), "td": fdtypes(), "sl": st.sampled_from(LAYOUTS),
         "kind": ints(0, 1, 2, 3), "gamma": UNIT, "beta": UNIT, "tau": TAUS,
-        "ign": ints(-100, 0, 2), "labels": st.sampled_from(["none", "some", "short"]), **extra})
+        "ign": ints(-100, 0, 2), "labels": st.sampled_from(["none", "some", "short"]),
+        "rows": KL_ROWS, "row": st.integers(0, 2), **extra})
 
 
 def _kl_common(p, gen):
     s = make(tensor((p["r"], p["v"]), p["sd"], p["sl"]), gen)
     t = make(tensor((p["r"], p["v"] + p["dv"]), p["td"]), gen)
+    if s.dtype.is_floating_point and s.shape == t.shape:
+        put_kl_rows(s, t, p["rows"], p["row"], gen)
     r = max(p["r"], 0)
     if p["labels"] == "none":
         lab = torch.empty(0, dtype=torch.int64)
@@ -364,9 +428,10 @@ def _kl_ref_rows(p, s, t, lab):
     from reference_kl import ref_rows
 
     sd = s.double().requires_grad_(True)
-    rows = ref_rows(sd, t.double(), KL_NAMES[p["kind"]], p["gamma"], p["beta"], p["tau"])
-    if p["labels"] != "none":
-        rows = torch.where(lab == p["ign"], torch.zeros_like(rows), rows)
+    keep = None if p["labels"] == "none" else lab != p["ign"]
+    rows = ref_rows(sd, t.double(), KL_NAMES[p["kind"]], p["gamma"], p["beta"], p["tau"], keep)
+    if keep is not None:
+        rows = torch.where(keep, rows, torch.zeros_like(rows))
     return sd, rows
 
 
@@ -430,20 +495,20 @@ OPS = {
     "kl_loss_backward": Entry(_kl_params(dr=st.sampled_from([0, 0, 1])), _klb_build, _klb_ref),
     "sparse24_decompress": Entry(st.fixed_dictionaries(S24), _decompress_build, _decompress_ref),
     "sparse24_linear": Entry(
-        st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 4]),
+        st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8, 9), "dk": st.sampled_from([0, 0, 4]),
                                "xd": _mix(["v"], DTYPES + ODD_DTYPES),
                                "xl": st.sampled_from(LAYOUTS),
-                               "nb": st.sampled_from([-1, -1, 4, 3])}),
+                               "nb": st.sampled_from([-1, -1, 4, 3]), "xs": XS}),
         _linear24_build, _linear24_ref),
     "sparse24_grad_x": Entry(
         st.fixed_dictionaries({**S24, "m": dims(3, 1, 0, 8), "dk": st.sampled_from([0, 0, 1]),
-                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS)}),
+                               "xd": dtypes(), "xl": st.sampled_from(LAYOUTS), "xs": XS}),
         _gradx24_build, _gradx24_ref),
     "sparse24_qlinear": Entry(
         st.fixed_dictionaries({**QW, "k": st.sampled_from([64, 128]), **Q_ARGS,
-                               "m": dims(3, 1, 0), "dk": st.sampled_from([0, 0, 4]),
+                               "m": dims(3, 1, 0, 9), "dk": st.sampled_from([0, 0, 4]),
                                "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
-                               "bias": st.booleans()}),
+                               "bias": st.booleans(), "xs": XS}),
         _qlinear24_build, _qlinear24_ref),
     "sparse24_cslt_compress": Entry(
         st.fixed_dictionaries({"w": st.builds(tensor, st.tuples(dims(16, 0), dims(32, 0)),
@@ -452,7 +517,10 @@ OPS = {
     "sparse24_cslt_linear": Entry(
         st.fixed_dictionaries({"m": dims(4, 0), "k": dims(32, 0), "n": ints(16, 0, -1)}),
         lambda p, gen: (make(tensor((p["m"], p["k"])), gen),
-                        torch.zeros(64, dtype=torch.uint8), torch.empty(0), p["n"]),
+                        torch.zeros(64, dtype=torch.uint8),
+                        torch.full((max(p["n"], 0) if p["n"] < 64 else 0,
+                                    max(1, (p["k"] + 7) // 8)), 0x44, dtype=torch.uint8),
+                        torch.empty(0), p["n"]),
         cpu_only=True),
 }
 
@@ -495,9 +563,16 @@ def _quant_linear_build(p, gen):
     packed = torch.empty((0, 0), dtype=torch.int32)
     if p["form"] == "packed":
         packed, codes = _ql_packed(codes, p), codes.new_empty((0, 0))
-    x = make(tensor((p["m"], p["k"] + p["dk"]), p["xd"], p["xl"]), gen)
+    x = put_specials(make(tensor((p["m"], p["k"] + p["dk"]), p["xd"], p["xl"]), gen), p["xs"],
+                     gen)
     bias = make(tensor((p["n"],), p["xd"]), gen) if p["bias"] else torch.empty(0)
     return (x, codes, scales, z, packed, bias, p["fmt"], p["bits"], p["g"], p["sym"], p["act"])
+
+
+def special_rows(x):
+    """Rows of x holding a non-finite value or one beyond 2^64: every accuracy mode computes
+    them as act="float" does (FORMATS.md 4), so they must equal its reference."""
+    return ~(x.double().abs() <= 2.0 ** 64).all(-1)
 
 
 def _quant_linear_ref(p, args, out):
@@ -517,6 +592,9 @@ def _quant_linear_ref(p, args, out):
     if p["act"] == 0:
         close(out[0], y, "quant_linear")
         return
+    bad = special_rows(x)
+    close(out[0][bad], y[bad], f"quant_linear act={p['act']}: rows with inf/nan/huge values")
+    x, y, out = x[~bad], y[~bad], (out[0][~bad],)
     if not y.numel() or (p["act"] == 1 and (p["qfmt"] == 1 or x.shape[1] % 32)):
         return
     got = out[0].double()
@@ -555,7 +633,7 @@ OPS.update({
         st.fixed_dictionaries({**QL, "m": dims(3, 1, 8, 0), "dk": st.sampled_from([0, 0, 4]),
                                "xd": dtypes(), "xl": st.sampled_from(LAYOUTS),
                                "bias": st.booleans(), "form": st.sampled_from(["packed", "codes"]),
-                               "act": ints(2, 0, 1)}),
+                               "act": ints(2, 0, 1), "xs": XS}),
         _quant_linear_build, _quant_linear_ref),
     "qlinear_dequant_t": Entry(
         st.fixed_dictionaries({**QL, "N": ints(4, 1, 16), "K": ints(64, 32),
@@ -563,6 +641,190 @@ OPS.update({
         _dequant_t_build),
 })
 # ---- end of the qlinear block
+
+
+# ---------------------------------------------------------------------------------------------
+# the public functions, with hostile values (PUBLIC: run like OPS; keys are not op names)
+# ---------------------------------------------------------------------------------------------
+def _pub_kl_build(p, gen):
+    shape = ([2] if p["lead"] == 3 else []) + [p["r"], p["v"]]
+    def logits(sh, dt):
+        return (torch.randn(sh, generator=gen) * 3).to(dt)
+
+    s, t = make(tensor(shape, p["sd"]), gen, logits), make(tensor(shape, p["td"]), gen, logits)
+    put_kl_rows(s, t, p["rows"], p["row"], gen)
+    lab = None
+    if p["labels"]:
+        lab = torch.randint(0, p["v"], shape[:-1], generator=gen)
+        lab.view(-1)[0] = -100
+    gamma = p["gamma"] if KL_NAMES[p["kind"]] == "cakld" else None
+    return s, t, lab, KL_NAMES[p["kind"]], gamma, p["beta"], p["tau"], p["reduction"]
+
+
+def _pub_kl(s, t, lab, kind, gamma, beta, tau, reduction):
+    import lowbit
+
+    x = s.detach().requires_grad_(True)
+    loss = lowbit.kl_div_loss(x, t, kind=kind, gamma=gamma, beta=beta, temperature=tau,
+                              labels=lab, reduction=reduction)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return loss, g
+
+
+def _pub_kl_ref(p, args, out):
+    from reference_kl import ref_loss
+
+    s, t, lab, kind, gamma, beta, tau, reduction = args
+    x = s.double().requires_grad_(True)
+    ref = ref_loss(x, t.double(), kind, gamma, beta, tau, lab, -100, reduction)
+    (g,) = torch.autograd.grad(ref.sum(), x)
+    close(out[0], ref.detach(), f"kl_div_loss {kind} {reduction}")
+    close(out[1], g, f"kl_div_loss {kind} {reduction} grad")
+
+
+def _pub_fused_build(p, gen):
+    n, h, v = p["r"], 8, p["v"]
+    hid = torch.randn(n, h, generator=gen).to(getattr(torch, p["sd"]))
+    w = (torch.randn(v, h, generator=gen) * 0.5).to(hid.dtype)
+    t = (torch.randn(n, v, generator=gen) * 2).to(getattr(torch, p["td"]))
+    put_kl_rows(t, t, p["rows"] if p["rows"] in ("t_dead", "t_one") else "none", p["row"], gen)
+    lab = torch.randint(0, v, (n,), generator=gen) if p["labels"] else None
+    if lab is not None:
+        lab[0] = -100
+    gamma = p["gamma"] if KL_NAMES[p["kind"]] == "cakld" else None
+    return hid, w, t, lab, KL_NAMES[p["kind"]], gamma, p["reduction"], p["chunk"]
+
+
+def _pub_fused(hid, w, t, lab, kind, gamma, reduction, chunk):
+    import lowbit
+
+    x, wx = hid.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    loss = lowbit.fused_linear_kl_loss(x, wx, t, kind=kind, gamma=gamma, labels=lab,
+                                       reduction=reduction, chunk_size=chunk)
+    gx, gw = torch.autograd.grad(loss, (x, wx))
+    return loss, gx, gw
+
+
+def _pub_fused_ref(p, args, out):
+    from reference_kl import ref_loss
+
+    hid, w, t, lab, kind, gamma, reduction, chunk = args
+    x, wx = hid.double().requires_grad_(True), w.double().requires_grad_(True)
+    logits = torch.nn.functional.linear(x, wx).to(hid.dtype).double()  # the logits' own rounding
+    ref = ref_loss(logits, t.double(), kind, gamma, 0.5, 1.0, lab, -100, reduction)
+    gx, gw = torch.autograd.grad(ref, (x, wx))
+    if hid.dtype != torch.float32:  # 16-bit hidden states: only the NaN pattern is compared
+        for o, r, what in zip(out, (ref.detach(), gx, gw), ("loss", "grad hidden", "grad w")):
+            assert torch.equal(torch.isnan(o), torch.isnan(r)), f"fused_linear_kl_loss {what}"
+        return
+    close(out[0], ref.detach(), f"fused_linear_kl_loss {kind} {reduction}")
+    close(out[1], gx, "fused_linear_kl_loss grad hidden")
+    close(out[2], gw, "fused_linear_kl_loss grad weight")
+
+
+def _pub_s24_build(p, gen):
+    import lowbit
+    from lowbit.sparse import compress_24
+
+    n, k, dt = p["n"], p["k"], getattr(torch, p["dt"])
+    mask = rand_mask24(n, k, gen)
+    w = (torch.randn(n, k, generator=gen) * mask).to(dt)
+    sw = compress_24(w)
+    p["_mask"], p["_kept"] = mask, w[mask].reshape(n, k // 2)
+    if p["q"]:
+        sw = sw.quantize(lowbit.QuantSpec("int", 4, 8))
+    x = put_specials(make(tensor((p["m"], k), p["dt"], p["xl"]), gen), p["xs"], gen)
+    b = make(tensor((n,), p["dt"]), gen) if p["bias"] else None
+    return x, sw, b
+
+
+def _pub_s24(x, sw, b):
+    from lowbit.sparse import sparse24_linear
+
+    return sparse24_linear(x, sw, b)
+
+
+def _pub_s24_ref(p, args, out):
+    x, sw, b = args
+    kept = p["_kept"].double()
+    if p["q"]:
+        kept, ok = quant_ref(p["_kept"].float(), 0, 4, 8, False)
+        if not bool(ok.all()):
+            return
+    y = x.double() @ scatter24(kept, p["_mask"]).T
+    if b is not None:
+        y = y + b.double()
+    close(out[0], y, f"sparse24_linear {'int4' if p['q'] else 'float'} xs={p['xs']}")
+
+
+def _pub_ql_build(p, gen):
+    import lowbit
+
+    fmt, bits = p["fb"]
+    spec = lowbit.QuantSpec(["int", "nf", "fp"][fmt], bits, p["g"], p["sym"])
+    w = torch.randn(p["n"], p["k"], generator=gen)
+    p["_w"] = w
+    x = put_specials(make(tensor((p["m"], p["k"]), p["xd"], p["xl"]), gen), p["xs"], gen)
+    b = make(tensor((p["n"],), p["xd"]), gen) if p["bias"] else None
+    return x, lowbit.quantize(w, spec), b, p["act"]
+
+
+def _pub_ql(x, qw, b, act):
+    import lowbit
+
+    return lowbit.quant_linear(x, qw, b, act=act)
+
+
+def _pub_ql_ref(p, args, out):
+    """Rows with an inf/nan/huge value: act="float"'s result in every mode (FORMATS.md 4);
+    the others: float elementwise, int8 and auto within their bounds (norm-wise)."""
+    x, qw, b, act = args
+    fmt, bits = p["fb"]
+    ref, ok = quant_ref(p["_w"], fmt, bits, p["g"], p["sym"])
+    if not bool(ok.all()):
+        return
+    y = x.double() @ ref.T + (b.double() if b is not None else 0.0)
+    bad = special_rows(x) if act != "float" else torch.ones(x.shape[0], dtype=torch.bool)
+    close(out[0][bad], y[bad], f"quant_linear act={act} xs={p['xs']}")
+    got, y = out[0][~bad].double(), y[~bad]
+    if y.numel():
+        bound = {"int8": 2e-2, "auto": 1e-4}[act] + {torch.bfloat16: 2 ** -8,
+                                                     torch.float16: 2 ** -11}.get(x.dtype, 0.0)
+        err = float((got - y).norm() / y.norm().clamp_min(1e-30))
+        assert err <= bound, f"quant_linear act={act}: relative error {err:.3g} > {bound}"
+
+
+_PUB_KL = dict(kind=st.sampled_from([0, 1, 2, 3]), gamma=st.sampled_from([0.3, 0.0, 1.0]),
+               reduction=st.sampled_from(["mean", "sum", "batchmean"]),
+               labels=st.booleans(), rows=KL_ROWS, row=st.integers(0, 2),
+               sd=fdtypes(), td=fdtypes())
+PUBLIC = {
+    "lowbit.kl_div_loss": Entry(
+        st.fixed_dictionaries({**_PUB_KL, "reduction": st.sampled_from(list(REDUCTIONS)),
+                               "r": dims(3, 1, 4), "v": dims(16, 7, 1), "lead": dims(2, 3),
+                               "beta": st.sampled_from([0.5, 0.0, 1.0]),
+                               "tau": st.sampled_from([1.0, 2.0, 0.5])}),
+        _pub_kl_build, _pub_kl_ref, fn=_pub_kl),
+    "lowbit.fused_linear_kl_loss": Entry(  # no meta / fake run: "mean" with labels reads the count
+        st.fixed_dictionaries({**_PUB_KL, "sd": st.sampled_from(["float32", "float32",
+                                                                 "bfloat16"]),
+                               "r": dims(5, 1, 9), "v": dims(16, 33), "chunk": dims(2, 1, 128)}),
+        _pub_fused_build, _pub_fused_ref, fn=_pub_fused, fake=False),
+    "lowbit.sparse.sparse24_linear": Entry(
+        st.fixed_dictionaries({"n": dims(8, 16, 5), "k": dims(32, 64, 16),
+                               "m": dims(1, 3, 8, 9, 20),
+                               "dt": fdtypes(), "q": st.booleans(), "bias": st.booleans(),
+                               "xs": XS, "xl": st.sampled_from(LAYOUTS)}),
+        _pub_s24_build, _pub_s24_ref, fn=_pub_s24),
+    "lowbit.quant_linear": Entry(
+        st.fixed_dictionaries({"fb": st.sampled_from(_valid_fmt_bits()), "g": dims(32, 16),
+                               "sym": st.booleans(), "n": dims(4, 8), "k": dims(64, 96),
+                               "m": dims(1, 3, 9, 17), "act": st.sampled_from(["float", "int8",
+                                                                              "auto"]),
+                               "xd": fdtypes(), "bias": st.booleans(), "xs": XS,
+                               "xl": st.sampled_from(LAYOUTS)}),
+        _pub_ql_build, _pub_ql_ref, fn=_pub_ql),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,29 +841,51 @@ def _outcome(fn):
             "dtypes": [str(o.dtype) for o in outs]}, outs
 
 
+def convert(a, f):
+    """An argument with every tensor in it mapped by f (the packed weights rebuilt around the
+    mapped tensors)."""
+    from lowbit import QuantizedWeight
+    from lowbit.sparse import Sparse24Weight
+
+    if isinstance(a, torch.Tensor):
+        return f(a)
+    if isinstance(a, QuantizedWeight):
+        return QuantizedWeight(f(a.codes), f(a.scales), None if a.zeros is None else f(a.zeros),
+                               a.spec, a.shape, a.dtype)
+    if isinstance(a, Sparse24Weight):
+        return Sparse24Weight(None if a.values is None else f(a.values), f(a.meta), a.shape,
+                              a.dtype, None if a.qvalues is None else convert(a.qvalues, f),
+                              check=False)
+    return a
+
+
 def _under_fake_mode(op, args):
     """op on FakeTensors of args (CPU device), as torch.compile and opcheck trace it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:
-        return op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        return op(*[convert(a, mode.from_tensor) for a in args])
+
+
+def entry_of(name):
+    return OPS[name] if name in OPS else PUBLIC[name]
 
 
 def run_case(name, p):
     import zlib
 
-    entry = OPS[name]
+    entry = entry_of(name)
     gen = torch.Generator().manual_seed(zlib.crc32(json.dumps(p, sort_keys=True).encode()))
     p = dict(p)
     try:
         args = entry.build(p, gen)
     except Exception as e:  # noqa: BLE001 -- the harness's own setup (e.g. a negative size)
         return {"skip": f"{type(e).__name__}: {e}"}
-    op = getattr(torch.ops.lowbit, name)
+    op = entry.fn if entry.fn is not None else getattr(torch.ops.lowbit, name)
     res = {}
     res["cpu"], outs = _outcome(lambda: op(*args))
-    if not entry.cpu_only:
-        res["meta"], _ = _outcome(lambda: op(*[to_meta(a) for a in args]))
+    if not entry.cpu_only and entry.fake:
+        res["meta"], _ = _outcome(lambda: op(*[convert(a, to_meta) for a in args]))
         res["fake"], _ = _outcome(lambda: _under_fake_mode(op, args))
     if res["cpu"]["ok"] and entry.ref is not None:
         try:
@@ -684,7 +968,7 @@ def check(child, name, p):
         else:  # "<arg>: ..." on both sides, naming the same argument
             assert c["msg"].split(":")[0] == m["msg"].split(":")[0], \
                 f"{where}: cpu raised {c['msg']!r} but {dev} {m['msg']!r}"
-    if "meta" not in res and OPS[name].cpu_only:  # no CUDA here: it must refuse cleanly
+    if "meta" not in res and entry_of(name).cpu_only:  # no CUDA here: it must refuse cleanly
         assert not c["ok"] or torch.cuda.is_available(), f"{where}: ran on CPU"
     assert "ref" not in res, f"{where}: {res['ref']}"
 
@@ -693,19 +977,22 @@ def check(child, name, p):
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
 
 
-@pytest.mark.parametrize("name", sorted(OPS))
+ALL = sorted(OPS) + sorted(PUBLIC)  # the raw ops, then the public functions
+
+
+@pytest.mark.parametrize("name", ALL)
 @settings(max_examples=60, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op(child, name, data):
-    check(child, name, data.draw(OPS[name].params, label="p"))
+    check(child, name, data.draw(entry_of(name).params, label="p"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("name", ALL)
 @settings(max_examples=500, phases=NO_SHRINK)
 @given(data=st.data())
 def test_fuzz_op_long(child, name, data):
-    check(child, name, data.draw(OPS[name].params, label="p"))
+    check(child, name, data.draw(entry_of(name).params, label="p"))
 
 
 # Found by the long run: these fakes divided by group_size before checking it

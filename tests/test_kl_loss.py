@@ -52,11 +52,20 @@ def run_ref(s, t, up, **kw):
 
 
 def check_close(got, exp, rtol, what):
-    """|got - exp| <= rtol * (|exp| + max(max|exp|, 1e-2)) elementwise, NaN nowhere."""
+    """NaN and +-inf exactly where the reference has them; elsewhere
+    |got - exp| <= rtol * (|exp| + max(max|exp|, 1e-2)) elementwise."""
     g = got.double()
     e = exp.double()
     assert g.shape == e.shape, f"{what}: shape {tuple(g.shape)} != {tuple(e.shape)}"
-    assert not torch.isnan(g).any(), f"{what}: NaN in result"
+    nan_g, nan_e = torch.isnan(g), torch.isnan(e)
+    assert torch.equal(nan_g, nan_e), (
+        f"{what}: NaN at {nan_g.nonzero()[:4].tolist()} where the reference has "
+        f"{nan_e.nonzero()[:4].tolist()} ({int(nan_g.sum())} vs {int(nan_e.sum())})")
+    inf_e = torch.isinf(e)
+    assert torch.equal(g[inf_e], e[inf_e]) and not bool(torch.isinf(g[~inf_e]).any()), \
+        f"{what}: infinities differ from the reference's"
+    fin = torch.isfinite(e)
+    g, e = torch.where(fin, g, 0.0), torch.where(fin, e, 0.0)
     scale = e.abs().max().item() if e.numel() else 0.0
     scale = max(scale, 1e-2)  # values near 0: an absolute floor of rtol * 1e-2
     err = (g - e).abs()
@@ -197,18 +206,93 @@ def test_neg_inf_one_side(gen):
     check_all(s, t.masked_fill(m, float("-inf")), kind="forward", reduction="sum")
 
 
+def _dead_rows_case(gen, dtype=torch.float32):
+    """Rows without a distribution next to live ones: 1 student all -inf, 2 teacher all -inf,
+    3 both, 4 teacher all -inf but its last logit (a finite row: reverse KL +inf), 5 like 2
+    but masked by its label, 6 student all -inf but one."""
+    s, t = make_logits((7, 20), dtype, gen)
+    s[1] = t[2] = s[3] = t[3] = t[5] = float("-inf")
+    t[4, :19] = float("-inf")
+    s[6, 1:] = float("-inf")
+    labels = torch.arange(7)
+    labels[5] = -100
+    return s, t, labels
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_all_neg_inf_rows(kind, gen):
-    """A row that is -inf everywhere (student or teacher): loss 0 and zero gradient, no NaN."""
-    s, t = make_logits((4, 40), torch.float32, gen)
-    s[1] = float("-inf")
-    t[2] = float("-inf")
-    s[3] = float("-inf")
-    t[3] = float("-inf")
-    loss, grad = check_all(s, t, kind=kind, reduction="sum", **kind_args(kind))
-    rows = lowbit.kl_div_loss(s, t, kind=kind, reduction="none", **kind_args(kind))
-    assert bool((rows[1:] == 0).all())
-    assert bool((grad[1:] == 0).all())
+def test_rows_without_finite_logits_are_nan(kind, reduction, gen):
+    """A row with no finite logit in the student or in the teacher has no softmax: its loss and
+    its gradient are NaN (torch's softmax gives NaN there), never 0, and the row still counts in
+    "mean"; a masked row stays 0. Against the reference on every CPU kernel variant and dtype."""
+    for isa in ISAS:
+        lowbit.set_cpu_isa(isa)
+        try:
+            for dtype in DTYPES:
+                s, t, labels = _dead_rows_case(gen, dtype)
+                loss, grad = check_all(s, t, dtype, kind=kind, labels=labels,
+                                       reduction=reduction, **kind_args(kind))
+                # (row 4's reverse KL is +inf: its gradient is NaN too, as the reference says)
+                live = [0, 5, 6]
+                assert bool(torch.isnan(grad[1:4]).all()) and bool((grad[5] == 0).all()), isa
+                assert not bool(torch.isnan(grad[live]).any()), isa
+                if reduction == "none":
+                    assert bool(torch.isnan(loss[1:4]).all()), isa
+                    assert not bool(torch.isnan(loss[live]).any()), isa
+                else:
+                    assert torch.isnan(loss), isa
+        finally:
+            lowbit.set_cpu_isa("auto")
+
+
+def test_rows_without_finite_logits_are_continuous(gen):
+    """Masking the last finite teacher logit of a row moves reverse KL from +inf to NaN (no
+    finite distribution left), not to 0; every kind, endpoint and temperature says NaN."""
+    s, t, _ = _dead_rows_case(gen)
+    rows = lowbit.kl_div_loss(s, t, kind="reverse", reduction="none")
+    assert rows[4].item() == float("inf")
+    t[4, 19] = float("-inf")
+    for kw in (dict(kind="forward"), dict(kind="reverse"), dict(kind="cakld", gamma=0.0),
+               dict(kind="cakld", gamma=1.0), dict(kind="cakld", gamma=0.4),
+               dict(kind="jsd", beta=0.0), dict(kind="jsd", beta=1.0), dict(kind="jsd"),
+               dict(kind="forward", temperature=0.5), dict(kind="jsd", temperature=3.0)):
+        rows = lowbit.kl_div_loss(s, t, reduction="none", **kw)
+        assert torch.isnan(rows[1:6]).all() and not torch.isnan(rows[0]), kw
+        ref = torch.tensor([float(r) for r in __import__("reference_kl").ref_rows(
+            s, t, kw["kind"], kw.get("gamma"), kw.get("beta", 0.5), kw.get("temperature", 1.0))])
+        assert torch.isnan(ref[1:6]).all(), kw  # the reference agrees
+
+
+@pytest.mark.parametrize("teacher", ["logits", "hidden"])
+def test_fused_linear_rows_without_finite_logits(teacher, gen):
+    """fused_linear_kl_loss: a teacher (or, through an inf weight, student) row without finite
+    logits gives a NaN loss and the NaN gradients torch's autograd gives for the composite."""
+    B, H, V = 6, 8, 30
+    h = torch.randn(B, H, generator=gen)
+    w = torch.randn(V, H, generator=gen) * 0.3
+    th = torch.randn(B, 5, generator=gen)
+    tw = torch.randn(V, 5, generator=gen) * 0.3
+    tb = torch.zeros(V)
+    t_logits = torch.nn.functional.linear(th, tw, tb)
+    t_logits[2] = float("-inf")
+    tb = tb if teacher == "logits" else torch.full((V,), float("-inf"))
+    labels = torch.arange(B)
+    labels[4] = -100
+    kw = dict(kind="cakld", gamma=0.3, labels=labels, reduction="mean")
+    x, wx = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    if teacher == "logits":
+        loss = lowbit.fused_linear_kl_loss(x, wx, t_logits, chunk_size=4, **kw)
+    else:  # every teacher row is -inf: all NaN, unless masked
+        loss = lowbit.fused_linear_kl_loss(x, wx, teacher_hidden=th, teacher_weight=tw,
+                                           teacher_bias=tb, chunk_size=4, **kw)
+    loss.backward()
+    tl = t_logits if teacher == "logits" else torch.nn.functional.linear(th, tw, tb)
+    rl, rh, rw, _ = _fused_ref(h, w, None, None, None, None, tl, 1.0, **kw)
+    assert torch.isnan(loss)
+    check_close(loss, rl, 1e-5, "loss")
+    check_close(x.grad, rh, 1e-5, "grad hidden")
+    check_close(wx.grad, rw, 1e-5, "grad weight")
+    assert bool(torch.isnan(x.grad[2]).all()) and bool((x.grad[4] == 0).all())
 
 
 def test_nan_propagates():
@@ -638,6 +722,26 @@ def test_cuda_vs_reference(kind, dtype, V, gen):
     check_close(loss.cpu(), rl, 1e-5, "cuda loss")
     check_close(x.grad.cpu(), rg, GRAD_RTOL[dtype], "cuda grad")
     assert bool((x.grad.cpu()[mask] == 0).all())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_rows_without_finite_logits_are_nan(kind, gen):
+    """The CUDA kernel's rule for rows without finite logits: NaN loss and gradient (both the
+    warp and the block kernel: V <= 2048 and above)."""
+    for V in (20, 3000):
+        s, t, labels = _dead_rows_case(gen)
+        s, t = torch.cat([s, s.new_zeros(7, V - 20)], 1), torch.cat([t, t.new_zeros(7, V - 20)], 1)
+        s[[1, 3, 6], 20:] = t[[2, 3, 4, 5], 20:] = float("-inf")
+        kw = dict(kind=kind, labels=labels, reduction="none", **kind_args(kind))
+        x = s.cuda().requires_grad_(True)
+        loss = lowbit.kl_div_loss(x, t.cuda(), **dict(kw, labels=labels.cuda()))
+        up = torch.full(loss.shape, 1.5)
+        loss.backward(up.cuda())
+        rl, rg = run_ref(s, t, up, **kw)
+        check_close(loss.cpu(), rl, 1e-5, "cuda loss")
+        check_close(x.grad.cpu(), rg, 1e-5, "cuda grad")
+        assert bool(torch.isnan(loss[1:4].cpu()).all())
 
 
 @pytest.mark.cuda

@@ -216,6 +216,88 @@ def test_backward_to_x_paths(dtype, gen, restore_isa):
                            compress_24(prune_24(torch.randn(8, 16))[0]).meta))
 
 
+# ---- inf / NaN activations (FORMATS.md 4: they propagate as F.linear's would) ----
+SPECIALS = (float("nan"), float("inf"), float("-inf"), 1e38)
+
+
+def with_specials(x, gen):
+    """x with rows 0..3 holding NaN, +inf, -inf, 1e38 (inf in float16) at a random column each;
+    the rows after stay finite. Each column is pruned in about half the weight's rows."""
+    x = x.clone()
+    for r, v in enumerate(SPECIALS[:x.shape[0]]):
+        x[r, int(torch.randint(0, x.shape[1], (1,), generator=gen))] = v
+    return x
+
+
+def check_nonfinite(y, ref, dtype, K, what):
+    """NaN and +-inf exactly where the float64 reference (rounded to dtype: an overflow is inf
+    there too) has them; elsewhere close relative to the row's largest value."""
+    r = ref.to(dtype).double()
+    g = y.double()
+    assert torch.equal(torch.isnan(g), torch.isnan(r)), \
+        f"{what}: NaN at {int(torch.isnan(g).sum())} outputs, F.linear at " \
+        f"{int(torch.isnan(r).sum())}"
+    inf = torch.isinf(r)
+    assert torch.equal(g[inf], r[inf]) and not bool(torch.isinf(g[~inf]).any()), \
+        f"{what}: infinities differ from F.linear's"
+    fin = torch.isfinite(r)
+    g, r = torch.where(fin, g, 0.0), torch.where(fin, r, 0.0)
+    scale = r.abs().amax(-1, keepdim=True).clamp(min=1.0)
+    err = ((g - r).abs() / scale).max().item()
+    assert err <= tol(dtype, K), f"{what}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("M", [1, 4, 8, 9, 70])
+def test_linear_nonfinite_x_matches_f_linear(M, dtype, gen, restore_isa):
+    """A NaN or inf in x that meets a pruned weight makes the output NaN (0 * inf), as F.linear of
+    the pruned weight does: the gather path (M <= 8), the transposed-x path, the low-bit kept
+    values, every ISA; bias or not."""
+    spec = lowbit.QuantSpec("int", 4, 16)
+    for (N, K) in [(24, 64), (19, 36)]:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        x = with_specials(torch.randn(M, K, generator=gen).to(dtype), gen)
+        p, _ = ref_prune_24(w)
+        sw = compress_24(prune_24(w)[0])
+        sq = sw.quantize(spec) if K % 32 == 0 else None
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            for bias in (None, b):
+                y = sparse24_linear(x, sw, bias)
+                check_nonfinite(y, ref_linear(x, p, bias), dtype, K, f"{isa} M={M} {N}x{K}")
+                if sq is not None:
+                    yq = sparse24_linear(x, sq, bias)
+                    check_nonfinite(yq, ref_linear(x, decompress_24(sq), bias), dtype, K,
+                                    f"int4 {isa} M={M} {N}x{K}")
+        if M >= 2:  # a whole row of NaN: every output of it
+            x[1] = float("nan")
+            assert bool(torch.isnan(sparse24_linear(x, sw)[1]).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_backward_to_x_nonfinite_grad(dtype, gen, restore_isa):
+    """grad_x = g @ W_pruned with a NaN/inf in g: NaN at the positions its row of W prunes, as the
+    dense product gives; the compressed-form op (M <= 8) and the dense path (M > 8)."""
+    from lowbit.sparse.sparse24 import _grad_x
+    N, K = 20, 48
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    p, _ = ref_prune_24(w)
+    sw = compress_24(p)
+    for M in (1, 4, 8, 9):
+        g = with_specials(torch.randn(M, N, generator=gen).to(dtype), gen)
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            check_nonfinite(_grad_x(g, sw.values, sw.meta), g.double() @ p.double(), dtype, N,
+                            f"{isa} M={M}")
+    # through autograd: an inf upstream gradient
+    x = torch.randn(3, K, generator=gen).to(dtype).requires_grad_(True)
+    up = torch.randn(3, N, generator=gen).to(dtype)
+    up[1, 2] = float("inf")
+    sparse24_linear(x, sw).backward(up)
+    check_nonfinite(x.grad, up.double() @ p.double(), dtype, N, "autograd")
+
+
 def test_linear_opcheck_and_compile(gen):
     w = torch.randn(32, 64, generator=gen)
     sw = compress_24(prune_24(w)[0])
@@ -425,6 +507,76 @@ def test_module_bad_arguments(gen):
         SparseLinear24.from_linear(_lin(gen), srste_decay=-1)
 
 
+_NAN, _INF = float("nan"), float("inf")
+BAD_MODULE_ARGS = [  # (override of SparseLinear24(8, 4)'s arguments, error type, named argument)
+    (dict(out_features=-3), ValueError, "out_features"),
+    (dict(out_features=0), ValueError, "out_features"),
+    (dict(out_features=True), TypeError, "out_features"),
+    (dict(out_features=4.0), TypeError, "out_features"),
+    (dict(in_features=-8), ValueError, "in_features"),
+    (dict(in_features=6), ValueError, "in_features"),
+    (dict(in_features="8"), TypeError, "in_features"),
+    (dict(srste_decay="a"), TypeError, "srste_decay"),
+    (dict(srste_decay=_NAN), ValueError, "srste_decay"),
+    (dict(srste_decay=_INF), ValueError, "srste_decay"),
+    (dict(srste_decay=-0.1), ValueError, "srste_decay"),
+    (dict(srste_decay=None), TypeError, "srste_decay"),
+    (dict(mask_update_interval=-1), ValueError, "mask_update_interval"),
+    (dict(mask_update_interval=2.5), TypeError, "mask_update_interval"),
+    (dict(mask_update_interval=True), TypeError, "mask_update_interval"),
+    (dict(mode="fast"), ValueError, "mode"),
+    (dict(mode=None), ValueError, "mode"),
+    (dict(ste="no"), TypeError, "ste"),
+    (dict(bias="yes"), TypeError, "bias"),
+    (dict(spec="int4"), TypeError, "spec"),
+    (dict(spec=lowbit.QuantSpec("int", 4, 16)), ValueError, "spec"),  # train mode
+    (dict(mode="inference", spec=lowbit.QuantSpec("int", 4, 32)), ValueError, "spec"),  # 32 > K/2
+    (dict(dtype=torch.int32), TypeError, "dtype"),
+    (dict(dtype=torch.float64), TypeError, "dtype"),
+    (dict(dtype="float32"), TypeError, "dtype"),
+    (dict(device="nodevice"), ValueError, "device"),
+    (dict(device=1.5), TypeError, "device"),
+]
+
+
+@pytest.mark.parametrize("override,exc,name", BAD_MODULE_ARGS,
+                         ids=[f"{a[2]}-{i}" for i, a in enumerate(BAD_MODULE_ARGS)])
+def test_module_constructor_arguments_are_checked(override, exc, name):
+    """Every constructor argument of SparseLinear24 is checked, the error naming it (no torch
+    negative-dimension error, no bare float() error, no NaN decay or empty layer accepted)."""
+    kw = dict(dict(in_features=8, out_features=4), **override)
+    with pytest.raises(exc, match=f"^{name}: "):
+        SparseLinear24(**kw)
+    # the options of from_linear and sparsify_ go through the same checks
+    opts = {k: v for k, v in override.items()
+            if k in ("mode", "srste_decay", "mask_update_interval", "ste", "spec")}
+    if opts:
+        with pytest.raises(exc, match=f"^{name}: "):
+            SparseLinear24.from_linear(nn.Linear(8, 4), **opts)
+        model = nn.Sequential(nn.Linear(8, 4))
+        with pytest.raises(exc, match=f"^{name}: "):
+            lowbit.sparsify_(model, **opts)
+        assert type(model[0]) is nn.Linear  # nothing replaced
+
+
+def test_sparsify_arguments_are_checked():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    for kw, exc, name in [(dict(skip=5), TypeError, "skip"),
+                          (dict(include=[1]), TypeError, "include"),
+                          (dict(skip=["0", None]), TypeError, "skip"),
+                          (dict(maks_update_interval=2), TypeError, "maks_update_interval"),
+                          (dict(mode="inference", spec=lowbit.QuantSpec("int", 4, 8)), ValueError,
+                           "spec")]:
+        with pytest.raises(exc, match=f"^{name}: "):
+            lowbit.sparsify_(model, **kw)
+        assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear, kw
+    # valid values of the same arguments still work
+    lowbit.sparsify_(model, skip=None, include=("0",), srste_decay=torch.tensor(0.5), ste=False,
+                     mask_update_interval=None)
+    assert isinstance(model[0], SparseLinear24) and type(model[2]) is nn.Linear
+    assert model[0].srste_decay == 0.5 and model[0].mask_update_interval == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # sparsify_
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +696,33 @@ def test_cuda_cusparselt(dtype, gen):
     sw = compress_24(p.cuda())
     y = sparse24_linear(x.cuda(), sw, b.cuda(), backend="cusparselt")
     check_close(y.cpu(), ref_linear(x, p, b), dtype, K, "cusparselt")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_nonfinite_x_matches_f_linear(dtype, gen):
+    """NaN/inf in x at pruned positions on CUDA: lowbit's gather kernel (any M), the low-bit
+    kept values (dequantized, then that kernel) and cuSPARSELt (16-bit, when installed)."""
+    N, K = 64, 256
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    p, _ = ref_prune_24(w)
+    sw = compress_24(p.cuda())
+    sq = sw.quantize(lowbit.QuantSpec("int", 4, 16))
+    backends = ["lowbit"]
+    if dtype != torch.float32 and lowbit.sparse.cusparselt_available():
+        backends.append("cusparselt")
+    for M in (1, 5, 64):
+        x = with_specials(torch.randn(M, K, generator=gen).to(dtype), gen)
+        for backend in backends:
+            if backend == "cusparselt" and M % 8:
+                continue
+            for bias in (None, b):
+                y = sparse24_linear(x.cuda(), sw, None if bias is None else bias.cuda(),
+                                    backend=backend)
+                check_nonfinite(y.cpu(), ref_linear(x, p, bias), dtype, K, f"{backend} M={M}")
+        yq = sparse24_linear(x.cuda(), sq)
+        check_nonfinite(yq.cpu(), ref_linear(x, decompress_24(sq).cpu()), dtype, K, f"q M={M}")
 
 
 @pytest.mark.cuda

@@ -24,8 +24,11 @@
  *   - an entry that is -inf in both rows has p = q = 0: it contributes 0 and its gradient is
  *     exactly 0 (every p log p / q log q term is selected away when the probability is 0, never
  *     computed as 0 * inf);
- *   - masked rows (label == ignore_index) and rows where the student or the teacher is -inf
- *     everywhere: loss 0, gradient 0;
+ *   - masked rows (label == ignore_index): loss 0, gradient 0;
+ *   - a row with no finite logit in the student or in the teacher (-inf everywhere) has no
+ *     distribution (softmax is 0/0 there): loss and gradient NaN, as torch's softmax gives,
+ *     whatever the kind, gamma or beta (never 0: a 0 would be discontinuous with the row that
+ *     keeps one finite teacher logit, whose reverse KL is +inf);
  *   - NaN or +inf anywhere in a row: loss and gradient of the row are NaN;
  *   - CAKLD with gamma 0 or 1 is exactly FKL or RKL (so an infinite unused term cannot turn into
  *     0 * inf); JSD with beta 0 or 1 is exactly 0 (m equals one of the two distributions).
@@ -326,14 +329,9 @@ LB_INLINE void kl_rows(const lb_kl_args* A, int64_t r0, int64_t r1, int libm) {
             if (A->grad) kl_fill(A->grad, A->dtS, r * V, V, 0.0f);
             continue;
         }
-        if (st.nan) {
+        if (st.nan || st.degenerate) { /* see the file comment: no 0 for a row without logits */
             if (A->loss) A->loss[r] = NAN;
             if (A->grad) kl_fill(A->grad, A->dtS, r * V, V, NAN);
-            continue;
-        }
-        if (st.degenerate) {
-            if (A->loss) A->loss[r] = 0.0f;
-            if (A->grad) kl_fill(A->grad, A->dtS, r * V, V, 0.0f);
             continue;
         }
         int mode;

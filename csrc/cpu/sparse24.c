@@ -17,6 +17,9 @@
  * into a float32 row buffer (per row in the small path, per chunk in the large path): the
  * low-bit path thus reads ~3 bits per original weight from memory (AVX-512: 4-bit codes go
  * through a 16-entry table with vpermps, 32 codes per step).
+ * Inf/NaN in x: both paths read x at kept positions only, so a pass after them sets to NaN
+ * the outputs F.linear of the pruned weight makes NaN through a pruned zero (0 * inf), and the
+ * backward to x does the same for non-finite gradients (nonfinite_at_pruned below).
  * Every kernel has a scalar twin (*_ref, vectorisation off; here, with the drivers) and AVX2 /
  * AVX-512 variants (csrc/cpu/arch/x86/sparse24_avx2.c, sparse24_avx512.c) picked by lb_rt.isa
  * (the backward-to-x kernel: scalar and AVX-512). Unlike the fake_quant family,
@@ -71,6 +74,68 @@ int64_t lb24_meta_bad_row(const uint8_t* meta, int64_t N, int64_t K) {
         if (bad) return n;
     }
     return -1;
+}
+
+/* ================= non-finite activations at pruned positions ================= */
+/* F.linear of the pruned weight multiplies every x[m, k] by W[n, k], the pruned zeros too, so a
+ * non-finite x at a position row n prunes makes output (m, n) NaN (0 * inf, 0 * NaN). The
+ * kernels read x at kept positions only and never see it: this pass sets exactly those outputs
+ * to NaN. Every other output already equals F.linear's: an inf or NaN at a kept position goes
+ * through its product (kept zeros included), a finite x at a pruned position adds an exact 0.
+ * Cost: one scan of x; per row holding a non-finite value, a walk of each output row's groups
+ * that hold one (stopping at the first pruned hit), at most the kernel's own meta walk. */
+typedef struct {
+    const s24_ctx* c;
+    const void* x;
+    int xdt;
+    volatile int oom;
+} nf_ctx;
+
+/* Bits [0, 4) of a nibble's kept positions. */
+LB_INLINE unsigned kept_bits(int b) { return (1u << (b & 3)) | (1u << (b >> 2)); }
+
+static void nf_rows(int64_t m0, int64_t m1, void* ctx) {
+    nf_ctx* p = (nf_ctx*)ctx;
+    const s24_ctx* c = p->c;
+    const int64_t K = c->K, N = c->N, G = K / 4;
+    float* xr = (float*)malloc((size_t)K * sizeof(float));
+    int64_t* gq = (int64_t*)malloc((size_t)G * sizeof(int64_t));
+    uint8_t* gb = (uint8_t*)malloc((size_t)G);
+    if (!xr || !gq || !gb) {
+        p->oom = 1;
+        goto done;
+    }
+    for (int64_t m = m0; m < m1; ++m) {
+        int64_t nq = 0;
+        lb_load_row(p->x, p->xdt, m * K, K, 1.0f, xr);
+        for (int64_t q = 0; q < G; ++q) {
+            unsigned bits = 0;
+            for (int i = 0; i < 4; ++i)
+                bits |= (unsigned)!(fabsf(xr[4 * q + i]) <= 3.4028235e38f) << i;
+            if (bits) {
+                gq[nq] = q;
+                gb[nq++] = (uint8_t)bits;
+            }
+        }
+        for (int64_t n = 0; nq && n < N; ++n) {
+            const uint8_t* mrow = c->meta + n * c->mbytes;
+            for (int64_t j = 0; j < nq; ++j)
+                if (gb[j] & ~kept_bits(nib(mrow, gq[j]))) {
+                    lb_st1(c->y, c->ydt, m * N + n, NAN);
+                    break;
+                }
+        }
+    }
+done:
+    free(xr);
+    free(gq);
+    free(gb);
+}
+
+static int nonfinite_at_pruned(const s24_ctx* c, const void* x, int xdt) {
+    nf_ctx p = {c, x, xdt, 0};
+    lb_parallel(c->M, 1, nf_rows, &p);
+    return p.oom ? -1 : 0;
 }
 
 /* ================= drivers ================= */
@@ -135,7 +200,7 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
         c->mblk = mblk;
         lb_parallel((N + LB24_NB - 1) / LB24_NB, 1, fn, c);
     }
-    rc = c->oom ? -1 : 0;
+    rc = c->oom || nonfinite_at_pruned(c, x, xdt) ? -1 : 0;
 done:
     free(xf);
     free(bf);
@@ -248,6 +313,17 @@ int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* va
     sum = x.part; /* parts added in order into part 0 */
     for (int64_t p = 1; p < x.P; ++p)
         for (int64_t i = 0; i < M * K; ++i) sum[i] += x.part[p * M * K + i];
+    /* as in the forward (nonfinite_at_pruned): g @ W_pruned multiplies a non-finite g[m, n] by
+     * the zeros row n prunes, NaN at each of those positions, which the kernels never read */
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            if (fabsf(gf[m * N + n]) <= 3.4028235e38f) continue;
+            for (int64_t q = 0; q < K / 4; ++q) {
+                const unsigned kept = kept_bits(nib(meta + n * c.mbytes, q));
+                for (int i = 0; i < 4; ++i)
+                    if (!(kept >> i & 1u)) sum[m * K + 4 * q + i] = NAN;
+            }
+        }
     for (int64_t i = 0; i < M * K; ++i) lb_st1(gx, gdt, i, sum[i]);
 done:
     free(gf);

@@ -214,22 +214,26 @@ fail:
     lb_call_fail(&c);
 }
 
-/* sparse24_cslt_linear(Tensor x, Tensor packed, Tensor bias, int N) -> Tensor (M, N):
- * x (M, K) float16/bfloat16 CUDA, packed from sparse24_cslt_compress of an (N, K) weight. */
+/* sparse24_cslt_linear(Tensor x, Tensor packed, Tensor meta, Tensor bias, int N) -> Tensor
+ * (M, N): x (M, K) float16/bfloat16 CUDA, packed from sparse24_cslt_compress of an (N, K)
+ * weight, meta that weight's lb24 meta (the launcher finds the outputs a NaN/inf x at a pruned
+ * position makes NaN, which cuSPARSELt does not see). */
 LB_BOXED(lb_boxed_sparse24_cslt_linear) {
     lb_call c;
-    lb_tensor x, p, b;
-    const int64_t N = lb_iv_int(stack[3]);
+    lb_tensor x, p, m, b;
+    const int64_t N = lb_iv_int(stack[4]);
     int hb;
-    lb_call_begin(&c, "lowbit::sparse24_cslt_linear", stack, 3);
+    lb_call_begin(&c, "lowbit::sparse24_cslt_linear", stack, 4);
     if (lb_call_arg(&c, 0, "x", &x) || lb_call_arg(&c, 1, "packed", &p) ||
-        lb_call_arg(&c, 2, "bias", &b) || check_x(&x, c.err))
+        lb_call_arg(&c, 2, "meta", &m) || lb_call_arg(&c, 3, "bias", &b) || check_x(&x, c.err))
         goto fail;
     if (N <= 0) {
         lb_fail(c.err, "N: must be positive, got %lld", (long long)N);
         goto fail;
     }
-    if ((hb = lb_check_bias(&b, &x, N, c.err)) < 0) goto fail;
+    if (check_meta(&m, &x, "x", N, x.sizes[1], c.err) ||
+        (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
+        goto fail;
 #ifdef LOWBIT_WITH_CUDA
     if (x.device_type != lb_t.dev_cuda || (x.dtype != lb_t.dt_f16 && x.dtype != lb_t.dt_bf16)) {
         lb_fail(c.err, "x: cuSPARSELt takes a float16/bfloat16 CUDA tensor");
@@ -247,7 +251,8 @@ LB_BOXED(lb_boxed_sparse24_cslt_linear) {
             goto fail;
         if (x.sizes[0] > 0 &&
             lb24_cslt_linear(x.device_index, lb_float_dtype(x.dtype), x.sizes[0], N, x.sizes[1],
-                             x.data, p.data, hb ? b.data : NULL, po, c.exec.stream, c.err))
+                             x.data, p.data, (const uint8_t*)m.data, hb ? b.data : NULL, po,
+                             c.exec.stream, c.err))
             goto fail;
     }
     lb_call_return(&c, stack);
@@ -321,7 +326,7 @@ const lb_op_def lb_ops_sparse24[] = {
     {"sparse24_cslt_compress", "sparse24_cslt_compress(Tensor dense) -> Tensor",
      lb_boxed_sparse24_cslt_compress, 1},
     {"sparse24_cslt_linear",
-     "sparse24_cslt_linear(Tensor x, Tensor packed, Tensor bias, int N) -> Tensor",
+     "sparse24_cslt_linear(Tensor x, Tensor packed, Tensor meta, Tensor bias, int N) -> Tensor",
      lb_boxed_sparse24_cslt_linear, 1},
     {NULL, NULL, NULL, 0},
 };

@@ -68,7 +68,8 @@ def _delay_error(grads, msg, links=()):
 
 
 def _links(ctx, grads):
-    return [*grads, *ctx.saved_tensors]
+    # ctx.lb_links: inputs a Function's gradients depend on without saving them
+    return [*grads, *ctx.saved_tensors, *getattr(ctx, "lb_links", ())]
 
 
 def _apply(fn, *args):

@@ -11,9 +11,12 @@ Conventions (all kinds):
   * Rows whose label equals ignore_index contribute 0 and get zero gradient.
   * An entry that is -inf in both student and teacher (a masked vocabulary entry) contributes
     nothing and gets exactly zero gradient. A row whose student or teacher logits are -inf
-    everywhere is treated like a masked row (loss 0, zero gradient) but still counts in "mean".
-    A NaN in a row makes that row's loss and gradient NaN; +inf logits give NaN.
-  * CAKLD with gamma 0 or 1 is exactly FKL or RKL; JSD with beta 0 or 1 is exactly 0.
+    everywhere has no distribution (softmax is 0/0): its loss and gradient are NaN, as torch's
+    softmax gives, whatever the kind, gamma or beta (mask such rows with labels = ignore_index
+    instead), and it still counts in "mean". A NaN in a row makes that row's loss and gradient
+    NaN; +inf logits give NaN.
+  * CAKLD with gamma 0 or 1 is exactly FKL or RKL; JSD with beta 0 or 1 is exactly 0 (on rows
+    that have a distribution).
 """
 import math
 import numbers
@@ -395,10 +398,13 @@ class _FusedLinearKL(torch.autograd.Function):
         # buffer) and drops them, so a second backward through the same graph is refused
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (w.dtype, None if bias is None else bias.dtype)
+        # what the gradients depend on, for the error of a second derivative (references only:
+        # nothing is recomputed from them, so no saved-tensor version check either)
+        ctx.lb_links = tuple(t for t in (h, w, bias) if t is not None and t.requires_grad)
         return total * scale
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_autograd.once_differentiable("lowbit.fused_linear_kl_loss")
     def backward(ctx, go):
         if ctx.grads is None:
             raise RuntimeError("fused_linear_kl_loss: backward can run only once per forward "

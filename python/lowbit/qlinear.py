@@ -179,6 +179,14 @@ class QuantLinear(nn.Module):
         # state dicts saved before the layout stopped being state carry it: it is derived, drop it
         for b in ("packed", "params"):
             state_dict.pop(prefix + b, None)
+        # the values a checkpoint holds are checked against the spec (zero points <= qmax,
+        # scales finite, > 0, exact in scale_dtype) before they are copied in; shapes and
+        # dtypes are torch's own load checks against the buffers
+        from .qweight import check_packed_values
+
+        got = {f: state_dict.get(prefix + f) for f in ("scales", "zeros")}
+        check_packed_values(*(t if isinstance(t, torch.Tensor) else None for t in got.values()),
+                            self.spec, {f: prefix + f for f in got})
         self.packed = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -46,8 +46,9 @@ class _CsltLinear(torch.autograd.Function):
         ctx.m, ctx.dtype = x2.shape[0], x2.dtype
         # the bias is added here rather than through cuSPARSELt's bias pointer (whose dtype rules
         # vary across versions); the op supports it too
-        y = torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), x2.new_empty(0),
-                                                  sw.shape[0])
+        # sw.meta: the op sets the outputs a NaN/inf of x at a pruned position makes NaN
+        y = torch.ops.lowbit.sparse24_cslt_linear(x2, _cslt_packed(sw), sw.meta,
+                                                  x2.new_empty(0), sw.shape[0])
         return y.add_(b) if ctx.has_bias else y
 
     @staticmethod
@@ -64,14 +65,16 @@ class _CsltLinear(torch.autograd.Function):
         y = torch.zeros((ctx.m, n), dtype=ctx.dtype, device=ctx.sw.device)
         if tx is not None:
             y = torch.ops.lowbit.sparse24_cslt_linear(tx.contiguous(), _cslt_packed(ctx.sw),
-                                                      tx.new_empty(0), n)
+                                                      ctx.sw.meta, tx.new_empty(0), n)
         return y + tb if tb is not None and ctx.has_bias else y
 
 
 def sparse24_linear(x, sw, bias=None, backend="auto"):
     """y = x @ W^T (+ bias) for a Sparse24Weight W of shape (N, K): x (..., K) -> (..., N), in
     x's dtype (which must be W's dtype). Equals F.linear(x, decompress_24(sw), bias) within
-    float32 rounding. Differentiable with respect to x, bias and (unquantized) kept values.
+    float32 rounding, inf/NaN included: a non-finite x that meets a pruned weight gives NaN
+    (0 * inf) as F.linear does, on every path (cuSPARSELt included).
+    Differentiable with respect to x, bias and (unquantized) kept values.
 
     backend (CUDA, float16/bfloat16): "auto" takes cuSPARSELt when it is installed and the shape
     suits it (N % 32, K % 64, M % 8 == 0), else lowbit's gather kernel; "cusparselt" insists
@@ -204,7 +207,7 @@ def _cslt_compress_fake(dense):
 
 
 @torch.library.register_fake("lowbit::sparse24_cslt_linear")
-def _cslt_linear_fake(x, packed, bias, N):
+def _cslt_linear_fake(x, packed, meta, bias, N):
     return x.new_empty((x.shape[0], N))
 
 

@@ -1,14 +1,17 @@
 """python/lowbit/sparse/sparse24_nn.py: the 2:4 module and model verb — SparseLinear24
 (lowbit.nn.SparseLinear24: train mode with a dense weight and a 2:4 mask, inference mode with the
 compressed, optionally low-bit weight) and sparsify_ (nn.Linear -> SparseLinear24 in place)."""
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_float_dtype, check_tensor
+from .._checks import FLOAT_DTYPES, check_float_dtype, check_tensor
 from .._walk import Swap, check_model, made_by, matches, swap_modules_
 from ..fake_quant import quantize
-from ..qweight import QuantizedWeight
+from ..qweight import QuantizedWeight, check_packed, check_packed_values
 from ..spec import check_spec
 from .sparse24 import sparse24_linear
 from .sparse24_mask import MaskedWeight, apply_mask, mask_24
@@ -16,6 +19,104 @@ from .sparse24_weight import (Sparse24Weight, check_24_weight, check_meta, compr
                               decompress_24, meta_from_mask, prune_24)
 
 MODES = ("train", "inference")
+TRAIN_OPTIONS = ("mask_update_interval", "srste_decay", "ste", "spec")  # from_linear's, sparsify_'s
+
+
+def _positive_int(v, name, multiple=1):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {type(v).__name__} {v!r:.40}")
+    if v <= 0 or v % multiple:
+        what = "a positive int" if multiple == 1 else f"a positive multiple of {multiple}"
+        raise ValueError(f"{name}: must be {what}, got {v}")
+    return int(v)
+
+
+def _check_bool(v, name):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__} {v!r:.40}")
+    return v
+
+
+def _check_mode(mode):
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode: must be one of {MODES}, got {mode!r:.40}")
+    return mode
+
+
+def _check_options(mode, mask_update_interval, srste_decay, ste, spec, k=None):
+    """The training / quantization options of SparseLinear24 (and of from_linear, sparsify_),
+    each error naming its argument; returns (interval, decay) normalised. ``k``: in_features,
+    when known (a spec's group must divide the K/2 kept values of a row)."""
+    _check_mode(mode)
+    iv = mask_update_interval
+    if iv is not None and (isinstance(iv, bool) or not isinstance(iv, numbers.Integral)):
+        raise TypeError(f"mask_update_interval: expected a non-negative int or None, got "
+                        f"{type(iv).__name__} {iv!r:.40}")
+    if iv is not None and iv < 0:
+        raise ValueError(f"mask_update_interval: must be a non-negative int or None, got {iv}")
+    d = srste_decay
+    if isinstance(d, torch.Tensor) and d.numel() == 1 and d.dtype.is_floating_point:
+        d = float(d)
+    if isinstance(d, bool) or not isinstance(d, numbers.Real):
+        raise TypeError(f"srste_decay: expected a finite float >= 0, got {type(d).__name__} "
+                        f"{d!r:.40}")
+    if not math.isfinite(float(d)) or float(d) < 0:  # NaN fails both
+        raise ValueError(f"srste_decay: must be a finite float >= 0, got {d!r}")
+    _check_bool(ste, "ste")
+    if spec is not None:
+        check_spec(spec)
+        if mode != "inference":
+            raise ValueError("spec: quantized kept values need mode='inference'")
+        if k is not None:
+            _check_spec_group(spec, k)
+    return int(iv or 0), float(d)
+
+
+def _check_spec_group(spec, k, where=""):
+    g = k // 2 if spec.group_size == -1 else spec.group_size
+    if (k // 2) % g:
+        raise ValueError(f"spec: group_size {spec.group_size} does not divide the {k // 2} kept "
+                         f"values of a row{where} (in_features {k} / 2; groups count kept values)")
+
+
+def _check_dtype(dtype):
+    if dtype is None:
+        dtype = torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype or None, got {type(dtype).__name__}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: must be float32, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+def _check_device(device):
+    if device is None or isinstance(device, torch.device):
+        return device
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise TypeError(f"device: expected a torch.device, str, int or None, got "
+                        f"{type(device).__name__}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"device: {device!r} is not a device ({exc})") from None
+
+
+def _check_patterns(v, name, allow_none):
+    """skip / include: a str, an iterable of str (or None where allowed) -> tuple or None."""
+    if v is None:
+        return None if allow_none else ()
+    if isinstance(v, str):
+        return (v,)
+    try:
+        out = tuple(v)
+    except TypeError:
+        raise TypeError(f"{name}: expected a str or an iterable of str (fnmatch patterns), got "
+                        f"{type(v).__name__}") from None
+    bad = [p for p in out if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name}: patterns must be str, got {type(bad[0]).__name__} "
+                        f"{bad[0]!r:.40}")
+    return out
 
 
 class SparseLinear24(nn.Module):
@@ -39,26 +140,19 @@ class SparseLinear24(nn.Module):
                  mask_update_interval=1, srste_decay=0.0, ste=True, spec=None, device=None,
                  dtype=None):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
-        if not isinstance(in_features, int) or in_features <= 0 or in_features % 4:
-            raise ValueError(f"in_features: must be a positive multiple of 4, got {in_features!r}")
-        if mask_update_interval is not None and (not isinstance(mask_update_interval, int)
-                                                 or mask_update_interval < 0):
-            raise ValueError(f"mask_update_interval: must be a non-negative int or None, got "
-                             f"{mask_update_interval!r}")
-        if float(srste_decay) < 0:
-            raise ValueError(f"srste_decay: must be >= 0, got {srste_decay!r}")
-        if spec is not None:
-            check_spec(spec)
-            if mode != "inference":
-                raise ValueError("spec: quantized kept values need mode='inference'")
+        _check_mode(mode)
+        in_features = _positive_int(in_features, "in_features", multiple=4)
+        out_features = _positive_int(out_features, "out_features")
+        _check_bool(bias, "bias")
+        interval, decay = _check_options(mode, mask_update_interval, srste_decay, ste, spec,
+                                         in_features)
+        device, dtype = _check_device(device), _check_dtype(dtype)
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
-        self.mask_update_interval = mask_update_interval or 0
-        self.srste_decay = float(srste_decay)
-        self.ste = bool(ste)
+        self.mask_update_interval = interval
+        self.srste_decay = decay
+        self.ste = ste
         self.spec = spec
-        fk = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
+        fk = {"device": device, "dtype": dtype}
         n, k = out_features, in_features
         if mode == "train":
             self.weight = nn.Parameter(torch.empty(n, k, **fk))
@@ -84,9 +178,20 @@ class SparseLinear24(nn.Module):
             self.register_load_state_dict_post_hook(SparseLinear24._check_loaded)
         self.bias = nn.Parameter(torch.zeros(n, **fk)) if bias else None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.mode == "inference" and self.spec is not None:  # values before they are copied
+            got = {f: state_dict.get(prefix + f) for f in ("scales", "zeros")}
+            check_packed_values(*(t if isinstance(t, torch.Tensor) else None
+                                  for t in got.values()), self.spec, {f: prefix + f for f in got})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def _check_loaded(module, incompatible_keys):
         check_meta(module.meta, module.out_features, module.in_features)
+        if module.spec is not None:  # the quantized kept values, as a QuantizedWeight checks them
+            check_packed(module.codes, module.scales,
+                         module.zeros if module.zeros.shape[1] > 0 else None, module.spec,
+                         (module.out_features, module.in_features // 2), module._wdtype)
 
     def _apply(self, fn, *args, **kwargs):
         """``.to(dtype)``, ``.half()``, ``model.to(torch.bfloat16)`` on a quantized layer (spec
@@ -108,6 +213,7 @@ class SparseLinear24(nn.Module):
         """A SparseLinear24 holding linear's weight pruned 2:4 (prune_24) and its bias."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        _check_options(mode, mask_update_interval, srste_decay, ste, spec)
         w = linear.weight
         check_24_weight(w.detach(), "linear.weight")
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
@@ -152,7 +258,7 @@ class SparseLinear24(nn.Module):
     def _quantized_weight(self, dtype):
         z = self.zeros if self.zeros.shape[1] > 0 else None
         q = QuantizedWeight(self.codes, self.scales, z, self.spec,
-                            (self.out_features, self.in_features // 2), dtype)
+                            (self.out_features, self.in_features // 2), dtype, check=False)
         # the buffers are lowbit's own (checked when loaded; the CPU ops recheck meta)
         return Sparse24Weight(None, self.meta, (self.out_features, self.in_features), dtype, q,
                               check=False)
@@ -223,10 +329,16 @@ def sparsify_(model, skip=("lm_head",), include=None, mode="train", **kwargs):
     QuantLinear (quantize_ / convert_ ran first: 2:4 and QAT do not compose; sparsify first).
     """
     check_model(model)
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
-    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
-    include = (include,) if isinstance(include, str) else (None if include is None else tuple(include))
+    _check_mode(mode)
+    unknown = sorted(set(kwargs) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not an option of sparsify_ (its options: "
+                        f"{', '.join(TRAIN_OPTIONS)})")
+    opts = dict(mask_update_interval=1, srste_decay=0.0, ste=True, spec=None)
+    opts.update(kwargs)
+    _check_options(mode, **opts)  # before any layer is replaced
+    skip = _check_patterns(skip, "skip", allow_none=False)
+    include = _check_patterns(include, "include", allow_none=True)
     if any(isinstance(m, SparseLinear24) for m in model.modules()):
         raise ValueError("model: already holds SparseLinear24 layers; sparsify_ applies once")
 
@@ -238,6 +350,8 @@ def sparsify_(model, skip=("lm_head",), include=None, mode="train", **kwargs):
         if mod.in_features % 4:
             raise ValueError(f"model: layer {name!r} has in_features={mod.in_features}, not a "
                              f"multiple of 4; add it to skip")
+        if opts["spec"] is not None:
+            _check_spec_group(opts["spec"], mod.in_features, f" of layer {name!r}")
         return True
 
     swap_modules_(model, Swap(
