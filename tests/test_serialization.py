@@ -234,6 +234,24 @@ def test_load_checks_every_tensor_dtype_and_shape(edit, match, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("edit,match", [
+    (lambda sd: sd["model.layers.0.mlp.down_proj.zeros"].__setitem__((3, 1), 4),
+     r"^model.layers.0.mlp.down_proj.zeros: zero point 4 at \[3, 1\] is outside \[0, qmax = 3\]"),
+    (lambda sd: sd["model.layers.1.self_attn.q_proj.scales"].__setitem__((2, 0, 1), -0.5),
+     r"^model.layers.1.self_attn.q_proj.scales: scale -0.5"),
+])
+def test_load_checks_stored_values_in_every_loader(edit, match, tmp_path):
+    m = converted()
+    lowbit.save_quantized(m, tmp_path)
+    _rewrite(tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        lowbit.load_quantized(transformers.LlamaForCausalLM(m.config), str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        lowbit.load_quantized(str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bad_header_json"])
 def test_unreadable_model_safetensors_is_a_value_error_naming_the_file(damage, tmp_path):
     m = converted()

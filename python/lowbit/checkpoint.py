@@ -13,6 +13,7 @@ import torch
 from ._version import __version__
 from .qat import QATLinear
 from .qlinear import ACTS, QuantLinear
+from .qweight import check_packed_values
 from .spec import QuantSpec
 
 QUANT_METHOD = "lowbit"
@@ -224,9 +225,13 @@ def swap_in_packed(model, layers, where, device="meta", shared=None):
 
 
 def rebuild_layouts(model):
-    """Rebuilds every QuantLinear's CPU kernel layout from its canonical codes."""
-    for m in model.modules():
+    """Checks every loaded QuantLinear's scales and zero points (the loaders that fill buffers
+    without QuantLinear._load_from_state_dict come through here) and rebuilds its CPU kernel
+    layout from its canonical codes."""
+    for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
+            check_packed_values(m.scales, m.zeros, m.spec,
+                                names={f: f"{name}.{f}" for f in ("scales", "zeros")})
             m.kernel_layout()
 
 
