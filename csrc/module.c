@@ -158,12 +158,93 @@ static PyObject* lb_py_ql_scheme(PyObject* self, PyObject* args) {
     return PyLong_FromLong(lb_ql_scheme(act, &f, (int64_t)M, packable));
 }
 
+/* A tuple of Python floats from n floats (NULL with an exception set on failure). */
+static PyObject* lb_py_floats(const float* v, int n) {
+    PyObject* t = PyTuple_New(n);
+    for (int i = 0; t && i < n; ++i) {
+        PyObject* x = PyFloat_FromDouble((double)v[i]);
+        if (!x) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+/* _C.formats(): the format table of csrc/formats.h, one dict per row in code order. */
+static PyObject* lb_py_formats(PyObject* self, PyObject* noargs) {
+    PyObject* out = PyTuple_New(LB_FMT_COUNT);
+    (void)self;
+    (void)noargs;
+    for (int i = 0; out && i < LB_FMT_COUNT; ++i) {
+        const lb_format* r = &lb_formats[i];
+        PyObject *bits = PyList_New(0), *levels = PyDict_New(), *kinds, *row = NULL;
+        for (int b = 1; bits && levels && b <= LB_MAX_BITS; ++b) {
+            PyObject *key, *lv;
+            if (!((r->bits >> b) & 1u)) continue;
+            key = PyLong_FromLong(b);
+            if (!key || PyList_Append(bits, key)) {
+                Py_XDECREF(key);
+                Py_CLEAR(bits);
+                break;
+            }
+            if (r->levels[b]) {
+                lv = lb_py_floats(r->levels[b], r->nlev[b]);
+                if (!lv || PyDict_SetItem(levels, key, lv)) Py_CLEAR(levels);
+                Py_XDECREF(lv);
+            }
+            Py_DECREF(key);
+        }
+        kinds = Py_BuildValue("(ii)", r->kind[0], r->kind[1]);
+        if (bits && levels && kinds)
+            row = Py_BuildValue(
+                "{s:s,s:i,s:N,s:s,s:i,s:i,s:i,s:i,s:O,s:O}", "name", r->name, "code", i, "bits",
+                PyList_AsTuple(bits), "storage",
+                r->storage == LB_STORE_BLOCKS ? "blocks" : "codes", "block", r->block,
+                "sub_block", r->sub_block, "type_size", r->type_size, "symmetric", r->symmetric,
+                "kinds", kinds, "levels", levels);
+        Py_XDECREF(bits);
+        Py_XDECREF(levels);
+        Py_XDECREF(kinds);
+        if (!row) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
+/* _C.kinds(): the kind table of csrc/formats.h, one dict per kind in code order. */
+static PyObject* lb_py_kinds(PyObject* self, PyObject* noargs) {
+    PyObject* out = PyTuple_New(LB_KIND_COUNT);
+    (void)self;
+    (void)noargs;
+    for (int i = 0; out && i < LB_KIND_COUNT; ++i) {
+        const lb_kind* k = &lb_kinds[i];
+        PyObject* row = Py_BuildValue("{s:i,s:s,s:i,s:O,s:O}", "code", i, "name", k->name,
+                                      "scales", k->scales, "zeros", k->zeros ? Py_True : Py_False,
+                                      "levels", k->levels ? Py_True : Py_False);
+        if (!row) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
 static PyMethodDef lb_methods[] = {
     {"load", lb_py_load, METH_VARARGS,
      "load(libtorch_cpu, libtorch_cuda_or_None, torch_version): resolve and register ops"},
     {"set_isa", lb_py_set_isa, METH_VARARGS, "set_isa(code): one of the ISA_* codes"},
     {"get_isa", lb_py_get_isa, METH_NOARGS, "the active CPU ISA code"},
     {"isa_supported", lb_py_isa_supported, METH_VARARGS, "whether this CPU runs the ISA"},
+    {"formats", lb_py_formats, METH_NOARGS,
+     "the format table (csrc/formats.h): one dict per row, in format-code order"},
+    {"kinds", lb_py_kinds, METH_NOARGS,
+     "the kind table (csrc/formats.h): one dict per kind, in kind-code order"},
     {"ql_scheme", lb_py_ql_scheme, METH_VARARGS,
      "ql_scheme(act, fmt, bits, symmetric, M, packable): the QS_* scheme quant_linear runs"},
     {NULL, NULL, 0, NULL},
@@ -175,11 +256,9 @@ static struct PyModuleDef lb_module = {
 };
 
 /* ---- the constants Python reads instead of copying them (lowbit._C.<NAME>) ----
- * Formats and codes (csrc/formats.h):
- *   FMT_INT, FMT_NF, FMT_FP          the `fmt` int of the ops (0, 1, 2)
- *   FMT_INT_BITS, FMT_NF_BITS, FMT_FP_BITS
- *                                    supported bit widths per format as a mask: bit b set if
- *                                    b bits are supported (int: 2, 3, 4, 8; nf, fp: 3, 4)
+ * Formats and codes (csrc/formats.h; formats() and kinds() give the whole tables):
+ *   FMT_<NAME>, FMT_<NAME>_BITS      per row of the format table: its `fmt` code and its bit
+ *                                    widths as a mask (bit b set if b bits are supported)
  *   MAX_BITS                         the widest code (8)
  *   MAX_DIM                          the most dimensions an op's tensor argument may have (8)
  *   KIND_INT_ASYM, KIND_INT_SYM, KIND_LVL2, KIND_LVL1
@@ -199,6 +278,7 @@ static struct PyModuleDef lb_module = {
  * Layouts (csrc/layouts.h):
  *   (codes: a row of K b-bit codes is ceil(K*b / 8) bytes)
  *   QL_TILE                          rows per tile of the qlinear CPU layout (16)
+ *   QL_WIDTHS                        the code widths the qlinear CPU layout holds, as a mask
  *   QL_KBLK                          K per block (32): packed is (ceil(N/16), ceil(K/32) *
  *                                    bits * 16) int32; the layout exists iff g % 32 == 0 or
  *                                    g == K
@@ -211,9 +291,7 @@ static struct PyModuleDef lb_module = {
  *   S24_GROUPS_PER_BYTE              meta nibbles per byte (2): meta is (N, ceil(K/4 / 2))
  *   S24_GRAD_X_MAX_M                 most rows of g sparse24_grad_x takes (8) */
 #define LB_INT_CONSTANTS(X)                                                                     \
-    X(FMT_INT, LB_FMT_INT) X(FMT_NF, LB_FMT_NF) X(FMT_FP, LB_FMT_FP)                            \
-    X(FMT_INT_BITS, LB_FMT_INT_BITS) X(FMT_NF_BITS, LB_FMT_NF_BITS)                             \
-    X(FMT_FP_BITS, LB_FMT_FP_BITS) X(MAX_BITS, LB_MAX_BITS) X(MAX_DIM, LB_MAX_DIM)             \
+    X(MAX_BITS, LB_MAX_BITS) X(MAX_DIM, LB_MAX_DIM) X(QL_WIDTHS, LB_QL_WIDTHS)               \
     X(KIND_INT_ASYM, LB_KIND_INT_ASYM) X(KIND_INT_SYM, LB_KIND_INT_SYM)                         \
     X(KIND_LVL2, LB_KIND_LVL2) X(KIND_LVL1, LB_KIND_LVL1)                                       \
     X(DT_F32, LB_DT_F32) X(DT_BF16, LB_DT_BF16) X(DT_F16, LB_DT_F16)                            \
@@ -243,6 +321,16 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (PyModule_AddIntConstant(m, #name, (long)(value))) goto fail;
     LB_INT_CONSTANTS(LB_ADD_CONSTANT)
 #undef LB_ADD_CONSTANT
+    /* FMT_<NAME> (the row's code) and FMT_<NAME>_BITS (its widths as a mask), from the rows */
+    for (int i = 0; i < LB_FMT_COUNT; ++i) {
+        char key[64];
+        int n = snprintf(key, sizeof key, "FMT_%s", lb_formats[i].name);
+        for (int j = 4; j < n; ++j)
+            if (key[j] >= 'a' && key[j] <= 'z') key[j] = (char)(key[j] - 'a' + 'A');
+        if (PyModule_AddIntConstant(m, key, i)) goto fail;
+        snprintf(key + n, sizeof key - (size_t)n, "_BITS");
+        if (PyModule_AddIntConstant(m, key, (long)lb_formats[i].bits)) goto fail;
+    }
     return m;
 fail:
     Py_DECREF(m);

@@ -1,5 +1,5 @@
 """The CPU kernels without Python or torch: compiles tests/c/test_kernels.c with csrc/cpu (every
-kernel source, so none of them may need a torch header) and csrc/formats.h, runs it, and does
+kernel source, so none of them may need a torch header) and csrc/formats.h / formats.c, runs it, and does
 the same with the x86 variants switched off (-DLB_NO_X86), as on a non-x86 machine, where the
 scalar twins must stand alone. -O0 keeps the compile short; the optimised kernels are what the
 rest of the suite tests through the extension."""
@@ -19,6 +19,7 @@ CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 @pytest.mark.parametrize("x86", [True, False], ids=["x86-variants", "scalar-only"])
 def test_kernels_in_plain_c(tmp_path, x86):
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "**", "*.c"), recursive=True))
+    sources.append(os.path.join(ROOT, "csrc", "formats.c"))  # the format table
     exe = str(tmp_path / "test_kernels")
     cmd = [CC, "-std=c11", "-O0", "-ffp-contract=off", "-fno-math-errno", "-Wall",
            "-Wno-unused-function", "-I", os.path.join(ROOT, "csrc"),

@@ -81,15 +81,22 @@ int lb_check_dtype_code(int64_t dt, const char* name, char* err) {
 
 int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_fmt* f,
                   char* err) {
-    if (fmt < 0 || fmt >= LB_FMT_COUNT)
-        return lb_fail(err, "format: unknown format code %lld", (long long)fmt);
-    /* range first: the narrowing to int below must not turn 2**32 + 4 into 4 */
-    if (bits < 1 || bits > LB_MAX_BITS || lb_fmt_init(f, (int)fmt, (int)bits, sym ? 1 : 0))
+    switch (lb_fmt_init(f, fmt, bits, sym ? 1 : 0)) {
+    case 0: break;
+    case LB_FMT_BAD_FORMAT: return lb_fail(err, "format: unknown format code %lld", (long long)fmt);
+    case LB_FMT_BAD_BITS:
         return lb_fail(err, "bits: %lld bits is not supported for format code %lld",
                        (long long)bits, (long long)fmt);
+    default:
+        return lb_fail(err, "symmetric: format %s takes symmetric=%s only", lb_formats[fmt].name,
+                       sym ? "False" : "True");
+    }
     if (g <= 0 || K % g != 0)
         return lb_fail(err, "group_size: %lld must be positive and divide K = %lld", (long long)g,
                        (long long)K);
+    if (f->block && g != f->block)
+        return lb_fail(err, "group_size: format %s has blocks of %d, got %lld",
+                       lb_formats[fmt].name, f->block, (long long)g);
     return 0;
 }
 
@@ -121,10 +128,10 @@ int lb_check_same_device(const lb_tensor* b, const char* name, const lb_tensor* 
 int lb_check_qweight(const lb_tensor* c, const lb_tensor* s, const lb_tensor* z,
                      const char* const names[3], const lb_fmt* f, int64_t K, int64_t g,
                      int64_t* N, char* err) {
-    const int two = f->kind == LB_KIND_LVL2;
-    const int64_t G = K / g, GZ = f->kind == LB_KIND_INT_ASYM ? G : 0;
-    int64_t rb;
-    if (lb_row_bytes_checked(K, f->bits, &rb))
+    const int two = f->nscales == 2;
+    const int64_t G = K / g, GZ = f->zeros ? G : 0;
+    const int64_t rb = lb_fmt_row_bytes(f, K);
+    if (rb < 0)
         return lb_fail(err, "K: %lld columns of %d bits overflow the row size", (long long)K,
                        f->bits);
     *N = c->dim == 2 ? c->sizes[0] : -1;
@@ -132,9 +139,9 @@ int lb_check_qweight(const lb_tensor* c, const lb_tensor* s, const lb_tensor* z,
         return lb_fail(err, "%s: expected a contiguous uint8 (N, %lld) tensor, N > 0, for K = %lld",
                        names[0], (long long)rb, (long long)K);
     if (s->dtype != lb_t.dt_f32 || !s->contiguous || s->dim != (two ? 3 : 2) ||
-        s->sizes[0] != *N || s->sizes[1] != G || (two && s->sizes[2] != 2))
+        s->sizes[0] != *N || s->sizes[1] != (f->nscales ? G : 0) || (two && s->sizes[2] != 2))
         return lb_fail(err, "%s: expected a contiguous float32 (%lld, %lld%s) tensor", names[1],
-                       (long long)*N, (long long)G, two ? ", 2" : "");
+                       (long long)*N, (long long)(f->nscales ? G : 0), two ? ", 2" : "");
     if (z->dtype != lb_t.dt_u8 || z->dim != 2 || !z->contiguous || z->sizes[0] != *N ||
         z->sizes[1] != GZ)
         return lb_fail(err, "%s: expected a contiguous uint8 (%lld, %lld) tensor", names[2],

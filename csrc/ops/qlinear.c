@@ -13,6 +13,8 @@
  * empty tensor for none; a weight is its canonical scales / zeros plus its codes either as the
  * CPU layout of csrc/layouts.h (packed; codes empty) or canonical (codes; packed empty); act:
  * the accuracy mode (LB_ACT_*, FORMATS.md 4; the CUDA kernels compute every mode in float). */
+#include <stdio.h>
+
 #include "lb_check.h"
 
 #include "../cpu/qlinear.h"
@@ -44,8 +46,8 @@ static int ql_check_packed(const lb_tensor* p, const int64_t shape[2], char* err
  * lb_check_qweight without the codes. */
 static int ql_check_params(const lb_tensor* s, const lb_tensor* z, const lb_fmt* f, int64_t K,
                            int64_t g, int64_t* N, char* err) {
-    const int two = f->kind == LB_KIND_LVL2;
-    const int64_t G = K / g, GZ = f->kind == LB_KIND_INT_ASYM ? G : 0;
+    const int two = f->nscales == 2;
+    const int64_t G = K / g, GZ = f->zeros ? G : 0;
     *N = s->dim >= 1 ? s->sizes[0] : -1;
     if (s->dtype != lb_t.dt_f32 || !s->contiguous || s->dim != (two ? 3 : 2) || *N <= 0 ||
         s->sizes[1] != G || (two && s->sizes[2] != 2))
@@ -58,10 +60,16 @@ static int ql_check_params(const lb_tensor* s, const lb_tensor* z, const lb_fmt*
     return lb_check_same_device(z, "zeros", s, "scales", err);
 }
 
-/* The code widths the packed layout holds: those of the INT formats (2, 3, 4, 8). */
+/* The code widths the packed layout holds (csrc/layouts.h LB_QL_WIDTHS). */
 static int ql_check_bits(int64_t bits, char* err) {
-    if (bits < 0 || bits > LB_MAX_BITS || !((LB_FMT_INT_BITS >> bits) & 1u))
-        return lb_fail(err, "bits: must be 2, 3, 4 or 8, got %lld", (long long)bits);
+    if (!lb_ql_width_ok(bits)) {
+        char list[64] = "";
+        size_t n = 0;
+        for (int b = 1; b <= LB_MAX_BITS; ++b)
+            if (lb_ql_width_ok(b))
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%d", n ? ", " : "", b);
+        return lb_fail(err, "bits: must be one of %s, got %lld", list, (long long)bits);
+    }
     return 0;
 }
 

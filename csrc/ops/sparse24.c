@@ -132,7 +132,7 @@ LB_BOXED(lb_boxed_sparse24_qlinear) {
     }
     if (lb24_qlinear_cpu(x.data, lb_float_dtype(x.dtype), M, K, (const uint8_t*)t[0].data,
                          (const float*)t[1].data,
-                         f.kind == LB_KIND_INT_ASYM ? (const uint8_t*)t[2].data : NULL, &f, g,
+                         f.zeros ? (const uint8_t*)t[2].data : NULL, &f, g,
                          (const uint8_t*)m.data, N, hb ? b.data : NULL, po)) {
         lb_fail(c.err, "x: out of memory for sparse24_qlinear scratch");
         goto fail;
