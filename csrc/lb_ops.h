@@ -23,6 +23,28 @@ typedef struct {
 LB_OP_FAMILIES(LB_DECLARE_FAMILY)
 #undef LB_DECLARE_FAMILY
 
+/* An int constant lowbit._C exports: lb_cpu_constants (the CPU ISA codes, csrc/ops/lb_common.c)
+ * and each family's lb_consts_<stem> (weak, like the op tables; a list ends with a NULL name). */
+typedef struct {
+    const char* name;
+    long value;
+} lb_int_constant;
+extern const lb_int_constant lb_cpu_constants[];
+#define LB_DECLARE_CONSTS(stem) extern const lb_int_constant lb_consts_##stem[] __attribute__((weak));
+LB_OP_FAMILIES(LB_DECLARE_CONSTS)
+#undef LB_DECLARE_CONSTS
+
+/* The CPU ISA switch of the kernels (csrc/cpu/lb_cpu.h), for module.c: the names of the codes in
+ * order (comma-separated), whether this CPU runs one, select one, the one in use. */
+extern const char lb_isa_names[];
+int lb_ops_isa_supported(int isa);
+void lb_ops_isa_set(int isa);
+int lb_ops_isa_code(void);
+/* The scheme (LB_QS_*, csrc/cpu/qlinear.h) quant_linear runs for M rows of (fmt, bits,
+ * symmetric) in accuracy mode act on the CPU, or -1 for an unknown act or format
+ * (csrc/ops/qlinear.c). */
+int lb_ops_ql_scheme(int act, int64_t fmt, int64_t bits, int symmetric, int64_t M, int packable);
+
 /* Where a kernel runs: CPU, or CUDA with the current stream of the tensor's device and a device
  * guard set (custom ops get no automatic guard). lb_exec_begin returns 0 or -1 with err. */
 typedef struct {

@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cpu/lb_cpu.h"
-#include "cpu/qlinear.h"
 #include "lb_ops.h"
 #include "lb_torch.h"
 
@@ -122,40 +120,39 @@ static PyObject* lb_py_set_isa(PyObject* self, PyObject* args) {
     int isa;
     (void)self;
     if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
-    if (isa < 0 || isa >= LB_ISA_COUNT || !lb_isa_supported(isa)) {
+    if (!lb_ops_isa_supported(isa)) {
         PyErr_Format(PyExc_ValueError, "isa: %d is not supported on this CPU", isa);
         return NULL;
     }
-    lb_isa_set(isa);
+    lb_ops_isa_set(isa);
     Py_RETURN_NONE;
 }
 
 static PyObject* lb_py_get_isa(PyObject* self, PyObject* noargs) {
     (void)self;
     (void)noargs;
-    return PyLong_FromLong(lb_isa_code());
+    return PyLong_FromLong(lb_ops_isa_code());
 }
 
 static PyObject* lb_py_isa_supported(PyObject* self, PyObject* args) {
     int isa;
     (void)self;
     if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
-    return PyBool_FromLong(lb_isa_supported(isa));
+    return PyBool_FromLong(lb_ops_isa_supported(isa));
 }
 
-/* _C.ql_scheme(act, fmt, bits, symmetric, M, packable): the LB_QS_* scheme quant_linear runs
+/* _C.ql_scheme(act, fmt, bits, symmetric, M, packable): the QS_* scheme quant_linear runs
  * for M rows of that weight on the CPU (what "auto" resolves to). */
 static PyObject* lb_py_ql_scheme(PyObject* self, PyObject* args) {
-    int act, fmt, bits, sym, packable;
+    int act, fmt, bits, sym, packable, sch;
     long long M;
-    lb_fmt f;
     (void)self;
     if (!PyArg_ParseTuple(args, "iiipLp", &act, &fmt, &bits, &sym, &M, &packable)) return NULL;
-    if (act < 0 || act >= LB_ACT_COUNT || lb_fmt_init(&f, fmt, bits, sym)) {
+    if ((sch = lb_ops_ql_scheme(act, fmt, bits, sym, (int64_t)M, packable)) < 0) {
         PyErr_SetString(PyExc_ValueError, "ql_scheme: unknown act code or format");
         return NULL;
     }
-    return PyLong_FromLong(lb_ql_scheme(act, &f, (int64_t)M, packable));
+    return PyLong_FromLong(sch);
 }
 
 /* A tuple of Python floats from n floats (NULL with an exception set on failure). */
@@ -271,7 +268,7 @@ static struct PyModuleDef lb_module = {
  *   STE_BITDISTILLER, STE_IDENTITY   fake_quant's `ste`
  *   KL_FORWARD, KL_REVERSE, KL_CAKLD, KL_JSD
  *                                    kl_loss's `kind`
- * CPU kernels (csrc/cpu/lb_cpu.h):
+ * CPU kernels (csrc/cpu/lb_cpu.h, through csrc/ops/lb_common.c):
  *   ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVXVNNI, ISA_AVX512VNNI
  *                                    set_isa / get_isa / isa_supported codes; ISA_NAMES their
  *                                    names in code order, comma-separated
@@ -285,8 +282,9 @@ static struct PyModuleDef lb_module = {
  *   QL_STEPS, QL_ABLK                integer-dot steps per K-block (8), activation block (32)
  *   ACT_FLOAT, ACT_INT8, ACT_AUTO    quant_linear's accuracy modes (FORMATS.md 4)
  *   QL_INT_MAX_M                     the most rows the integer kernels take (16)
- *   QS_FLOAT, QS_INT8, QS_INT8X2     what a mode runs (ql_scheme): float, int8 activations,
- *                                    int8 activations + an int8 quantized residual
+ *   QS_FLOAT, QS_INT8, QS_INT8X2     what a mode runs (ql_scheme; csrc/ops/qlinear.c): float,
+ *                                    int8 activations, int8 activations + an int8 quantized
+ *                                    residual
  *   S24_GROUP, S24_KEPT              2:4 group length along K (4) and kept values per group (2)
  *   S24_GROUPS_PER_BYTE              meta nibbles per byte (2): meta is (N, ceil(K/4 / 2))
  *   S24_GRAD_X_MAX_M                 most rows of g sparse24_grad_x takes (8) */
@@ -298,12 +296,9 @@ static struct PyModuleDef lb_module = {
     X(STE_BITDISTILLER, LB_STE_BITDISTILLER) X(STE_IDENTITY, LB_STE_IDENTITY)                   \
     X(KL_FORWARD, LB_KL_FORWARD) X(KL_REVERSE, LB_KL_REVERSE) X(KL_CAKLD, LB_KL_CAKLD)          \
     X(KL_JSD, LB_KL_JSD)                                                                        \
-    X(ISA_SCALAR, LB_ISA_SCALAR) X(ISA_AVX2, LB_ISA_AVX2) X(ISA_AVX512, LB_ISA_AVX512)          \
-    X(ISA_AVXVNNI, LB_ISA_AVXVNNI) X(ISA_AVX512VNNI, LB_ISA_AVX512VNNI)                         \
     X(QL_TILE, LB_QL_TILE) X(QL_KBLK, LB_QL_KBLK) X(QL_STEPS, LB_QL_STEPS)                      \
     X(QL_ABLK, LB_QL_ABLK) X(QL_INT_MAX_M, LB_QL_INT_MAX_M)                                     \
     X(ACT_FLOAT, LB_ACT_FLOAT) X(ACT_INT8, LB_ACT_INT8) X(ACT_AUTO, LB_ACT_AUTO)                \
-    X(QS_FLOAT, LB_QS_FLOAT) X(QS_INT8, LB_QS_INT8) X(QS_INT8X2, LB_QS_INT8X2)                  \
     X(S24_GROUP, LB24_GROUP) X(S24_KEPT, LB24_KEPT) X(S24_GROUPS_PER_BYTE, LB24_GROUPS_PER_BYTE) \
     X(S24_GRAD_X_MAX_M, LB24_GRAD_X_MAX_M)
 
@@ -316,11 +311,20 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (PyModule_AddIntConstant(m, "CUDA_BUILT", 0)) goto fail;
 #endif
     if (PyModule_AddStringConstant(m, "CUDA_ARCHS", LOWBIT_CUDA_ARCHS)) goto fail;
-    if (PyModule_AddStringConstant(m, "ISA_NAMES", LB_ISA_NAMES)) goto fail;
+    if (PyModule_AddStringConstant(m, "ISA_NAMES", lb_isa_names)) goto fail;
 #define LB_ADD_CONSTANT(name, value) \
     if (PyModule_AddIntConstant(m, #name, (long)(value))) goto fail;
     LB_INT_CONSTANTS(LB_ADD_CONSTANT)
 #undef LB_ADD_CONSTANT
+    /* the CPU's and the families' own lists (csrc/ops) */
+    for (const lb_int_constant* k = lb_cpu_constants; k->name; ++k)
+        if (PyModule_AddIntConstant(m, k->name, k->value)) goto fail;
+#define LB_ADD_FAMILY_CONSTS(stem)                                               \
+    if (lb_consts_##stem)                                                       \
+        for (const lb_int_constant* k = lb_consts_##stem; k->name; ++k)         \
+            if (PyModule_AddIntConstant(m, k->name, k->value)) goto fail;
+    LB_OP_FAMILIES(LB_ADD_FAMILY_CONSTS)
+#undef LB_ADD_FAMILY_CONSTS
     /* FMT_<NAME> (the row's code) and FMT_<NAME>_BITS (its widths as a mask), from the rows */
     for (int i = 0; i < LB_FMT_COUNT; ++i) {
         char key[64];

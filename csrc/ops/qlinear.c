@@ -269,6 +269,16 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
     LB_CALL_END(c);
 }
 
+int lb_ops_ql_scheme(int act, int64_t fmt, int64_t bits, int symmetric, int64_t M, int packable) {
+    lb_fmt f;
+    if (act < 0 || act >= LB_ACT_COUNT || lb_fmt_init(&f, fmt, bits, symmetric)) return -1;
+    return lb_ql_scheme(act, &f, M, packable && lb_ql_holds(&f));
+}
+
+const lb_int_constant lb_consts_qlinear[] = {
+    {"QS_FLOAT", LB_QS_FLOAT}, {"QS_INT8", LB_QS_INT8}, {"QS_INT8X2", LB_QS_INT8X2}, {NULL, 0},
+};
+
 const lb_op_def lb_ops_qlinear[] = {
     {"qlinear_dequant_t",
      "qlinear_dequant_t(Tensor packed, Tensor scales, Tensor zeros, int fmt, int bits, "
