@@ -23,6 +23,31 @@ typedef struct {
 LB_OP_FAMILIES(LB_DECLARE_FAMILY)
 #undef LB_DECLARE_FAMILY
 
+/* ---- check-only calls: the argument checks of the fake kernels ----
+ * A boxed kernel run on argument descriptions instead of tensors (python/lowbit/_fakes.py calls
+ * it through lowbit._C.check for the meta device, FakeTensors and torch.compile): the glue's own
+ * checks run unchanged on the descriptions (no data pointer), each result is recorded instead
+ * of allocated, and the call ends where the work would begin (lb_call_exec), or at the first
+ * failed check with its "<arg>: <what is wrong>" message. So a fake raises exactly where and as
+ * the real op does, from the one copy of the checks. */
+#define LB_CHECK_MAX_ARGS 24
+#define LB_CHECK_MAX_OUT 4
+typedef struct {
+    lb_tensor args[LB_CHECK_MAX_ARGS]; /* the tensor arguments, by stack slot (no data) */
+    int n_out;
+    int64_t out_dim[LB_CHECK_MAX_OUT];
+    int64_t out_sizes[LB_CHECK_MAX_OUT][LB_MAX_DIM];
+    int32_t out_dtype[LB_CHECK_MAX_OUT];
+    int out_like[LB_CHECK_MAX_OUT]; /* the argument whose device a result takes */
+    int failed;
+    char err[LB_ERR_LEN];
+    /* set by the glue's helpers (csrc/ops/lb_check.c) */
+    int stopped;
+} lb_check_call;
+/* Runs op's boxed kernel as a check-only call on stack (its scalar slots; tensor slots are read
+ * from chk->args) and fills chk. Returns 0, or -1 if chk->failed. */
+int lb_check_run(const lb_op_def* op, StableIValue* stack, uint64_t nargs, lb_check_call* chk);
+
 /* An int constant lowbit._C exports: lb_cpu_constants (the CPU ISA codes, csrc/ops/lb_common.c)
  * and each family's lb_consts_<stem> (weak, like the op tables; a list ends with a NULL name). */
 typedef struct {

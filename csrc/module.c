@@ -6,6 +6,7 @@
 #include <Python.h>
 
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -155,6 +156,143 @@ static PyObject* lb_py_ql_scheme(PyObject* self, PyObject* args) {
     return PyLong_FromLong(sch);
 }
 
+/* ---- _C.check: the glue's checks on argument descriptions (the fakes, csrc/lb_ops.h) ---- */
+static const lb_op_def* lb_find_op(const char* name) {
+    for (size_t fi = 0; fi < LB_N_FAMILIES; ++fi)
+        if (lb_all_ops[fi])
+            for (const lb_op_def* op = lb_all_ops[fi]; op->name; ++op)
+                if (!strcmp(op->name, name)) return op;
+    return NULL;
+}
+
+/* The dtypes a description names (any other name is a dtype no check accepts). */
+#define LB_CHECK_DTYPES(X) \
+    X("float32", dt_f32) X("bfloat16", dt_bf16) X("float16", dt_f16) X("uint8", dt_u8) \
+    X("int32", dt_i32) X("int64", dt_i64)
+static int32_t lb_dtype_of_name(const char* name) {
+#define LB_DT_FROM(n, field) \
+    if (!strcmp(name, n)) return lb_t.field;
+    LB_CHECK_DTYPES(LB_DT_FROM)
+#undef LB_DT_FROM
+    return INT32_MIN;
+}
+static const char* lb_name_of_dtype(int32_t dt) {
+#define LB_DT_TO(n, field) \
+    if (dt == lb_t.field) return n;
+    LB_CHECK_DTYPES(LB_DT_TO)
+#undef LB_DT_TO
+    return "unknown";
+}
+
+/* One tensor description ("t", dtype name, device type "cpu" | "cuda" | other, device index,
+ * contiguous, sizes) into t. */
+static int lb_parse_tensor(PyObject* item, lb_tensor* t) {
+    const char *tag, *dtype, *dev;
+    int index, contiguous;
+    PyObject* sizes;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(item, "sssipO", &tag, &dtype, &dev, &index, &contiguous, &sizes))
+        return -1;
+    memset(t, 0, sizeof *t);
+    t->arg = -1;
+    t->dtype = lb_dtype_of_name(dtype);
+    t->device_type = !strcmp(dev, "cpu") ? lb_t.dev_cpu : !strcmp(dev, "cuda") ? lb_t.dev_cuda : -1000;
+    t->device_index = index;
+    t->contiguous = contiguous != 0;
+    if ((n = PySequence_Size(sizes)) < 0) return -1;
+    t->dim = n;
+    t->numel = 1;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* v = PySequence_GetItem(sizes, i);
+        long long d = v ? PyLong_AsLongLong(v) : -1;
+        Py_XDECREF(v);
+        if (d == -1 && PyErr_Occurred()) return -1;
+        if (i < LB_MAX_DIM) t->sizes[i] = d;
+        t->numel *= d; /* sizes of a real tensor: the product fits */
+    }
+    return 0;
+}
+
+/* _C.check(op_name, args): runs the op's glue as a check-only call on args, one tagged tuple per
+ * schema argument in order: ("t", ...) a tensor description (lb_parse_tensor), ("i", int),
+ * ("f", float), ("b", bool). Raises the RuntimeError the op would raise, or returns its results
+ * as a list of (sizes, dtype name, index of the argument whose device it takes). */
+static PyObject* lb_py_check(PyObject* self, PyObject* args) {
+    const char* name;
+    PyObject *seq, *out;
+    const lb_op_def* op;
+    StableIValue stack[LB_CHECK_MAX_ARGS];
+    static lb_check_call chk; /* under the GIL */
+    Py_ssize_t n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "sO", &name, &seq)) return NULL;
+    if (!(op = lb_find_op(name))) return PyErr_Format(PyExc_ValueError, "check: no op '%s'", name);
+    if ((n = PySequence_Size(seq)) < 0) return NULL;
+    if (n > LB_CHECK_MAX_ARGS) return PyErr_Format(PyExc_ValueError, "check: too many arguments");
+    memset(&chk, 0, sizeof chk);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* item = PySequence_GetItem(seq, i);
+        const char* tag;
+        int rc = -1;
+        stack[i] = 0;
+        if (item && PyTuple_Check(item) && PyTuple_GET_SIZE(item) >= 2 &&
+            (tag = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0)))) {
+            PyObject* v = PyTuple_GET_ITEM(item, 1);
+            if (tag[0] == 't') {
+                rc = lb_parse_tensor(item, &chk.args[i]);
+            } else if (tag[0] == 'i') {
+                long long x = PyLong_AsLongLong(v);
+                if (!(x == -1 && PyErr_Occurred())) {
+                    memcpy(&stack[i], &x, sizeof x);
+                    rc = 0;
+                }
+            } else if (tag[0] == 'f') {
+                double x = PyFloat_AsDouble(v);
+                if (!(x == -1.0 && PyErr_Occurred())) {
+                    memcpy(&stack[i], &x, sizeof x);
+                    rc = 0;
+                }
+            } else if (tag[0] == 'b') {
+                int x = PyObject_IsTrue(v);
+                if (x >= 0) {
+                    stack[i] = (StableIValue)x;
+                    rc = 0;
+                }
+            }
+        }
+        Py_XDECREF(item);
+        if (rc) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "check: argument %zd is not a tagged tuple", i);
+            return NULL;
+        }
+    }
+    if (lb_check_run(op, stack, (uint64_t)n, &chk)) {
+        PyErr_SetString(PyExc_RuntimeError, chk.err);
+        return NULL;
+    }
+    if (!(out = PyList_New(chk.n_out))) return NULL;
+    for (int k = 0; k < chk.n_out; ++k) {
+        PyObject* sz = PyTuple_New(chk.out_dim[k]);
+        PyObject* item = NULL;
+        for (int64_t i = 0; sz && i < chk.out_dim[k]; ++i) {
+            PyObject* d = PyLong_FromLongLong(chk.out_sizes[k][i]);
+            if (!d) {
+                Py_CLEAR(sz);
+                break;
+            }
+            PyTuple_SET_ITEM(sz, i, d);
+        }
+        if (sz) item = Py_BuildValue("(Nsi)", sz, lb_name_of_dtype(chk.out_dtype[k]), chk.out_like[k]);
+        if (!item) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, item);
+    }
+    return out;
+}
+
 /* A tuple of Python floats from n floats (NULL with an exception set on failure). */
 static PyObject* lb_py_floats(const float* v, int n) {
     PyObject* t = PyTuple_New(n);
@@ -238,6 +376,8 @@ static PyMethodDef lb_methods[] = {
     {"set_isa", lb_py_set_isa, METH_VARARGS, "set_isa(code): one of the ISA_* codes"},
     {"get_isa", lb_py_get_isa, METH_NOARGS, "the active CPU ISA code"},
     {"isa_supported", lb_py_isa_supported, METH_VARARGS, "whether this CPU runs the ISA"},
+    {"check", lb_py_check, METH_VARARGS,
+     "check(op_name, args): the op's argument checks on descriptions; its results' shapes"},
     {"formats", lb_py_formats, METH_NOARGS,
      "the format table (csrc/formats.h): one dict per row, in format-code order"},
     {"kinds", lb_py_kinds, METH_NOARGS,

@@ -40,8 +40,9 @@ def _includes(path):
 
 def test_includes_point_one_way():
     """module.c -> csrc/ops (glue, the only C that sees lb_torch.h) -> csrc/cpu kernels and cuda/
-    launchers -> csrc/formats.h: a kernel file includes no glue or torch header, a launcher no
-    CPU or glue header, and a family's glue only its own kernels' headers."""
+    launchers -> csrc/formats.h: module.c includes no kernel header, a kernel file no glue or
+    torch header, a launcher no CPU or glue header, and a family's glue only its own kernels'
+    headers."""
     glue = {"lb_torch.h", "lb_ops.h", "lb_check.h"}
     for path in glob.glob(os.path.join(ROOT, "csrc", "cpu", "**", "*.[ch]"), recursive=True):
         for inc in _includes(path):
@@ -51,6 +52,8 @@ def test_includes_point_one_way():
         for inc in _includes(path):
             assert os.path.basename(inc) not in glue and "ops/" not in inc and "cpu/" not in inc, \
                 f"{path} includes {inc}"
+    for inc in _includes(os.path.join(ROOT, "csrc", "module.c")):  # module.c -> csrc/ops only
+        assert "cpu/" not in inc and "cuda/" not in inc and "ops/" not in inc, f"module.c includes {inc}"
     shared = {"lb_cpu.h", "lb_common.cuh"}  # the runtime hook, the CUDA helpers
     for path in glob.glob(os.path.join(ROOT, "csrc", "ops", "*.c")):
         stem = os.path.splitext(os.path.basename(path))[0]

@@ -15,6 +15,7 @@ int lb_describe(AtenTensorHandle h, const char* argname, lb_tensor* t, char* err
     int64_t *sz = NULL, *st = NULL;
     memset(t, 0, sizeof(*t));
     t->h = h;
+    t->arg = -1;
     if (h == NULL) {
         snprintf(err, LB_ERR_LEN, "%s: expected a tensor, got None", argname);
         return -1;

@@ -95,7 +95,7 @@ LB_BOXED(lb_boxed_qlinear_pack) {
     }
     if (ql_packed_shape(t.sizes[0], K, (int)bits, shape, c.err) ||
         lb_check_numel(shape, 2, 4, "K", c.err) ||
-        lb_call_out(&c, 2, shape, lb_t.dt_i32, &t, &pp))
+        lb_call_out(&c, 2, shape, lb_t.dt_i32, &t, &pp) || lb_call_exec(&c, &t))
         goto fail;
     lb_ql_pack_cpu((const uint8_t*)t.data, t.sizes[0], K, (int)bits, (int32_t*)pp);
     LB_CALL_END(c);
@@ -124,7 +124,8 @@ LB_BOXED(lb_boxed_qlinear_unpack) {
     }
     {
         const int64_t osz[2] = {N, rb};
-        if (lb_check_numel(osz, 2, 1, "N", c.err) || lb_call_out(&c, 2, osz, lb_t.dt_u8, &t, &po))
+        if (lb_check_numel(osz, 2, 1, "N", c.err) || lb_call_out(&c, 2, osz, lb_t.dt_u8, &t, &po) ||
+            lb_call_exec(&c, &t))
             goto fail;
         lb_ql_unpack_cpu((const int32_t*)t.data, N, K, (int)bits, (uint8_t*)po);
     }
@@ -261,7 +262,8 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
     {
         /* (kb1 - kb0) * 32 <= Kp and NT * 16 fit: the packed layout of this size exists */
         const int64_t osz[2] = {(kb1 - kb0) * LB_QL_KBLK, lb_ql_tiles(N) * LB_QL_TILE};
-        if (lb_check_numel(osz, 2, 4, "N", c.err) || lb_call_out(&c, 2, osz, lb_t.dt_f32, &p, &po))
+        if (lb_check_numel(osz, 2, 4, "N", c.err) ||
+            lb_call_out(&c, 2, osz, lb_t.dt_f32, &p, &po) || lb_call_exec(&c, &p))
             goto fail;
         lb_ql_dequant_t_cpu((const int32_t*)p.data, (const float*)s.data,
                             (const uint8_t*)z.data, N, K, g, &f, kb0, kb1, (float*)po);
