@@ -290,13 +290,13 @@ static int fq_grid(int64_t work, int64_t per_block) {
     return (int)(b < FQ_MAX_BLOCKS ? b : FQ_MAX_BLOCKS);
 }
 
-/* Shape/format checks shared by the launchers (the glue has checked already). */
+/* Shape/format checks shared by the launchers (the glue has checked already): f is a resolved
+ * row (lb_fmt_init) of the codes storage these kernels pack. */
 static bool fq_args_ok(int64_t N, int64_t K, int64_t g, const lb_fmt* f) {
     if (!f || N < 0 || K <= 0 || g <= 0 || K % g != 0) return false;
-    if (f->bits != 2 && f->bits != 3 && f->bits != 4 && f->bits != 8) return false;
+    if (f->bits < 1 || f->bits > LB_MAX_BITS || f->storage != LB_STORE_CODES) return false;
     if (f->scale_dt < 0 || f->scale_dt >= LB_DT_COUNT) return false;
-    return f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM ||
-           f->kind == LB_KIND_LVL2 || f->kind == LB_KIND_LVL1;
+    return f->kind >= 0 && f->kind < LB_KIND_COUNT;
 }
 
 #define FQ_BY_KIND(kind, LAUNCH)                                    \

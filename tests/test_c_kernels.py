@@ -60,3 +60,42 @@ def test_includes_point_one_way():
         for inc in _includes(path):
             if ("cpu/" in inc or "cuda/" in inc) and os.path.basename(inc) not in shared:
                 assert os.path.splitext(os.path.basename(inc))[0] == stem, f"{path} includes {inc}"
+
+
+AARCH64_CC = shutil.which("aarch64-linux-gnu-gcc")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(AARCH64_CC is None, reason="no aarch64 cross compiler (apt-get install "
+                    "gcc-aarch64-linux-gnu)")
+def test_kernels_cross_compile_aarch64(tmp_path):
+    """A non-x86 build: the format table, every CPU kernel file (the x86 arch files compile to
+    nothing) and the plain C test program compile and link for aarch64 with warnings as errors,
+    so the scalar twins, the dispatch table's scalar row and the format helpers need nothing
+    x86. (Not run: there is no aarch64 machine or emulator here.)"""
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "**", "*.c"), recursive=True))
+    sources.append(os.path.join(ROOT, "csrc", "formats.c"))
+    exe = str(tmp_path / "test_kernels_aarch64")
+    cmd = [AARCH64_CC, "-std=c11", "-O1", "-ffp-contract=off", "-fno-math-errno", "-Wall",
+           "-Wno-unused-function", "-Werror", "-I", os.path.join(ROOT, "csrc"),
+           os.path.join(ROOT, "tests", "c", "test_kernels.c"), *sources, "-lm", "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    with open(exe, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CC is None or os.uname().machine != "x86_64", reason="x86-64 gcc needed")
+def test_gemv_vnni_proto_links(tmp_path):
+    """benchmarks/experiments/gemv_vnni_proto.c (RESULTS.md's VNNI prototype) still builds
+    against the kernels' current interfaces (its build line, at -O0)."""
+    exe = str(tmp_path / "gemv_vnni")
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.c")) +
+                     glob.glob(os.path.join(ROOT, "csrc", "cpu", "arch", "x86", "*.c")))
+    r = subprocess.run([CC, "-std=c11", "-O0", "-ffp-contract=off", "-I", os.path.join(ROOT, "csrc"),
+                        os.path.join(ROOT, "benchmarks", "experiments", "gemv_vnni_proto.c"),
+                        os.path.join(ROOT, "csrc", "formats.c"), *sources, "-lm", "-o", exe],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]

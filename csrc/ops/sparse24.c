@@ -1,6 +1,6 @@
 /* csrc/ops/sparse24.c: dispatcher glue of the sparse24 family (2:4 structured sparsity): unboxes
- * the stack, checks every argument again (python/lowbit/sparse24.py checks first, naming the
- * argument), allocates outputs and calls the CPU kernels (csrc/cpu/sparse24.h) or the CUDA
+ * the stack, checks every argument again (python/lowbit/sparse/sparse24.py checks first, naming
+ * the argument), allocates outputs and calls the CPU kernels (csrc/cpu/sparse24.h) or the CUDA
  * launchers (cuda/sparse24.cuh). Every error path ends in lb_call_fail, which frees what the
  * call holds. The compressed layout is in csrc/layouts.h. */
 #include "lb_check.h"
