@@ -351,6 +351,38 @@ LB_HD float lb_grad_elem_k(const lb_fmt* f, lb_gparams p, float x, float g, floa
     }
 }
 
+/* Whether a kind's scales are functions of the group's max and min (1: INT asym, two-scale levels)
+ * or of its max |x| (0). */
+LB_HD int lb_kind_two_sided(const int kind) {
+    return kind == LB_KIND_INT_ASYM || kind == LB_KIND_LVL2;
+}
+
+/* The scale gradients of a group back to the elements that set the scales (FORMATS.md 1.5), from
+ * the sums of lb_grad_elem_k's returns: s1 over the elements of the (only, or s+) scale, s2 over
+ * those of s- (LVL2). *hi is what the group max (two-sided kinds) or the max |x| elements (times
+ * sign(x)) receive in total, *lo what the group min receives; each is split evenly among its
+ * ties (amax / amin). A scale at its floor has zero gradient. */
+LB_HD void lb_scale_grad_k(const lb_fmt* f, lb_gstats st, float s1, float s2, float* hi,
+                           float* lo, const int kind) {
+    *lo = 0.0f;
+    switch (kind) {
+    case LB_KIND_INT_ASYM:
+        *hi = st.mx - st.mn >= LB_INT_EPS ? s1 / f->qmax : 0.0f;
+        *lo = -*hi;
+        break;
+    case LB_KIND_INT_SYM:
+        *hi = st.amax >= LB_INT_EPS ? s1 / f->qmax : 0.0f;
+        break;
+    case LB_KIND_LVL2:
+        *hi = st.mx >= LB_LVL_EPS ? s1 : 0.0f;
+        *lo = -(-st.mn >= LB_LVL_EPS ? s2 : 0.0f);
+        break;
+    default:
+        *hi = st.amax >= LB_LVL_EPS ? s1 : 0.0f;
+        break;
+    }
+}
+
 LB_HD int lb_encode(const lb_fmt* f, lb_gparams p, float x) { return lb_encode_k(f, p, x, f->kind); }
 LB_HD float lb_decode(const lb_fmt* f, lb_gparams p, int code) {
     return lb_decode_k(f, p, code, f->kind);

@@ -124,27 +124,16 @@ LB_INLINE void bwd_group(const lb_fmt* f, const float* x, const float* gq, float
         if (KIND == LB_KIND_LVL2) c2[i] = neg ? d : 0.0f;
     })
     /* the scale gradients go to the elements that set the scale (FORMATS.md 1.5) */
-    switch (f->kind) {
-    case LB_KIND_INT_ASYM: {
-        const float gr = st.mx - st.mn >= LB_INT_EPS ? lb_lane_sum(c1, g) / f->qmax : 0.0f;
-        add_to_ties(x, gx, g, st.mx, gr, 0);
-        add_to_ties(x, gx, g, st.mn, -gr, 0);
-        break;
-    }
-    case LB_KIND_INT_SYM:
-        add_to_ties(x, gx, g, st.amax,
-                    st.amax >= LB_INT_EPS ? lb_lane_sum(c1, g) / f->qmax : 0.0f, 1);
-        break;
-    case LB_KIND_LVL2: {
-        const float gsp = st.mx >= LB_LVL_EPS ? lb_lane_sum(c1, g) : 0.0f;
-        const float gsn = -st.mn >= LB_LVL_EPS ? lb_lane_sum(c2, g) : 0.0f;
-        add_to_ties(x, gx, g, st.mx, gsp, 0);
-        add_to_ties(x, gx, g, st.mn, -gsn, 0);
-        break;
-    }
-    default:
-        add_to_ties(x, gx, g, st.amax, st.amax >= LB_LVL_EPS ? lb_lane_sum(c1, g) : 0.0f, 1);
-        break;
+    {
+        const float s1 = lb_lane_sum(c1, g), s2 = f->nscales == 2 ? lb_lane_sum(c2, g) : 0.0f;
+        float hi, lo;
+        LB_FOR_KIND(f->kind, KIND, lb_scale_grad_k(f, st, s1, s2, &hi, &lo, KIND))
+        if (lb_kind_two_sided(f->kind)) {
+            add_to_ties(x, gx, g, st.mx, hi, 0);
+            add_to_ties(x, gx, g, st.mn, lo, 0);
+        } else {
+            add_to_ties(x, gx, g, st.amax, hi, 1);
+        }
     }
 }
 
