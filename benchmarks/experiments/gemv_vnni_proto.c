@@ -1,7 +1,7 @@
 /* benchmarks/experiments/gemv_vnni_proto.c: standalone measurement behind RESULTS.md's
  * "int8-activation VNNI" row (not part of the build): int4-g128 GEMV, 4096x4096, M=1, one thread,
- * (a) lowbit's shipped float kernel (lb_ql_forward_cpu, act="float", AVX-512 variant, linked from
- * csrc/cpu) against (b) a prototype that quantises x per row to int8 and uses vpdpbusd on the
+ * (a) lowbit's shipped float kernel (lb_ql_forward_cpu, act="float", AVX-512 variant, linked
+ * from csrc/cpu) against (b) a prototype that quantises x per row to int8 and uses vpdpbusd on the
  * same packed layout (csrc/layouts.h; the design act="int8" ships since). Needs avx512_vnni.
  * Build and run from the repository root:
  *   gcc -O3 -std=c11 -ffp-contract=off -Icsrc benchmarks/experiments/gemv_vnni_proto.c \
@@ -63,7 +63,8 @@ int main(void) {
     float* scales = malloc(sizeof(float) * N * G);
     uint8_t* zeros = malloc((size_t)N * G);
     int32_t* P = aligned_alloc(64, (size_t)lb_ql_packed_words(N, K, 4) * 4);
-    float* prm = aligned_alloc(64, (size_t)(N / 16) * G * 32 * 4); /* (s, z) per tile, group, lane */
+    /* (s, z) per tile, group and lane */
+    float* prm = aligned_alloc(64, (size_t)(N / 16) * G * 32 * 4);
     float *x = malloc(4 * K), *xsi = malloc(4 * G), *y1 = malloc(4 * N), *y2 = malloc(4 * N),
           *yr = calloc(N, 4);
     int32_t *xe = malloc(4 * K / 8), *xo = malloc(4 * K / 8);

@@ -152,7 +152,8 @@ class QuantLinear(nn.Module):
         def zeros(shape, dtype):
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        self.register_buffer("codes", zeros((N, C.codes_bytes(K, bits)), torch.uint8))
+        row = C.FORMATS[spec.format]  # the stored form's sizes are the format row's
+        self.register_buffer("codes", zeros((N, row.row_bytes(K, bits)), torch.uint8))
         self.register_buffer("scales", zeros(C.scales_shape(N, G, fmt, sym), torch.float32))
         self.register_buffer("zeros", zeros((N, G), torch.uint8) if C.has_zeros(fmt, sym)
                              else None)

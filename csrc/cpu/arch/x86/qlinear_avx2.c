@@ -80,7 +80,8 @@ LB_INLINE ql_af a2_look(ql_ai c, ql_at t) { ql_af r = {a2_look8(c.a, t), a2_look
 #define QI_VNNI 0
 #include "qlinear_int_avx2.h"
 
-const struct lb_ql_kernels lb_ql_kernels_avx2 = {lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2,
-                                                 lb_ql_deqt_worker_avx2, lb_ql_int_tiles_avx2};
+const struct lb_ql_kernels lb_ql_kernels_avx2 = {
+    lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2, lb_ql_deqt_worker_avx2,
+    lb_ql_int_tiles_avx2};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -14,7 +14,8 @@
 #include "qlinear_int_avx2.h"
 
 /* the integer-dot kernels with vpdpbusd; the float kernels are avx2's */
-const struct lb_ql_kernels lb_ql_kernels_avxvnni = {lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2,
-                                                 lb_ql_deqt_worker_avx2, lb_ql_int_tiles_avxvnni};
+const struct lb_ql_kernels lb_ql_kernels_avxvnni = {
+    lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2, lb_ql_deqt_worker_avx2,
+    lb_ql_int_tiles_avxvnni};
 #pragma GCC pop_options
 #endif /* LB_X86 */
