@@ -15,14 +15,48 @@
 
 #include "layouts.h"
 
-/* Weight formats (the `fmt` int of the ops) and the bit widths each supports (bit b set). */
+/* ---- the format table ----
+ * Every weight format of FORMATS.md 1 is one row of lb_formats (csrc/formats.c); the `fmt` int of
+ * the ops is the row's index. A row holds the format's whole definition: its name (QuantSpec.format),
+ * the code widths it takes, how it is stored, its block structure, whether `symmetric` is free or
+ * fixed, the kind (below) each value of `symmetric` resolves to, and its level tables. A kind is
+ * the math of a group: how its parameters are computed and stored (lb_kinds: scales per group, zero
+ * points, level table or integer codes) and the per-kind helpers of this header that compute group
+ * parameters, encode, decode, fake-quantize and give the gradient (lb_group_params, lb_encode_k,
+ * lb_decode_k, lb_quant_value_k, lb_grad_elem_k, lb_load_gparams / lb_store_gparams). Kernels
+ * (CPU and CUDA) take the row resolved for one (format, bits, symmetric) by value (lb_fmt, built
+ * by lb_fmt_init) and dispatch on its kind; nothing outside the rows and the kind helpers branches
+ * on a format or a bit width. Python reads the rows through lowbit._C.formats() / kinds().
+ *
+ * Storage (lb_format.storage):
+ *   LB_STORE_CODES   the codes as the per-row bitstream of lb_put_code (ceil(K*bits/8) bytes per
+ *                    row) plus the kind's float32 scales (rows, G[, 2]) and uint8 zero points
+ *                    (rows, G); the group length is the spec's group_size (any divisor of K).
+ *   LB_STORE_BLOCKS  the row as K/block blocks of type_size bytes each, holding their own scales
+ *                    (the GGUF block bytes of FORMATS.md 1.8: fp16 d/dmin, packed sub-block scale
+ *                    codes and the packed quants); group_size is the block, fixed by the format;
+ *                    the kind stores no scales or zero points outside the blocks (lb_kinds
+ *                    scales = 0, zeros = 0). No row has this storage yet.
+ *
+ * Adding a format (the ten llama.cpp block types of FORMATS.md 1.8 are rows of this table):
+ *   1. formats.h: its code LB_FMT_<NAME> before LB_FMT_COUNT; if its group math is none of the
+ *      existing kinds, a LB_KIND_<NAME> before LB_KIND_COUNT and the case of each per-kind helper
+ *      of this header (for a block kind: its per-block parameters, encode to / decode from the
+ *      type_size bytes of one block, fake-quant value and gradient, FORMATS.md 1.8);
+ *   2. csrc/formats.c: its row in lb_formats (name, bits, storage, block / sub_block / type_size,
+ *      symmetric, kinds, level tables) and, for a new kind, its row in lb_kinds;
+ *   3. tests/reference.py: its reference from FORMATS.md; tests/test_format_table.py then runs it
+ *      through every op. The glue's checks (csrc/ops/lb_check.c), the shapes of quantize's
+ *      outputs, lowbit._constants.FORMATS, QuantSpec and the fakes follow from the row.
+ *   The qlinear CPU kernels run any row whose codes the packed layout holds (csrc/layouts.h:
+ *   widths LB_QL_WIDTHS, level tables of at most 16 entries) on their instantiations per code
+ *   width and decode kind (csrc/cpu/qlinear_impl.h); other rows take their canonical-code path. */
 enum { LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2, LB_FMT_COUNT = 3 };
-#define LB_FMT_INT_BITS ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 8))
-#define LB_FMT_NF_BITS ((1u << 3) | (1u << 4))
-#define LB_FMT_FP_BITS ((1u << 3) | (1u << 4))
 #define LB_MAX_BITS 8
-/* Format kinds: what (format, symmetric) resolves to; every kernel switches on these. */
-enum { LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3 };
+/* Format kinds: the group math (format, symmetric) resolves to; every kernel dispatches on these. */
+enum { LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3, LB_KIND_COUNT = 4 };
+/* Storage kinds (lb_format.storage, see above). */
+enum { LB_STORE_CODES = 0, LB_STORE_BLOCKS = 1 };
 /* Float dtypes as lowbit numbers them at the op boundary (the `dtype` int of dequantize). */
 enum { LB_DT_F32 = 0, LB_DT_BF16 = 1, LB_DT_F16 = 2, LB_DT_COUNT = 3 };
 /* Straight-through estimators of fake_quant (the `ste` int, FORMATS.md 1.5). */
@@ -35,96 +69,82 @@ enum { LB_KL_FORWARD = 0, LB_KL_REVERSE = 1, LB_KL_CAKLD = 2, LB_KL_JSD = 3 };
 #define LB_LVL_EPS 1e-8f
 #define LB_MAX_LEVELS 16
 
-/* Normalised level tables (sorted ascending, endpoints -1 and 1), FORMATS.md 1.3, as
- * initialiser macros (lb_fmt_init copies them into the by-value lb_fmt every kernel takes). */
-#define LB_NF3_LEVELS { -1.0f, -0.5350227355957031f, -0.2469314038753510f, 0.0f, \
-    0.1833375245332718f, 0.3819939494132996f, 0.6229856610298157f, 1.0f }
-#define LB_NF4_LEVELS { -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, \
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f, \
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f, \
-    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f }
-/* FP4 E2M1 {0, +-0.5, +-1, +-1.5, +-2, +-3, +-4, +-6} / 6: 15 distinct values (+0 and -0 share). */
-#define LB_FP4_LEVELS { -1.0f, -4.0f / 6.0f, -3.0f / 6.0f, -2.0f / 6.0f, -1.5f / 6.0f, -1.0f / 6.0f, \
-    -0.5f / 6.0f, 0.0f, 0.5f / 6.0f, 1.0f / 6.0f, 1.5f / 6.0f, 2.0f / 6.0f, 3.0f / 6.0f, 4.0f / 6.0f, \
-    1.0f }
-/* FP3 E2M0 {0, +-1, +-2, +-4} / 4: 7 distinct values. */
-#define LB_FP3_LEVELS { -1.0f, -0.5f, -0.25f, 0.0f, 0.25f, 0.5f, 1.0f }
-
-#define LB_NF3_N 8
-#define LB_NF4_N 16
-#define LB_FP4_N 15
-#define LB_FP3_N 7
-#ifndef __cplusplus /* compound literals: C only (the C build checks them once for everyone) */
-#define LB_COUNT_LEVELS(tbl) (sizeof((float[])tbl) / sizeof(float))
-LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_NF3_LEVELS) == LB_NF3_N, "NF3 has 8 levels");
-LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_NF4_LEVELS) == LB_NF4_N, "NF4 has 16 levels");
-LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_FP4_LEVELS) == LB_FP4_N, "FP4 has 15 levels");
-LB_STATIC_ASSERT(LB_COUNT_LEVELS(LB_FP3_LEVELS) == LB_FP3_N, "FP3 has 7 levels");
-#endif
-LB_STATIC_ASSERT(LB_NF4_N <= LB_MAX_LEVELS && LB_NF4_N <= (1 << 4), "4-bit codes index the levels");
-LB_STATIC_ASSERT(LB_NF3_N <= (1 << 3) && LB_FP3_N <= (1 << 3), "3-bit codes index the levels");
-
-/* A resolved format: what every kernel needs to know about (format, bits, symmetric). */
+/* One row of the format table. */
 typedef struct {
+    const char* name;    /* QuantSpec.format */
+    uint32_t bits;       /* the code widths it takes: bit b set for b bits */
+    int storage;         /* LB_STORE_* */
+    int block;           /* LB_STORE_BLOCKS: elements per block (the fixed group); 0: any group */
+    int sub_block;       /* elements per sub-block inside a block (0: none) */
+    int type_size;       /* LB_STORE_BLOCKS: bytes per block */
+    int symmetric;       /* -1: either value; 0 or 1: only that one */
+    int kind[2];         /* the LB_KIND_* of symmetric = 0 / 1 (-1: not offered) */
+    const float* levels[LB_MAX_BITS + 1]; /* level table per width (NULL: integer codes) */
+    int nlev[LB_MAX_BITS + 1];            /* its size */
+} lb_format;
+
+/* One row of the kind table: what a group of that kind stores beside its codes. */
+typedef struct {
+    const char* name;
+    int scales;  /* float32 scales per group: 1, 2 ([s+, s-]), or 0 (inside the blocks) */
+    int zeros;   /* a uint8 zero point per group */
+    int levels;  /* codes index the row's level table (else they are integers) */
+} lb_kind;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+extern const lb_format lb_formats[LB_FMT_COUNT];
+extern const lb_kind lb_kinds[LB_KIND_COUNT];
+#ifdef __cplusplus
+}
+#endif
+
+/* A resolved format: what every kernel needs to know about (format, bits, symmetric), by value
+ * (CUDA kernels take it as a kernel argument). */
+typedef struct {
+    int fmt;         /* LB_FMT_*: its row */
     int kind;        /* LB_KIND_* */
     int bits;        /* bits per code */
+    int storage, block, sub_block, type_size; /* the row's storage */
+    int nscales;     /* the kind's float32 scales per group (0, 1 or 2) */
+    int zeros;       /* the kind stores uint8 zero points */
     int nlev;        /* level-table size (level kinds) */
     float qmax;      /* int asym: 2^b-1; int sym: 2^(b-1)-1 */
     float qmin;      /* int sym: -2^(b-1) */
     int scale_dt;    /* LB_DT_*: the dtype every scale is rounded to (FORMATS.md 1.6) */
     float lev[LB_MAX_LEVELS];      /* level table (level kinds) */
-    float mid[LB_MAX_LEVELS];      /* midpoints lev[k] + (lev[k+1]-lev[k])/2 ... see lb_fmt_init */
+    float mid[LB_MAX_LEVELS];      /* decision thresholds, see lb_fmt_init */
 } lb_fmt;
 
-/* Fill *f for (fmt, bits, symmetric); returns 0 on success, -1 for an unsupported combination. */
-LB_HD int lb_fmt_init(lb_fmt* f, int fmt, int bits, int symmetric) {
-    const float nf3[] = LB_NF3_LEVELS, nf4[] = LB_NF4_LEVELS, fp4[] = LB_FP4_LEVELS,
-                fp3[] = LB_FP3_LEVELS;
-    const float* src = 0;
-    int k;
-    f->bits = bits;
-    f->scale_dt = LB_DT_F32; /* the ops that compute scales set theirs (scale_dtype) */
-    f->nlev = 0;
-    f->qmax = 0.0f;
-    f->qmin = 0.0f;
-    for (k = 0; k < LB_MAX_LEVELS; ++k) { f->lev[k] = 0.0f; f->mid[k] = 0.0f; }
-    if (bits < 1 || bits > LB_MAX_BITS) return -1;
-    if (fmt == LB_FMT_INT) {
-        if (!((LB_FMT_INT_BITS >> bits) & 1u)) return -1;
-        if (symmetric) {
-            f->kind = LB_KIND_INT_SYM;
-            f->qmax = (float)((1 << (bits - 1)) - 1);
-            f->qmin = -(float)(1 << (bits - 1));
-        } else {
-            f->kind = LB_KIND_INT_ASYM;
-            f->qmax = (float)((1 << bits) - 1);
-        }
-        return 0;
-    }
-    if (fmt == LB_FMT_NF && bits == 3) { src = nf3; f->nlev = LB_NF3_N; }
-    else if (fmt == LB_FMT_NF && bits == 4) { src = nf4; f->nlev = LB_NF4_N; }
-    else if (fmt == LB_FMT_FP && bits == 3) { src = fp3; f->nlev = LB_FP3_N; }
-    else if (fmt == LB_FMT_FP && bits == 4) { src = fp4; f->nlev = LB_FP4_N; }
-    else return -1;
-    f->kind = symmetric ? LB_KIND_LVL1 : LB_KIND_LVL2;
-    for (k = 0; k < f->nlev; ++k) f->lev[k] = src[k];
-    /* Decision thresholds. (a+b)*0.5 is exact in float32 for these tables; a value exactly on a
-     * threshold goes to the lower level (FORMATS.md allows either). Unused slots stay above 1 so
-     * they never count. */
-    for (k = 0; k + 1 < f->nlev; ++k) f->mid[k] = (f->lev[k] + f->lev[k + 1]) * 0.5f;
-    for (; k < LB_MAX_LEVELS; ++k) f->mid[k] = 2.0f;
-    return 0;
+/* lb_fmt_init's failures, in the order lb_check_spec reports them. */
+enum { LB_FMT_BAD_FORMAT = -1, LB_FMT_BAD_BITS = -2, LB_FMT_BAD_SYMMETRIC = -3 };
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* Fill *f from row fmt for (bits, symmetric); 0, or one of LB_FMT_BAD_* (csrc/formats.c). */
+int lb_fmt_init(lb_fmt* f, int64_t fmt, int64_t bits, int symmetric);
+/* Bytes of one row of K elements in f's stored form (codes bitstream or blocks), -1 when it
+ * overflows int64 or K is not a whole number of blocks. */
+int64_t lb_fmt_row_bytes(const lb_fmt* f, int64_t K);
+#ifdef __cplusplus
 }
+#endif
 
 /* R(t) = sign(t) * floor(|t| + 0.5), round half away from zero, evaluated exactly as the
  * float32 expression of FORMATS.md (|t| + 0.5 is itself rounded to float32). */
 LB_HD float lb_round_away(float t) { return copysignf(floorf(fabsf(t) + 0.5f), t); }
 LB_HD float lb_clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-/* Index of the nearest level to u: the number of thresholds strictly below u. Branch-free so the
+/* Index of the nearest level to u: the number of thresholds strictly below u, with u clamped to
+ * [-1, 1] first (the range of the tables, FORMATS.md 1.3). u leaves that range when a scale was
+ * rounded below the group's extreme or clamped to its dtype's largest value (FORMATS.md 1.6: a
+ * float16 s+ of 65504 for a group max of 3e5 gives u = 4.6); clamped, no u reaches the unused
+ * slots (thresholds 2.0), so the index stays inside the table for every u. Branch-free so the
  * element loops vectorise; NaN gives 0. */
 LB_HD int lb_nearest_index(const lb_fmt* f, float u) {
     int idx = 0, k;
+    u = lb_clampf(u, -1.0f, 1.0f);
     for (k = 0; k < LB_MAX_LEVELS - 1; ++k) idx += (u > f->mid[k]) ? 1 : 0;
     return idx;
 }
@@ -328,6 +348,38 @@ LB_HD float lb_grad_elem_k(const lb_fmt* f, lb_gparams p, float x, float g, floa
         *gx = g;
         return g * (c - u);
     }
+    }
+}
+
+/* Whether a kind's scales are functions of the group's max and min (1: INT asym, two-scale levels)
+ * or of its max |x| (0). */
+LB_HD int lb_kind_two_sided(const int kind) {
+    return kind == LB_KIND_INT_ASYM || kind == LB_KIND_LVL2;
+}
+
+/* The scale gradients of a group back to the elements that set the scales (FORMATS.md 1.5), from
+ * the sums of lb_grad_elem_k's returns: s1 over the elements of the (only, or s+) scale, s2 over
+ * those of s- (LVL2). *hi is what the group max (two-sided kinds) or the max |x| elements (times
+ * sign(x)) receive in total, *lo what the group min receives; each is split evenly among its
+ * ties (amax / amin). A scale at its floor has zero gradient. */
+LB_HD void lb_scale_grad_k(const lb_fmt* f, lb_gstats st, float s1, float s2, float* hi,
+                           float* lo, const int kind) {
+    *lo = 0.0f;
+    switch (kind) {
+    case LB_KIND_INT_ASYM:
+        *hi = st.mx - st.mn >= LB_INT_EPS ? s1 / f->qmax : 0.0f;
+        *lo = -*hi;
+        break;
+    case LB_KIND_INT_SYM:
+        *hi = st.amax >= LB_INT_EPS ? s1 / f->qmax : 0.0f;
+        break;
+    case LB_KIND_LVL2:
+        *hi = st.mx >= LB_LVL_EPS ? s1 : 0.0f;
+        *lo = -(-st.mn >= LB_LVL_EPS ? s2 : 0.0f);
+        break;
+    default:
+        *hi = st.amax >= LB_LVL_EPS ? s1 : 0.0f;
+        break;
     }
 }
 

@@ -71,6 +71,13 @@ LB_STATIC_ASSERT(LB_QL_KBLK == 32, "a K-block of b-bit codes must fill exactly b
 LB_STATIC_ASSERT(LB_QL_STEPS * 4 == LB_QL_KBLK, "a step gives 4 codes per lane");
 LB_STATIC_ASSERT(LB_QL_ABLK == LB_QL_KBLK, "an activation block is one K-block");
 
+/* The code widths the layout holds (bit b set for b bits): the 32 codes of a K-block fill whole
+ * 32-bit words (2, 4, 8) or the 2 + 1 bit planes of the 3-bit form. */
+#define LB_QL_WIDTHS ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 8))
+LB_HD int lb_ql_width_ok(int64_t bits) {
+    return bits >= 0 && bits < 32 && ((LB_QL_WIDTHS >> bits) & 1u);
+}
+
 /* The k offset inside a K-block of byte i (0..3) of dot-product step t (0..7). */
 LB_HD int lb_ql_step_k(int bits, int t, int i) {
     if (bits == 8) return 4 * t + i;

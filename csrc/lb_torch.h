@@ -90,6 +90,7 @@ typedef struct {
     int64_t strides[LB_MAX_DIM];
     int32_t dtype, device_type, device_index;
     bool contiguous;
+    int arg; /* its slot among the op's arguments (lb_call_arg), -1 if none */
 } lb_tensor;
 
 /* Reads the tensor's metadata; returns 0, or -1 with a message in err. */

@@ -136,7 +136,7 @@ fq_bwd_kernel(const T* grad, const T* w, T* gw, int64_t ngroups, int64_t g, lb_f
     FQ_LOAD_FMT(sf, fmt);
     /* INT asym and LVL2 route the scale gradient through max and min; INT sym and LVL1 through
      * max|x| (times sign(x)). */
-    const bool two_sided = (KIND == LB_KIND_INT_ASYM || KIND == LB_KIND_LVL2);
+    const bool two_sided = lb_kind_two_sided(KIND) != 0;
     const int lane = (int)(threadIdx.x & 31);
     FQ_FOR_EACH_GROUP(gid) {
         const int64_t base = gid * g;
@@ -166,23 +166,9 @@ fq_bwd_kernel(const T* grad, const T* w, T* gw, int64_t ngroups, int64_t g, lb_f
         n_hi = fq_warp_sum_ll(n_hi);
         if (two_sided) n_lo = fq_warp_sum_ll(n_lo);
 
-        /* the scale gradients and the share each tied element receives (add_to_ties) */
-        float share_hi = 0.0f, share_lo = 0.0f;
-        if (KIND == LB_KIND_INT_ASYM) {
-            const float r = st.mx - st.mn;
-            const float gr = r >= LB_INT_EPS ? s1 / sf.qmax : 0.0f;
-            share_hi = gr;
-            share_lo = -gr;
-        } else if (KIND == LB_KIND_INT_SYM) {
-            share_hi = st.amax >= LB_INT_EPS ? s1 / sf.qmax : 0.0f;
-        } else if (KIND == LB_KIND_LVL2) {
-            const float gsp = st.mx >= LB_LVL_EPS ? s1 : 0.0f;
-            const float gsn = -st.mn >= LB_LVL_EPS ? s2 : 0.0f;
-            share_hi = gsp;
-            share_lo = -gsn;
-        } else {
-            share_hi = st.amax >= LB_LVL_EPS ? s1 : 0.0f;
-        }
+        /* the scale gradients (formats.h) and the share each tied element receives */
+        float share_hi, share_lo;
+        lb_scale_grad_k(&sf, st, s1, s2, &share_hi, &share_lo, KIND);
         const bool add_hi = n_hi != 0 && share_hi != 0.0f;
         const bool add_lo = two_sided && n_lo != 0 && share_lo != 0.0f;
         const float each_hi = add_hi ? share_hi / (float)n_hi : 0.0f;
@@ -290,13 +276,13 @@ static int fq_grid(int64_t work, int64_t per_block) {
     return (int)(b < FQ_MAX_BLOCKS ? b : FQ_MAX_BLOCKS);
 }
 
-/* Shape/format checks shared by the launchers (the glue has checked already). */
+/* Shape/format checks shared by the launchers (the glue has checked already): f is a resolved
+ * row (lb_fmt_init) of the codes storage these kernels pack. */
 static bool fq_args_ok(int64_t N, int64_t K, int64_t g, const lb_fmt* f) {
     if (!f || N < 0 || K <= 0 || g <= 0 || K % g != 0) return false;
-    if (f->bits != 2 && f->bits != 3 && f->bits != 4 && f->bits != 8) return false;
+    if (f->bits < 1 || f->bits > LB_MAX_BITS || f->storage != LB_STORE_CODES) return false;
     if (f->scale_dt < 0 || f->scale_dt >= LB_DT_COUNT) return false;
-    return f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM ||
-           f->kind == LB_KIND_LVL2 || f->kind == LB_KIND_LVL1;
+    return f->kind >= 0 && f->kind < LB_KIND_COUNT;
 }
 
 #define FQ_BY_KIND(kind, LAUNCH)                                    \

@@ -14,10 +14,11 @@
  *                          One read of x; rows holding a non-finite value also walk the meta.
  *   lb24_cslt_*            cuSPARSELt for float16/bfloat16 on sparse tensor cores. The library
  *                          is NOT linked: it is loaded with dlopen on first use from
- *                          $LOWBIT_CUSPARSELT_LIB (python/lowbit/sparse24.py points it at the
- *                          nvidia-cusparselt-cu13 wheel's lib/ when that is installed), else from
- *                          the system search path (libcusparseLt.so.0). The few types and
- *                          functions used are declared below from cusparseLt.h (0.8-0.10).
+ *                          $LOWBIT_CUSPARSELT_LIB (python/lowbit/sparse/cusparselt.py points it
+ *                          at the nvidia-cusparselt-cu13 wheel's lib/ when that is installed),
+ *                          else from the system search path (libcusparseLt.so.0). The few
+ *                          types and functions used are declared below from cusparseLt.h
+ *                          (0.8-0.10).
  *
  * cuSPARSELt problem layout: y (M, N) = x (M, K) @ W^T with everything column-major, so no
  * transposes are materialised:

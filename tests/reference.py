@@ -223,8 +223,12 @@ def _snap_ste(u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest_index(u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest level of `table` to each element of u (no gradient)."""
-    d = (u.detach().unsqueeze(-1) - table.to(u.device)).abs()
+    """Index of the nearest level of `table` to each element of u clamped to [-1, 1] (no
+    gradient). FORMATS.md 1.3 has u in [-1, 1]; after the scale rounding of 1.6 it may leave that
+    range (a scale rounded below the group's extreme, or clamped to the dtype's largest value),
+    and the clamp keeps the snap on the table's end levels. The straight-through u of the
+    gradient (_snap_ste) is the unclamped x / s."""
+    d = (u.detach().clamp(-1.0, 1.0).unsqueeze(-1) - table.to(u.device)).abs()
     return d.argmin(dim=-1)
 
 

@@ -18,6 +18,7 @@ from _testutil import (
     describe_mismatch,
     grad_scale,
     make_weight,
+    near_tie_masks,
     packed_row_bytes,
     resolve_group,
     unpack_codes,
@@ -437,6 +438,63 @@ def test_scale_dtype_tiny_groups(fmt, bits, sym, sd, gen):
         if sd == "float16" and fmt == "int":
             assert not bool(under.any())  # the INT floors keep every scale above 2^-25
             assert bool((qw.scales < 2.0 ** -14).any())  # ... but some are float16 subnormals
+
+
+# A scale above its dtype's largest finite value is clamped to it (FORMATS.md 1.6), so u = x / s
+# leaves [-1, 1] (u = 4.6 for a group max of 3e5 and a float16 s+ of 65504): the snap must take
+# the end level (FORMATS.md 1.3), never an index past the table.
+def test_saturated_float16_scale_snaps_to_the_nearest_level():
+    w = torch.tensor([[-1.0, 3e5, -2.0, 0.5] * 8])
+    for fmt, bits in (("nf", 3), ("fp", 3), ("fp", 4), ("nf", 4)):
+        spec = qspec(fmt, bits, 32, False, "float16")
+        qw = lowbit.quantize(w, spec)
+        D = lowbit.dequantize(qw)
+        assert D[0, 2].item() == -2.0 and D[0, 1].item() == 65504.0, (fmt, bits, D[0, :4])
+        assert torch.equal(D, lowbit.fake_quantize(w, spec)), (fmt, bits)
+        assert torch.equal(D, ref_fake_quant(w, fmt, bits, 32, False, scale_dtype="float16"))
+        codes = unpack_codes(qw.codes, 32, bits)
+        assert int(codes.max()) < 2 ** bits, (fmt, bits, codes)
+        assert torch.equal(codes, ref_codes(w, fmt, bits, 32, False, scale_dtype="float16"))
+
+
+@pytest.mark.parametrize("sd", SCALE_DTS)
+@pytest.mark.parametrize("fmt,bits,sym", ALL_SPECS, ids=SPEC_IDS)
+def test_scale_dtype_saturated_groups(fmt, bits, sym, sd, gen, restore_isa):
+    """Groups whose scale saturates at the scale dtype's largest value, every format x bits x
+    symmetric, on every ISA: values, gradients, codes and scales the reference's. float16:
+    magnitudes 1e4 .. 1e30 (s = 65504 for the level formats from about 6.6e4, for INT where
+    the range over qmax passes it); bfloat16: a group extreme of 3.4e38 rounds past 3.3895e38
+    (the level formats; an INT scale is the range over qmax and cannot get there)."""
+    g = 32
+    if sd == "float16":
+        w = torch.cat([make_weight((1, 4 * g), fmt, bits, g, sym, gen=gen, scale=mag,
+                                   scale_dtype=sd) for mag in (1e4, 5e4, 1e5, 1e7, 1e30)])
+    else:
+        w = make_weight((4, 4 * g), fmt, bits, g, sym, gen=gen, scale=1e36, scale_dtype=sd)
+        if fmt != "int":
+            w.view(4, 4, g)[:, :, 0] = torch.tensor([3.4e38, -3.4e38]).repeat(8).view(4, 4)
+            bad, bad_g = near_tie_masks(w.view(4, 4, g), fmt, bits, sym, scale_dtype=sd)
+            w.view(4, 4, g)[bad & ~(w.view(4, 4, g).abs() == 3.4e38)] = 0.0  # 0: no tie
+    s32 = ref_params(w, fmt, bits, g, sym)["scales"]
+    assert bool((s32 > torch.finfo(SCALE_DTYPES[sd]).max).any()) or (fmt == "int" and sd == "bfloat16"), \
+        "no scale saturates: the case tests nothing"
+    spec = qspec(fmt, bits, g, sym, sd)
+    for isa in lowbit.available_cpu_isas():
+        lowbit.set_cpu_isa(isa)
+        what = f"{fmt}{bits} sym={sym} scale_dtype={sd} saturated ({isa})"
+        if sd == "float16":
+            qw = _check_scale_dtype_case(w, fmt, bits, g, sym, sd, torch.float32, gen, what)
+        else:  # near 3.4e38 the float32 reference's autograd overflows (s^2): values only
+            Q = lowbit.fake_quantize(w, spec)
+            assert torch.equal(Q, ref_fake_quant(w, fmt, bits, g, sym, scale_dtype=sd)), what
+            qw = lowbit.quantize(w, spec)
+            assert torch.equal(qw.scales, ref_params(w, fmt, bits, g, sym, scale_dtype=sd)["scales"])
+            assert torch.equal(unpack_codes(qw.codes, w.shape[1], bits),
+                               ref_codes(w, fmt, bits, g, sym, scale_dtype=sd)), what
+            assert torch.equal(lowbit.dequantize(qw), Q), what
+            _, gi = run_impl(w, spec, "bitdistiller", torch.randn(w.shape, generator=gen))
+            assert bool(torch.isfinite(gi).all()), f"{what}: a gradient is not finite"
+        assert int(unpack_codes(qw.codes, w.shape[1], bits).max()) < 2 ** bits, what
 
 
 def _one_scale_rows(values):

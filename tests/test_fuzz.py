@@ -140,7 +140,10 @@ def scatter24(values, mask):
     return dense
 
 
-def quant_ref(w, fmt, bits, g, sym):
+SCALE_DTYPES = ["float32", "bfloat16", "float16"]  # by code: FORMATS.md 1.6's scale_dtype
+
+
+def quant_ref(w, fmt, bits, g, sym, sdt=0):
     """(reference fake-quant of w in float64, bool mask of elements not at a rounding tie)."""
     from _testutil import near_tie_masks
     from reference import ref_fake_quant
@@ -148,8 +151,10 @@ def quant_ref(w, fmt, bits, g, sym):
     name = ["int", "nf", "fp"][fmt]
     n, k = w.shape
     gg = k if g == -1 else g
-    ref = ref_fake_quant(w.float(), name, bits, g, sym)
-    bad, bad_g = near_tie_masks(w.float().reshape(n, k // gg, gg), name, bits, sym)
+    sd = SCALE_DTYPES[sdt]
+    ref = ref_fake_quant(w.float(), name, bits, g, sym, scale_dtype=sd)
+    bad, bad_g = near_tie_masks(w.float().reshape(n, k // gg, gg), name, bits, sym,
+                                scale_dtype=sd)
     ok = ~(bad | bad_g.unsqueeze(-1)).reshape(n, k)
     return ref.double(), ok
 
@@ -231,21 +236,50 @@ def _w_params(**extra):
         "fmt": FMT, "bits": BITS, "g": GROUP, "sym": st.booleans(), **extra})
 
 
+# the ops that compute scales take scale_dtype (FORMATS.md 1.6), and weights large enough that a
+# float16 / bfloat16 scale saturates at the dtype's largest value (u beyond [-1, 1]: the snap must
+# stay inside the level table) are drawn for every format
+SCALED = dict(sdt=ints(0, 1, 2, 2), mag=st.sampled_from([1.0, 1e5, 3e5, 1e37]))
+
+
+def _scaled_w(p, gen):
+    """p's weight times p's magnitude (capped so a 16-bit weight stays finite: saturation of the
+    scale is the float32 weights' case)."""
+    def fill(sh, dt):
+        mag = min(p["mag"], torch.finfo(dt).max / 8) if dt.is_floating_point else 1.0
+        return (torch.randn(sh, generator=gen, dtype=torch.float64) * mag).to(dt)
+    return make(p["w"], gen, fill=fill)
+
+
 def _fq_ref(p, args, out):
-    w, fmt, bits, g, sym, ste = args
+    w, fmt, bits, g, sym, ste, sdt = args
     if w.numel() == 0:
         return
-    ref, ok = quant_ref(w, fmt, bits, g, sym)
+    ref, ok = quant_ref(w, fmt, bits, g, sym, sdt)
     close(out[0], ref.to(w.dtype), "fake_quant", ok)
 
 
 def _quantize_ref(p, args, out):
-    w, fmt, bits, g, sym = args
+    w, fmt, bits, g, sym, sdt = args
     if w.numel() == 0:
         return
     deq = torch.ops.lowbit.dequantize(*out, fmt, bits, g, sym, w.shape[1], 0)
-    ref, ok = quant_ref(w, fmt, bits, g, sym)
+    ref, ok = quant_ref(w, fmt, bits, g, sym, sdt)
     close(deq, ref, "dequantize(quantize(w))", ok)
+    codes = out[0].to(torch.int64)  # every code within its bits (a wider one would spill)
+    j = torch.arange(w.shape[1])
+    byte, sh = (j * bits) // 8, (j * bits) % 8
+    word = codes[:, byte] | (torch.cat([codes, torch.zeros_like(codes[:, :1])], 1)[:, byte + 1] << 8)
+    q = (word >> sh) & ((1 << bits) - 1)
+    ref_q = _ref_codes(w, fmt, bits, g, sym, sdt)
+    assert torch.equal(q[ok], ref_q[ok]), "quantize: codes differ from the reference's"
+
+
+def _ref_codes(w, fmt, bits, g, sym, sdt):
+    from reference import ref_codes
+
+    return ref_codes(w.float(), ["int", "nf", "fp"][fmt], bits, g, sym,
+                     scale_dtype=SCALE_DTYPES[sdt])
 
 
 def _qw(p, gen):
@@ -461,34 +495,50 @@ def _klb_ref(p, args, out):
 
 
 def _clip_build(p, gen):
-    w = make(p["w"], gen)
+    w = _scaled_w(p, gen)
     gg = p["gg"]
     k = p["w"]["shape"][1]
     gram = make(tensor((k // gg if gg > 0 else 0, gg, gg)), gen) if gg >= 0 else torch.empty(0)
-    return w, gram, p["fmt"], p["bits"], p["g"], p["sym"], p["n_grid"], p["shrink"]
+    return w, gram, p["fmt"], p["bits"], p["g"], p["sym"], p["n_grid"], p["shrink"], p["sdt"]
+
+
+def _clip_ref(p, args, out):
+    """Every (lo, hi) the search returns is one of its candidates (max, min times 1 - i/n_grid,
+    in float32), whatever the weights' magnitude and the scale dtype; which candidate wins is
+    tests/test_qat.py's and tests/test_format_table.py's business (on a real Gram matrix)."""
+    w, gram, fmt, bits, g, sym, n_grid, shrink, sdt = args
+    lo, hi = out
+    n, k = w.shape
+    wg = w.float().reshape(n, k // g, g)
+    fac = 1 - torch.arange(shrink, dtype=torch.float32) / n_grid
+    his = wg.amax(-1, keepdim=True) * fac
+    los = wg.amin(-1, keepdim=True) * fac
+    assert ((hi.unsqueeze(-1) == his).any(-1) & (lo.unsqueeze(-1) == los).any(-1)).all(), \
+        "clip_search: a bound that is none of the candidates"
 
 
 OPS = {
     "fake_quant": Entry(
-        _w_params(ste=ints(0, 1)),
-        lambda p, gen: (make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"], p["ste"]),
+        _w_params(ste=ints(0, 1), **SCALED),
+        lambda p, gen: (_scaled_w(p, gen), p["fmt"], p["bits"], p["g"], p["sym"], p["ste"],
+                        p["sdt"]),
         _fq_ref),
     "fake_quant_backward": Entry(
-        _w_params(gl=st.sampled_from(["same", "other"])),
+        _w_params(gl=st.sampled_from(["same", "other"]), **SCALED),
         lambda p, gen: (make(p["w"] if p["gl"] == "same" else
                              tensor([p["w"]["shape"][0], p["w"]["shape"][1] + 1]), gen),
-                        make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"])),
+                        _scaled_w(p, gen), p["fmt"], p["bits"], p["g"], p["sym"], p["sdt"])),
     "quantize": Entry(
-        _w_params(),
-        lambda p, gen: (make(p["w"], gen), p["fmt"], p["bits"], p["g"], p["sym"]),
+        _w_params(**SCALED),
+        lambda p, gen: (_scaled_w(p, gen), p["fmt"], p["bits"], p["g"], p["sym"], p["sdt"]),
         _quantize_ref),
     "dequantize": Entry(
         st.fixed_dictionaries({**QW, **Q_ARGS, "K": _mix(["k"], [32, 64, 96, 0, 2 ** 32]),
                                "dtype": ints(0, 1, 2)}),
         _dequantize_build, _dequantize_ref),
     "clip_search": Entry(
-        _w_params(gg=ints(32, 16, 0), n_grid=ints(20, 2, 1), shrink=ints(0, 1)),
-        _clip_build),
+        _w_params(gg=ints(32, 16, 0), n_grid=ints(20, 2, 1), shrink=ints(0, 1), **SCALED),
+        _clip_build, _clip_ref),
     "kl_loss": Entry(
         _kl_params(with_grad=st.booleans(), scale=st.sampled_from([1.0, 0.5, -2.0])),
         _kl_build, _kl_ref),

@@ -1,11 +1,11 @@
 /* benchmarks/experiments/gemv_vnni_proto.c: standalone measurement behind RESULTS.md's
  * "int8-activation VNNI" row (not part of the build): int4-g128 GEMV, 4096x4096, M=1, one thread,
- * (a) lowbit's shipped kernel (lb_ql_forward_cpu, AVX-512 variant, linked from csrc/cpu) against
- * (b) a prototype that quantises x per row to int8 and uses vpdpbusd on the same packed layout
- * (csrc/layouts.h). Needs avx512_vnni. Build and run from the repository root:
+ * (a) lowbit's shipped float kernel (lb_ql_forward_cpu, act="float", AVX-512 variant, linked
+ * from csrc/cpu) against (b) a prototype that quantises x per row to int8 and uses vpdpbusd on the
+ * same packed layout (csrc/layouts.h; the design act="int8" ships since). Needs avx512_vnni.
+ * Build and run from the repository root:
  *   gcc -O3 -std=c11 -ffp-contract=off -Icsrc benchmarks/experiments/gemv_vnni_proto.c \
- *       csrc/cpu/qlinear.c csrc/cpu/arch/x86/qlinear_avx2.c csrc/cpu/arch/x86/qlinear_avx512.c \
- *       csrc/cpu/runtime.c -lm -o /tmp/gemv_vnni && /tmp/gemv_vnni */
+ *       csrc/formats.c csrc/cpu/*.c csrc/cpu/arch/x86/*.c -lm -o /tmp/gemv_vnni && /tmp/gemv_vnni */
 #define _POSIX_C_SOURCE 200112L /* clock_gettime under -std=c11 */
 #include <immintrin.h>
 #include <math.h>
@@ -63,7 +63,8 @@ int main(void) {
     float* scales = malloc(sizeof(float) * N * G);
     uint8_t* zeros = malloc((size_t)N * G);
     int32_t* P = aligned_alloc(64, (size_t)lb_ql_packed_words(N, K, 4) * 4);
-    float* prm = aligned_alloc(64, (size_t)lb_ql_params_floats(N, G) * 4);
+    /* (s, z) per tile, group and lane */
+    float* prm = aligned_alloc(64, (size_t)(N / 16) * G * 32 * 4);
     float *x = malloc(4 * K), *xsi = malloc(4 * G), *y1 = malloc(4 * N), *y2 = malloc(4 * N),
           *yr = calloc(N, 4);
     int32_t *xe = malloc(4 * K / 8), *xo = malloc(4 * K / 8);
@@ -72,7 +73,7 @@ int main(void) {
         printf("needs AVX-512 VNNI\n");
         return 0;
     }
-    lb_rt.isa = LB_ISA_AVX512; /* no runtime hook installed: one thread */
+    lb_isa_set(LB_ISA_AVX512); /* no runtime hook installed: one thread */
     lb_fmt_init(&f, LB_FMT_INT, 4, 0);
     srand(1);
     for (size_t i = 0; i < (size_t)N * K / 2; ++i) codes[i] = (uint8_t)rand();
@@ -80,7 +81,13 @@ int main(void) {
         scales[i] = 0.001f + (rand() % 100) * 1e-5f;
         zeros[i] = (uint8_t)(rand() % 16);
     }
-    lb_ql_pack_cpu(codes, scales, zeros, N, K, GS, &f, P, prm);
+    lb_ql_pack_cpu(codes, N, K, 4, P);
+    for (int nt = 0; nt < N / 16; ++nt)
+        for (int gi = 0; gi < G; ++gi)
+            for (int j = 0; j < 16; ++j) {
+                prm[((size_t)nt * G + gi) * 32 + j] = scales[(nt * 16 + j) * G + gi];
+                prm[((size_t)nt * G + gi) * 32 + 16 + j] = (float)zeros[(nt * 16 + j) * G + gi];
+            }
     float amax = 0;
     for (int k = 0; k < K; ++k) {
         x[k] = ((rand() % 20001) - 10000) / 10000.0f;
@@ -110,7 +117,8 @@ int main(void) {
     double t1 = 1e9, t2 = 1e9;
     for (int r = 0; r < 30; ++r) {
         double t = now();
-        lb_ql_forward_cpu(x, LB_DT_F32, 1, N, K, GS, &f, codes, scales, zeros, P, prm, NULL, y1);
+        lb_ql_forward_cpu(x, LB_DT_F32, 1, N, K, GS, &f, codes, scales, zeros, P, NULL,
+                          LB_ACT_FLOAT, y1);
         t = now() - t;
         if (t < t1) t1 = t;
         t = now();

@@ -1,105 +1,13 @@
 /* csrc/cpu/clip_search.c: CPU kernel of the clip_search family — BitDistiller's asymmetric
- * clipping search (the calibration step of QAT).
- * The output error of a group's candidate is d^T H d with d = Q(clamp(w)) - w and H the group's
- * Gram matrix of calibration activations, so each candidate costs one g x g matrix-vector
- * product instead of a pass over the tokens. Candidate quantization uses formats.h exactly as
- * fake_quantize does. Scalar twin + AVX2 + AVX-512 variants (same body), rows over the runtime's
- * thread pool. */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
+ * clipping search (the calibration step of QAT). The output error of a group's candidate is
+ * d^T H d with d = Q(clamp(w)) - w and H the group's Gram matrix of calibration activations, so
+ * each candidate costs one g x g matrix-vector product instead of a pass over the tokens. The
+ * driver splits rows over the runtime's thread pool and runs the worker of the kernel table in
+ * use (lb_rt.clip); the body is in csrc/cpu/clip_search_impl.h, compiled here as the scalar
+ * twin and in csrc/cpu/arch/x86/clip_search_avx2.c, clip_search_avx512.c for x86. */
+#include "clip_search_impl.h"
 
-#include "clip_search.h"
-#include "lb_cpu.h"
-
-typedef struct {
-    const float* w;
-    const float* gram;
-    int64_t N, K, g;
-    const lb_fmt* f;
-    int n_grid, shrink;
-    float *lo, *hi;
-    volatile int oom;
-} clip_ctx;
-
-/* Q(c) of one group with the group's own statistics (what fake_quantize computes). */
-LB_INLINE void quant_group(const lb_fmt* f, const float* c, float* q, int64_t g) {
-    lb_gstats st;
-    lb_gparams p;
-    st.mx = c[0];
-    st.mn = c[0];
-    st.amax = fabsf(c[0]);
-    st.bad = 0;
-    for (int64_t i = 1; i < g; ++i) {
-        float v = c[i], a = fabsf(v);
-        st.mx = v > st.mx ? v : st.mx;
-        st.mn = v < st.mn ? v : st.mn;
-        st.amax = a > st.amax ? a : st.amax;
-    }
-    p = lb_group_params(f, st);
-    for (int64_t i = 0; i < g; ++i) q[i] = lb_fake_quant_value(f, p, c[i]);
-}
-
-/* d^T H d for a symmetric g x g H: Hd is built as a sum of H's rows scaled by d (no float
- * reduction inside the g^2 loop, so it vectorises), then one g-long dot product in double. */
-LB_INLINE double quad_form(const float* H, const float* d, float* hd, int64_t g) {
-    double e = 0.0;
-    for (int64_t r = 0; r < g; ++r) hd[r] = 0.0f;
-    for (int64_t c = 0; c < g; ++c) {
-        const float* h = H + c * g;
-        const float dc = d[c];
-        for (int64_t r = 0; r < g; ++r) hd[r] += h[r] * dc;
-    }
-    for (int64_t r = 0; r < g; ++r) e += (double)hd[r] * d[r];
-    return e;
-}
-
-LB_INLINE void clip_rows(clip_ctx* c, int64_t r0, int64_t r1) {
-    const int64_t K = c->K, g = c->g, G = K / g;
-    float* buf = (float*)malloc((size_t)(4 * g) * sizeof(float));
-    if (!buf) { c->oom = 1; return; }
-    float *cl = buf, *q = buf + g, *d = buf + 2 * g, *hd = buf + 3 * g;
-    for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t gi = 0; gi < G; ++gi) {
-            const float* x = c->w + r * K + gi * g;
-            const float* H = c->gram + gi * g * g;
-            float mx = x[0], mn = x[0];
-            for (int64_t i = 1; i < g; ++i) {
-                mx = x[i] > mx ? x[i] : mx;
-                mn = x[i] < mn ? x[i] : mn;
-            }
-            double best = INFINITY;
-            float best_lo = mn, best_hi = mx;
-            for (int i = 0; i < c->shrink; ++i) {
-                float hi = mx * (1.0f - (float)i / (float)c->n_grid);
-                for (int j = 0; j < c->shrink; ++j) {
-                    float lo = mn * (1.0f - (float)j / (float)c->n_grid);
-                    for (int64_t k = 0; k < g; ++k) {
-                        float v = x[k] < lo ? lo : x[k];
-                        cl[k] = v > hi ? hi : v;
-                    }
-                    quant_group(c->f, cl, q, g);
-                    for (int64_t k = 0; k < g; ++k) d[k] = q[k] - x[k];
-                    double e = quad_form(H, d, hd, g);
-                    if (e < best) {
-                        best = e;
-                        best_lo = lo;
-                        best_hi = hi;
-                    }
-                }
-            }
-            c->lo[r * G + gi] = best_lo;
-            c->hi[r * G + gi] = best_hi;
-        }
-    }
-    free(buf);
-}
-
-LB_INLINE void clip_rows_body(void* c, int64_t a, int64_t b, int simd) {
-    (void)simd;
-    clip_rows((clip_ctx*)c, a, b);
-}
-LB_ISA_VARIANTS(clip_rows, clip_rows_body)
+LB_CLIP_KERNELS(scalar, LB_SCALAR_ATTR)
 
 int lb_clip_search_cpu(const float* w, const float* gram, int64_t N, int64_t K, int64_t g,
                        const lb_fmt* f, int n_grid, int shrink, float* lo, float* hi) {
@@ -107,6 +15,6 @@ int lb_clip_search_cpu(const float* w, const float* gram, int64_t N, int64_t K, 
     memset(&c, 0, sizeof c);
     c.w = w; c.gram = gram; c.N = N; c.K = K; c.g = g; c.f = f;
     c.n_grid = n_grid; c.shrink = shrink; c.lo = lo; c.hi = hi;
-    lb_parallel(N, 1, clip_rows_pick(), &c);
+    lb_parallel(N, 1, lb_rt.clip->rows, &c);
     return c.oom ? -1 : 0;
 }

@@ -1,230 +1,12 @@
 /* csrc/cpu/fake_quant.c: CPU kernels of the fake_quant family (fake-quant forward, its exact
- * BitDistiller backward, quantize/pack, dequantize/unpack). One plain C body per kernel, always
- * inlined into three entry points: the scalar twin (*_ref, vectorisation off), AVX2 and AVX-512
- * (target attributes; the compiler vectorises the same loops), picked at run time by lb_rt.isa.
- * The per-element math is formats.h's (lb_quant_value_k, lb_encode_k, lb_grad_elem_k, the
- * group parameters), the same helpers the CUDA kernels call, instantiated per kind so each
- * element loop vectorises without a switch inside. Reductions use 16 fixed lanes so every
- * variant sums in the same order: outputs and gradients are bit-identical across ISAs. Rows are
- * split over the runtime's thread pool (torch's intra-op pool in the extension). */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
+ * BitDistiller backward, quantize/pack, dequantize/unpack): the drivers, which split rows over the
+ * runtime's thread pool (torch's intra-op pool in the extension) and run the workers of the
+ * kernel table in use (lb_rt.fq), and the scalar twin's table. The workers' bodies are in
+ * csrc/cpu/fake_quant_impl.h; the x86 variants compile the same bodies in
+ * csrc/cpu/arch/x86/fake_quant_avx2.c, fake_quant_avx512.c. */
+#include "fake_quant_impl.h"
 
-#include "fake_quant.h"
-#include "lb_cpu.h"
-
-typedef struct {
-    const void* w;
-    const void* grad;
-    void* out;
-    int dt;
-    int64_t N, K, g;
-    const lb_fmt* f;
-    uint8_t* codes;
-    float* scales;
-    uint8_t* zeros;
-    int64_t* bad_per_row; /* quantize: groups with NaN/Inf, one slot per row */
-    volatile int oom;     /* a worker could not get scratch memory */
-} fq_ctx;
-
-/* ---- group statistics ---- */
-LB_INLINE lb_gstats group_stats(const float* x, int64_t g) {
-    float mx[LANES], mn[LANES], am[LANES];
-    int bad[LANES];
-    lb_gstats st;
-    int64_t i = 0;
-    for (int j = 0; j < LANES; ++j) {
-        mx[j] = -INFINITY;
-        mn[j] = INFINITY;
-        am[j] = 0.0f;
-        bad[j] = 0;
-    }
-    for (; i + LANES <= g; i += LANES) {
-        for (int j = 0; j < LANES; ++j) {
-            float v = x[i + j], a = fabsf(v);
-            mx[j] = v > mx[j] ? v : mx[j];
-            mn[j] = v < mn[j] ? v : mn[j];
-            am[j] = a > am[j] ? a : am[j];
-            bad[j] |= !(a <= 3.4028234663852886e38f);  /* NaN or Inf */
-        }
-    }
-    for (int j = 0; i < g; ++i, ++j) {
-        float v = x[i], a = fabsf(v);
-        mx[j] = v > mx[j] ? v : mx[j];
-        mn[j] = v < mn[j] ? v : mn[j];
-        am[j] = a > am[j] ? a : am[j];
-        bad[j] |= !(a <= 3.4028234663852886e38f);
-    }
-    st.mx = mx[0];
-    st.mn = mn[0];
-    st.amax = am[0];
-    st.bad = bad[0];
-    for (int j = 1; j < LANES; ++j) {
-        st.mx = mx[j] > st.mx ? mx[j] : st.mx;
-        st.mn = mn[j] < st.mn ? mn[j] : st.mn;
-        st.amax = am[j] > st.amax ? am[j] : st.amax;
-        st.bad |= bad[j];
-    }
-    return st;
-}
-
-/* ---- per-kind element loops (explicit so each vectorises without a switch inside) ---- */
-LB_INLINE void fwd_group(const lb_fmt* f, const float* x, float* q, int64_t g) {
-    lb_gstats st = group_stats(x, g);
-    lb_gparams p;
-    if (st.bad) {
-        for (int64_t i = 0; i < g; ++i) q[i] = NAN;
-        return;
-    }
-    p = lb_group_params(f, st);
-    LB_FOR_KIND(f->kind, KIND, for (int64_t i = 0; i < g; ++i) q[i] = lb_quant_value_k(f, p, x[i], KIND))
-}
-
-/* Adds share/count to every element equal to target (amax/amin's even split among ties);
- * sgn: multiply by sign(x) (for max|x|). */
-LB_INLINE void add_to_ties(const float* x, float* gx, int64_t g, float target, float share,
-                           int use_abs) {
-    int64_t cnt = 0;
-    for (int64_t i = 0; i < g; ++i) cnt += ((use_abs ? fabsf(x[i]) : x[i]) == target);
-    if (cnt == 0 || share == 0.0f) return;
-    float each = share / (float)cnt;
-    for (int64_t i = 0; i < g; ++i) {
-        float v = x[i];
-        if ((use_abs ? fabsf(v) : v) == target)
-            gx[i] += use_abs ? (v > 0.0f ? each : (v < 0.0f ? -each : 0.0f)) : each;
-    }
-}
-
-/* Backward of one group for ste="bitdistiller" (FORMATS.md 1.5); c1/c2 are scratch. */
-LB_INLINE void bwd_group(const lb_fmt* f, const float* x, const float* gq, float* gx, float* c1,
-                         float* c2, int64_t g) {
-    lb_gstats st = group_stats(x, g);
-    lb_gparams p;
-    if (st.bad) {
-        for (int64_t i = 0; i < g; ++i) gx[i] = NAN;
-        return;
-    }
-    p = lb_group_params(f, st);
-    /* gx = the direct term; c1 (c2) = each element's share of dL/d(s) (dL/d(s-) for LVL2) */
-    LB_FOR_KIND(f->kind, KIND, for (int64_t i = 0; i < g; ++i) {
-        int neg;
-        const float d = lb_grad_elem_k(f, p, x[i], gq[i], &gx[i], &neg, KIND);
-        c1[i] = neg ? 0.0f : d;
-        if (KIND == LB_KIND_LVL2) c2[i] = neg ? d : 0.0f;
-    })
-    /* the scale gradients go to the elements that set the scale (FORMATS.md 1.5) */
-    switch (f->kind) {
-    case LB_KIND_INT_ASYM: {
-        const float gr = st.mx - st.mn >= LB_INT_EPS ? lb_lane_sum(c1, g) / f->qmax : 0.0f;
-        add_to_ties(x, gx, g, st.mx, gr, 0);
-        add_to_ties(x, gx, g, st.mn, -gr, 0);
-        break;
-    }
-    case LB_KIND_INT_SYM:
-        add_to_ties(x, gx, g, st.amax,
-                    st.amax >= LB_INT_EPS ? lb_lane_sum(c1, g) / f->qmax : 0.0f, 1);
-        break;
-    case LB_KIND_LVL2: {
-        const float gsp = st.mx >= LB_LVL_EPS ? lb_lane_sum(c1, g) : 0.0f;
-        const float gsn = -st.mn >= LB_LVL_EPS ? lb_lane_sum(c2, g) : 0.0f;
-        add_to_ties(x, gx, g, st.mx, gsp, 0);
-        add_to_ties(x, gx, g, st.mn, -gsn, 0);
-        break;
-    }
-    default:
-        add_to_ties(x, gx, g, st.amax, st.amax >= LB_LVL_EPS ? lb_lane_sum(c1, g) : 0.0f, 1);
-        break;
-    }
-}
-
-/* ---- row workers (the bodies every ISA variant inlines) ---- */
-LB_INLINE void fwd_rows(fq_ctx* c, int64_t r0, int64_t r1) {
-    const int64_t K = c->K, g = c->g;
-    float* buf = (float*)malloc((size_t)(2 * g) * sizeof(float));
-    if (!buf) { c->oom = 1; return; }
-    for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j = 0; j < K; j += g) {
-            lb_load_row(c->w, c->dt, r * K + j, g, 1.0f, buf);
-            fwd_group(c->f, buf, buf + g, g);
-            lb_store_row(c->out, c->dt, r * K + j, g, buf + g);
-        }
-    free(buf);
-}
-
-LB_INLINE void bwd_rows(fq_ctx* c, int64_t r0, int64_t r1) {
-    const int64_t K = c->K, g = c->g;
-    float* buf = (float*)malloc((size_t)(5 * g) * sizeof(float));
-    if (!buf) { c->oom = 1; return; }
-    for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j = 0; j < K; j += g) {
-            lb_load_row(c->w, c->dt, r * K + j, g, 1.0f, buf);
-            lb_load_row(c->grad, c->dt, r * K + j, g, 1.0f, buf + g);
-            bwd_group(c->f, buf, buf + g, buf + 2 * g, buf + 3 * g, buf + 4 * g, g);
-            lb_store_row(c->out, c->dt, r * K + j, g, buf + 2 * g);
-        }
-    free(buf);
-}
-
-LB_INLINE void quant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
-    const int64_t K = c->K, g = c->g, G = K / g;
-    const lb_fmt* f = c->f;
-    const int64_t rb = lb_row_bytes(K, f->bits);
-    /* one block: g floats of the group, then its g codes */
-    float* buf = (float*)malloc((size_t)g * (sizeof(float) + sizeof(int32_t)));
-    int32_t* code = (int32_t*)(buf + g);
-    if (!buf) { c->oom = 1; return; }
-    for (int64_t r = r0; r < r1; ++r) {
-        uint8_t* row = c->codes + r * rb;
-        int64_t bad = 0;
-        memset(row, 0, (size_t)rb);
-        for (int64_t gi = 0; gi < G; ++gi) {
-            const int64_t j = gi * g;
-            lb_gstats st;
-            lb_gparams p;
-            lb_load_row(c->w, c->dt, r * K + j, g, 1.0f, buf);
-            st = group_stats(buf, g);
-            bad += st.bad;
-            p = lb_group_params(f, st);
-            LB_FOR_KIND(f->kind, KIND,
-                        for (int64_t i = 0; i < g; ++i) code[i] = lb_encode_k(f, p, buf[i], KIND))
-            for (int64_t i = 0; i < g; ++i) lb_put_code(row, j + i, f->bits, code[i]);
-            lb_store_gparams(f, p, c->scales, c->zeros, r * G + gi);
-        }
-        c->bad_per_row[r] = bad;
-    }
-    free(buf);
-}
-
-LB_INLINE void dequant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
-    const int64_t K = c->K, g = c->g, G = K / g;
-    const lb_fmt* f = c->f;
-    const int64_t rb = lb_row_bytes(K, f->bits);
-    float* buf = (float*)malloc((size_t)g * sizeof(float));
-    if (!buf) { c->oom = 1; return; }
-    for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* row = c->codes + r * rb;
-        for (int64_t gi = 0; gi < G; ++gi) {
-            const int64_t j = gi * g;
-            const lb_gparams p = lb_load_gparams(f, c->scales, c->zeros, r * G + gi);
-            for (int64_t i = 0; i < g; ++i) buf[i] = lb_decode(f, p, lb_get_code(row, j + i, f->bits));
-            lb_store_row(c->out, c->dt, r * K + j, g, buf);
-        }
-    }
-    free(buf);
-}
-
-/* ---- the three ISA variants of each worker ---- */
-#define FQ_BODY(name) \
-    LB_INLINE void name##_body(void* c, int64_t a, int64_t b, int simd) { (void)simd; name((fq_ctx*)c, a, b); }
-FQ_BODY(fwd_rows)
-FQ_BODY(bwd_rows)
-FQ_BODY(quant_rows)
-FQ_BODY(dequant_rows)
-LB_ISA_VARIANTS(fwd_rows, fwd_rows_body)
-LB_ISA_VARIANTS(bwd_rows, bwd_rows_body)
-LB_ISA_VARIANTS(quant_rows, quant_rows_body)
-LB_ISA_VARIANTS(dequant_rows, dequant_rows_body)
+LB_FQ_KERNELS(scalar, LB_SCALAR_ATTR)
 
 /* Rows per task: about 64K elements of work each. */
 static int64_t row_grain(int64_t K) { return K >= 65536 ? 1 : 65536 / (K > 0 ? K : 1); }
@@ -233,7 +15,7 @@ int lb_fq_forward_cpu(const void* w, void* out, int dt, int64_t N, int64_t K, in
                       const lb_fmt* f) {
     fq_ctx c = {0};
     c.w = w; c.out = out; c.dt = dt; c.N = N; c.K = K; c.g = g; c.f = f;
-    lb_parallel(N, row_grain(K), fwd_rows_pick(), &c);
+    lb_parallel(N, row_grain(K), lb_rt.fq->fwd, &c);
     return c.oom ? -1 : 0;
 }
 
@@ -241,7 +23,7 @@ int lb_fq_backward_cpu(const void* grad, const void* w, void* gw, int dt, int64_
                        int64_t g, const lb_fmt* f) {
     fq_ctx c = {0};
     c.w = w; c.grad = grad; c.out = gw; c.dt = dt; c.N = N; c.K = K; c.g = g; c.f = f;
-    lb_parallel(N, row_grain(K), bwd_rows_pick(), &c);
+    lb_parallel(N, row_grain(K), lb_rt.fq->bwd, &c);
     return c.oom ? -1 : 0;
 }
 
@@ -254,7 +36,7 @@ int64_t lb_quantize_cpu(const void* w, int dt, int64_t N, int64_t K, int64_t g, 
     /* one slot per row, so threads never write the same counter */
     c.bad_per_row = (int64_t*)calloc((size_t)(N > 0 ? N : 1), sizeof(int64_t));
     if (!c.bad_per_row) return -1;
-    lb_parallel(N, row_grain(K), quant_rows_pick(), &c);
+    lb_parallel(N, row_grain(K), lb_rt.fq->quant, &c);
     for (int64_t r = 0; r < N; ++r) bad += c.bad_per_row[r];
     free(c.bad_per_row);
     return c.oom ? -1 : bad;
@@ -265,6 +47,6 @@ int lb_dequantize_cpu(const uint8_t* codes, const float* scales, const uint8_t* 
     fq_ctx c = {0};
     c.codes = (uint8_t*)codes; c.scales = (float*)scales; c.zeros = (uint8_t*)zeros;
     c.out = out; c.dt = dt; c.N = N; c.K = K; c.g = g; c.f = f;
-    lb_parallel(N, row_grain(K), dequant_rows_pick(), &c);
+    lb_parallel(N, row_grain(K), lb_rt.fq->dequant, &c);
     return c.oom ? -1 : 0;
 }

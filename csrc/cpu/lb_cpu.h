@@ -1,10 +1,9 @@
 /* csrc/cpu/lb_cpu.h: what every CPU kernel file shares and the only way a kernel reaches the
- * outside: the runtime hook (thread pool, thread count, ISA choice; csrc/module.c points it at
- * torch's intra-op pool at load, its defaults run serially so kernels also run in a plain C
- * program), the ISA codes and the x86 guard, the three ISA variants each kernel body is
- * compiled into (scalar twin with vectorisation off, AVX2, AVX-512 via function attributes,
- * picked at run time; no host-specific -march flag), dtype conversion of row segments and the
- * fixed-lane reductions. Includes no torch header. */
+ * outside: the runtime hook (thread pool, thread count, and the CPU dispatch: the kernel table of
+ * every family for the ISA in use; csrc/module.c points the hook at torch's intra-op pool at
+ * load, its defaults run serially so kernels also run in a plain C program), the ISA codes and
+ * the x86 guard, the target attributes of the ISA variants (no host-specific -march flag), dtype
+ * conversion of row segments and the fixed-lane reductions. Includes no torch header. */
 #ifndef LOWBIT_CPU_H
 #define LOWBIT_CPU_H
 
@@ -21,7 +20,7 @@
 #define LB_X86 0
 #endif
 
-/* CPU ISA codes (lowbit._C.ISA_*, set with lb_isa_set): the kernel variant in use. The two VNNI
+/* CPU ISA codes (lowbit._C.ISA_*, set with lb_isa_set): the kernel variants in use. The two VNNI
  * codes run the AVX2 / AVX-512 variants of every kernel, except that the qlinear integer-dot
  * kernels use vpdpbusd (AVX-VNNI on ymm, AVX-512 VNNI on zmm) where the plain codes use
  * vpmaddubsw + vpmaddwd (what an AVX2-only CPU such as AMD Zen 3 has). */
@@ -38,22 +37,42 @@ enum {
 
 typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
 
+/* ---- the CPU dispatch ----
+ * Each op family has one kernel table: a struct of its worker entry points, defined in the
+ * family's csrc/cpu/<stem>_impl.h (struct lb_<fam>_kernels: fq = fake_quant, clip = clip_search,
+ * kl = kl_loss, ql = qlinear, s24 = sparse24). Each ISA variant of the family fills one
+ * instance: the scalar twin in csrc/cpu/<stem>.c (lb_<fam>_kernels_scalar), the others in their
+ * arch file csrc/cpu/arch/<arch>/<stem>_<isa>.c (lb_<fam>_kernels_<isa>). The ISA rows of
+ * csrc/cpu/runtime.c say, per ISA code, which instance of every family it runs and how to test
+ * for it; lb_isa_set picks one row for all families at once, and a kernel driver calls only
+ * lb_rt.<fam>->worker. A family's drivers and shared helpers (csrc/cpu/<stem>.c,
+ * csrc/cpu/<stem>_common.c) never test the ISA.
+ * Adding an architecture (say NEON): one csrc/cpu/arch/arm/<stem>_neon.c per family defining
+ * lb_<fam>_kernels_neon (from the family's bodies, as the x86 files do), an ISA code and name
+ * above, and its row in runtime.c. */
+#define LB_CPU_FAMILIES(X) X(fq) X(clip) X(kl) X(ql) X(s24)
+#define LB_CPU_DECLARE_TABLE(fam) struct lb_##fam##_kernels;
+LB_CPU_FAMILIES(LB_CPU_DECLARE_TABLE)
+#undef LB_CPU_DECLARE_TABLE
+
 /* The runtime hook. parallel_for(n, grain, fn, ctx) must run fn over a partition of [0, n)
  * (NULL: one call fn(0, n)); num_threads() sizes work splits (NULL: 1). */
 typedef struct {
-    int isa;  /* the vector variant: LB_ISA_SCALAR, LB_ISA_AVX2 or LB_ISA_AVX512 */
+    int isa; /* the ISA code in use (LB_ISA_*); its row set the tables below */
     void (*parallel_for)(int64_t n, int64_t grain, lb_parallel_fn fn, void* ctx);
     int (*num_threads)(void);
-    int vnni; /* 1: the integer-dot kernels use vpdpbusd (set with isa by lb_isa_set) */
+#define LB_CPU_TABLE_FIELD(fam) const struct lb_##fam##_kernels* fam;
+    LB_CPU_FAMILIES(LB_CPU_TABLE_FIELD)
+#undef LB_CPU_TABLE_FIELD
 } lb_runtime;
 extern lb_runtime lb_rt;
 
-/* Can this CPU run the variant (cpuid; scalar always). */
+/* Can this CPU run the ISA (cpuid; scalar always). */
 int lb_isa_supported(int isa);
-/* The best variant this CPU runs. */
+/* The best ISA this CPU runs. */
 int lb_isa_best(void);
-/* Selects the variant of ISA code `isa` (one lb_isa_supported accepts): sets lb_rt.isa and
- * lb_rt.vnni. lb_isa_code() is the code in use. */
+/* Selects the ISA code `isa` (one lb_isa_supported accepts) for every family; lb_isa_code() is
+ * the code in use. */
 void lb_isa_set(int isa);
 int lb_isa_code(void);
 /* Runs fn over [0, n) through the hook; n <= grain (or no hook) runs it in the calling thread. */
@@ -62,31 +81,14 @@ int lb_num_threads(void);
 
 #define LB_INLINE static inline __attribute__((always_inline))
 /* Reductions run in this many fixed lanes so the variants that share a body sum alike. */
-#define LANES 16
+#define LB_LANES 16
 
+/* The ISA variants' function attributes: the scalar twin with vectorisation off, and the x86
+ * targets (the arch files compile the families' bodies with them). */
 #define LB_SCALAR_ATTR __attribute__((optimize("no-tree-vectorize")))
 #if LB_X86
 #define LB_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
 #define LB_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#endif
-
-/* LB_ISA_VARIANTS(name, body): the worker entry points name_ref (scalar twin), name_avx2 and
- * name_avx512 (x86 only) of one always-inline body(void* ctx, int64_t a, int64_t b, int simd)
- * (simd is 0 for the scalar twin), and name_pick() returning the one lb_rt.isa selects. */
-#if LB_X86
-#define LB_ISA_VARIANTS(name, body)                                                        \
-    LB_SCALAR_ATTR static void name##_ref(int64_t a, int64_t b, void* c) { body(c, a, b, 0); } \
-    LB_AVX2_ATTR static void name##_avx2(int64_t a, int64_t b, void* c) { body(c, a, b, 1); }  \
-    LB_AVX512_ATTR static void name##_avx512(int64_t a, int64_t b, void* c) { body(c, a, b, 1); } \
-    static lb_parallel_fn name##_pick(void) {                                              \
-        return lb_rt.isa == LB_ISA_AVX512 ? name##_avx512                                  \
-               : lb_rt.isa == LB_ISA_AVX2 ? name##_avx2                                    \
-                                          : name##_ref;                                    \
-    }
-#else
-#define LB_ISA_VARIANTS(name, body)                                                        \
-    LB_SCALAR_ATTR static void name##_ref(int64_t a, int64_t b, void* c) { body(c, a, b, 0); } \
-    static lb_parallel_fn name##_pick(void) { return name##_ref; }
 #endif
 
 /* ---- float32 <-> storage dtype (LB_DT_*), one element or a row segment ----
@@ -145,16 +147,16 @@ LB_INLINE void lb_store_row(void* dst, int dt, int64_t off, int64_t n, const flo
     }
 }
 
-/* Sum in LANES fixed lanes, then the lanes in order: the same result on every ISA. */
+/* Sum in LB_LANES fixed lanes, then the lanes in order: the same result on every ISA. */
 LB_INLINE float lb_lane_sum(const float* c, int64_t n) {
-    float acc[LANES];
+    float acc[LB_LANES];
     int64_t i = 0;
     float s = 0.0f;
-    for (int j = 0; j < LANES; ++j) acc[j] = 0.0f;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; ++j) acc[j] += c[i + j];
+    for (int j = 0; j < LB_LANES; ++j) acc[j] = 0.0f;
+    for (; i + LB_LANES <= n; i += LB_LANES)
+        for (int j = 0; j < LB_LANES; ++j) acc[j] += c[i + j];
     for (int j = 0; i < n; ++i, ++j) acc[j] += c[i];
-    for (int j = 0; j < LANES; ++j) s += acc[j];
+    for (int j = 0; j < LB_LANES; ++j) s += acc[j];
     return s;
 }
 

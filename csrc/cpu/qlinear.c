@@ -18,8 +18,9 @@
  *     canonical codes (decode a row, dot it with each x row) in every mode.
  * x of any float dtype is converted to float32 first; the result is rounded once to x's dtype.
  * The kernel bodies are written once over vector abstractions and compiled as the scalar twins
- * (*_ref, here) and the x86 variants (csrc/cpu/arch/x86/qlinear_*.c), picked by lb_rt.isa /
- * lb_rt.vnni. Work is split over output tiles on the runtime's thread pool (lb_parallel): no
+ * (*_scalar, here: the table lb_ql_kernels_scalar) and the x86 variants
+ * (csrc/cpu/arch/x86/qlinear_*.c, one kernel table each); the drivers run the table in use
+ * (lb_rt.ql). Work is split over output tiles on the runtime's thread pool (lb_parallel): no
  * reduction crosses threads, so results do not depend on the thread count. */
 #include <math.h>
 #include <stdlib.h>
@@ -82,16 +83,16 @@ LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
 }
 #undef QL_L
 
-#define QL(name) lb_ql_##name##_ref
+#define QL(name) lb_ql_##name##_scalar
 #define QL_ATTR
 #define QL_SPECIALISE static __attribute__((noinline))
 #define QL_MR 4
 #define QL_UNROLL32
 #define QL_UNROLL16
 #define QL_UNROLL8
-#define vf ql_sf
-#define vi ql_si
-#define vt ql_st
+#define ql_vf ql_sf
+#define ql_vi ql_si
+#define ql_vt ql_st
 #define VF_ZERO sc_zero
 #define VF_SET1 sc_set1
 #define VF_LOAD sc_load
@@ -111,16 +112,16 @@ LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
 #define VT_LOOK sc_look
 #include "qlinear_body.h"
 
-#define QI(name) lb_ql_##name##_ref
+#define QI(name) lb_ql_##name##_scalar
 #define QI_ATTR
 #define QI_TILE_ONE_COPY
 #define QI_UNROLL8
 #define QVL 16
 #define QI_MB_OFF 8
 #define QI_MB_PN 4
-#define qv ql_si
-#define qg ql_sf
-#define qt ql_sb
+#define ql_qv ql_si
+#define ql_qg ql_sf
+#define ql_qt ql_sb
 #define QV_LOAD sc_iload
 #define QV_ZERO sc_izero
 #define QV_SET1 sc_iset1
@@ -140,6 +141,11 @@ LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
 #define QG_FMA sc_fma
 #define QG_FNMA sc_fnma
 #include "qlinear_int_body.h"
+
+const struct lb_ql_kernels lb_ql_kernels_scalar = {lb_ql_gemv_worker_scalar,
+                                                   lb_ql_gemm_worker_scalar,
+                                                   lb_ql_deqt_worker_scalar,
+                                                   lb_ql_int_tiles_scalar};
 
 
 /* ================================ layout: pack / unpack ================================ */
@@ -226,184 +232,13 @@ void lb_ql_unpack_cpu(const int32_t* packed, int64_t N, int64_t K, int bits, uin
     lb_parallel(lb_ql_tiles(N), 4, ql_unpack_tiles, &p);
 }
 
-/* ================================ group parameters, tables ================================ */
-#if LB_X86
-#include <emmintrin.h>
-/* A full tile's parameters, transposed 4 x 4 at a time in SSE2 registers (the x86-64 baseline):
- * dst[i * 32 + j] = src[j * rs + i * es] (/ S if div), rows j < 16, groups i < ng; es = 2 takes
- * every other float (the two-scale formats' interleaved (s+, s-)). Bit-identical to the scalar
- * loop (moves, exact u8 -> float, IEEE division); the scalar form cost about 16 instructions per
- * (row, group) and a third of an int2-g64 call (callgrind, issue 10), this one about 2. */
-LB_INLINE __m128 ql_ld4(const float* q, const int es, const int div, __m128 sv) {
-    const __m128 r = es == 1 ? _mm_loadu_ps(q)
-                             : _mm_shuffle_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4),
-                                              _MM_SHUFFLE(2, 0, 2, 0));
-    return div ? _mm_div_ps(r, sv) : r;
-}
-
-/* Four rows' 4 groups (r0..r3) stored transposed: dst[k * 32 + j..j+3] = group k of rows. */
-#define QL_TR4_STORE(r0, r1, r2, r3, d)                                                     \
-    do {                                                                                    \
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);                                                  \
-        _mm_storeu_ps((d), r0);                                                             \
-        _mm_storeu_ps((d) + 32, r1);                                                        \
-        _mm_storeu_ps((d) + 64, r2);                                                        \
-        _mm_storeu_ps((d) + 96, r3);                                                        \
-    } while (0)
-
-/* es and div are constants in each call of ql_tr16, so the loop holds no branch. */
-LB_INLINE void ql_tr16_k(const float* src, int64_t rs, int64_t ng, float S, float* dst,
-                         const int es, const int div) {
-    const __m128 sv = _mm_set1_ps(S);
-    int64_t i = 0;
-    for (; i + 4 <= ng; i += 4) {
-        const float* q = src + i * es;
-        _Pragma("GCC unroll 4") for (int j = 0; j < 16; j += 4) {
-            __m128 r0 = ql_ld4(q + (j + 0) * rs, es, div, sv);
-            __m128 r1 = ql_ld4(q + (j + 1) * rs, es, div, sv);
-            __m128 r2 = ql_ld4(q + (j + 2) * rs, es, div, sv);
-            __m128 r3 = ql_ld4(q + (j + 3) * rs, es, div, sv);
-            QL_TR4_STORE(r0, r1, r2, r3, dst + i * 32 + j);
-        }
-    }
-    for (; i < ng; ++i)
-        for (int j = 0; j < 16; ++j) {
-            const float v = src[j * rs + i * es];
-            dst[i * 32 + j] = div ? v / S : v;
-        }
-}
-
-static void ql_tr16(const float* src, int64_t rs, int es, int64_t ng, int div, float S,
-                    float* dst) {
-    if (es == 1 && !div) ql_tr16_k(src, rs, ng, S, dst, 1, 0);
-    else if (es == 1) ql_tr16_k(src, rs, ng, S, dst, 1, 1);
-    else if (!div) ql_tr16_k(src, rs, ng, S, dst, 2, 0);
-    else ql_tr16_k(src, rs, ng, S, dst, 2, 1);
-}
-
-LB_INLINE __m128 ql_ld4_u8(const uint8_t* q) {
-    int32_t w;
-    memcpy(&w, q, 4);
-    const __m128i zero = _mm_setzero_si128();
-    const __m128i b = _mm_unpacklo_epi8(_mm_cvtsi32_si128(w), zero);
-    return _mm_cvtepi32_ps(_mm_unpacklo_epi16(b, zero));
-}
-
-static void ql_tr16_u8(const uint8_t* z, int64_t rs, int64_t ng, float* dst) {
-    int64_t i = 0;
-    for (; i + 4 <= ng; i += 4) {
-        _Pragma("GCC unroll 4") for (int j = 0; j < 16; j += 4) {
-            __m128 r0 = ql_ld4_u8(z + (j + 0) * rs + i), r1 = ql_ld4_u8(z + (j + 1) * rs + i);
-            __m128 r2 = ql_ld4_u8(z + (j + 2) * rs + i), r3 = ql_ld4_u8(z + (j + 3) * rs + i);
-            QL_TR4_STORE(r0, r1, r2, r3, dst + i * 32 + j);
-        }
-    }
-    for (; i < ng; ++i)
-        for (int j = 0; j < 16; ++j) dst[i * 32 + j] = (float)z[j * rs + i];
-}
-
-/* lb_ql_tile_params for a whole tile (16 rows < N). */
-static void ql_tile_params_x86(const ql_ctx* c, int64_t n0, int64_t g0, int64_t ng, int integer,
-                              float* tp) {
-    const lb_fmt* f = c->f;
-    const int64_t G = c->G;
-    const float S = c->lscale;
-    switch (f->kind) {
-    case LB_KIND_INT_ASYM:
-        ql_tr16(c->scales + n0 * G + g0, G, 1, ng, 0, S, tp);
-        ql_tr16_u8(c->zeros + n0 * G + g0, G, ng, tp + 16);
-        return;
-    case LB_KIND_INT_SYM:
-        ql_tr16(c->scales + n0 * G + g0, G, 1, ng, 0, S, tp);
-        for (int64_t i = 0; i < ng; ++i)
-            for (int j = 0; j < 16; ++j) tp[i * 32 + 16 + j] = (float)-f->qmin;
-        return;
-    case LB_KIND_LVL2:
-        ql_tr16(c->scales + 2 * (n0 * G + g0), 2 * G, 2, ng, integer, S, tp);
-        ql_tr16(c->scales + 2 * (n0 * G + g0) + 1, 2 * G, 2, ng, integer, S, tp + 16);
-        return;
-    default: {
-        const int lvl_p1 = integer && c->sch == QI_LOFF;
-        ql_tr16(c->scales + n0 * G + g0, G, 1, ng, integer, S, tp);
-        for (int64_t i = 0; i < ng; ++i)
-            for (int j = 0; j < 16; ++j)
-                tp[i * 32 + 16 + j] = !integer ? 0.0f : lvl_p1 ? S : tp[i * 32 + j];
-    }
-    }
-}
-#endif
-
-/* The format switch is outside the loops (one branch-free loop per kind): with small groups this
- * runs for every (row, group) of the weight on each call, and with the switch inside it cost as
- * much as the integer dot products themselves (int2-g64 ran at a third of whole-row speed). */
-void lb_ql_tile_params(const ql_ctx* c, int64_t nt, int64_t g0, int64_t g1, int integer,
-                       float* tp) {
-    const lb_fmt* f = c->f;
-    const int64_t G = c->G, ng = g1 - g0;
-    const float S = c->lscale;
-    const int lvl_p1 = integer && c->sch == QI_LOFF; /* p1 = S, else p0 (PN) or 0 (float) */
-#if LB_X86
-    if (nt * 16 + 16 <= c->N) {
-        ql_tile_params_x86(c, nt * 16, g0, ng, integer, tp);
-        return;
-    }
-#endif
-    for (int64_t j = 0; j < 16; ++j) {
-        const int64_t n = nt * 16 + j;
-        float* t0 = tp + j;
-        float* t1 = tp + 16 + j;
-        if (n >= c->N) {
-            for (int64_t i = 0; i < ng; ++i) t0[i * 32] = t1[i * 32] = 0.0f;
-            continue;
-        }
-        switch (f->kind) {
-        case LB_KIND_INT_ASYM: {
-            const float* s = c->scales + n * G + g0;
-            const uint8_t* z = c->zeros + n * G + g0;
-            for (int64_t i = 0; i < ng; ++i) {
-                t0[i * 32] = s[i];
-                t1[i * 32] = (float)z[i];
-            }
-            break;
-        }
-        case LB_KIND_INT_SYM: {
-            const float* s = c->scales + n * G + g0;
-            for (int64_t i = 0; i < ng; ++i) {
-                t0[i * 32] = s[i];
-                t1[i * 32] = (float)-f->qmin;
-            }
-            break;
-        }
-        case LB_KIND_LVL2: {
-            const float* s = c->scales + 2 * (n * G + g0);
-            for (int64_t i = 0; i < ng; ++i) {
-                /* x / S, not x * (1/S): bit-identical to the former per-element form */
-                t0[i * 32] = integer ? s[2 * i] / S : s[2 * i];
-                t1[i * 32] = integer ? s[2 * i + 1] / S : s[2 * i + 1];
-            }
-            break;
-        }
-        default: {
-            const float* s = c->scales + n * G + g0;
-            for (int64_t i = 0; i < ng; ++i) {
-                const float p0 = integer ? s[i] / S : s[i];
-                t0[i * 32] = p0;
-                t1[i * 32] = !integer ? 0.0f : lvl_p1 ? S : p0;
-            }
-            break;
-        }
-        }
-    }
-}
-
+/* ================================ tables ================================ */
 /* The float decode tables (entries replicated for 2/3-bit codes, see csrc/layouts.h). */
 static void ql_tables(ql_ctx* c, const lb_fmt* f) {
-    const int mask = f->bits == 2 ? 3 : (f->bits == 3 ? 7 : 15);
+    const int mask = f->bits < 4 ? (1 << f->bits) - 1 : 15;
     for (int t = 0; t < 16; ++t) {
         const int code = t & mask;
-        const float v = f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM
-                            ? (float)code
-                            : f->lev[code];
+        const float v = f->nlev == 0 ? (float)code : f->lev[code];
         c->tbl[t] = v;
         c->tblp[t] = v > 0.0f ? v : 0.0f;
         c->tbln[t] = v < 0.0f ? v : 0.0f;
@@ -429,9 +264,13 @@ int lb_ql_scheme(int act, const lb_fmt* f, int64_t M, int packable) {
     if (act == LB_ACT_INT8) return LB_QS_INT8;
     /* auto: an int8 activation plus an int8 quantized residual is within 1e-4 when the weights
      * are exact integers (INT codes, FP levels times S); NF levels are not, so NF runs float */
-    if (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM || ql_exact_level_scale(f) > 0.0f)
-        return LB_QS_INT8X2;
+    if (f->nlev == 0 || ql_exact_level_scale(f) > 0.0f) return LB_QS_INT8X2;
     return LB_QS_FLOAT;
+}
+
+int lb_ql_holds(const lb_fmt* f) {
+    return f->storage == LB_STORE_CODES && lb_ql_width_ok(f->bits) &&
+           (f->nlev == 0 || f->bits <= QL_TABLE_MAX_BITS);
 }
 
 /* The integer scheme and byte tables of a level format (QI_LOFF for exact symmetric levels,
@@ -440,8 +279,8 @@ static void ql_int_tables(ql_ctx* c, const lb_fmt* f) {
     float S = ql_exact_level_scale(f);
     c->sch = QI_OFF;
     c->lscale = 1.0f;
-    if (f->kind == LB_KIND_INT_ASYM || f->kind == LB_KIND_INT_SYM) return;
-    c->sch = S > 0.0f && f->kind == LB_KIND_LVL1 ? QI_LOFF : QI_PN;
+    if (f->nlev == 0) return; /* integer codes */
+    c->sch = S > 0.0f && f->nscales == 1 ? QI_LOFF : QI_PN;
     if (S == 0.0f) S = 127.0f;
     c->lscale = S;
     for (int t = 0; t < 16; ++t) {
@@ -549,7 +388,9 @@ static void ql_generic_rows(int64_t a, int64_t b, void* ctx) {
 static void ql_init(ql_ctx* c, const lb_fmt* f, int64_t N, int64_t K, int64_t g) {
     memset(c, 0, sizeof *c);
     c->kind = f->kind; c->bits = f->bits; c->f = f;
-    c->kd = f->kind == LB_KIND_LVL2 ? QF_TWO : f->kind == LB_KIND_LVL1 ? QF_PLAIN : QF_ZP;
+    /* the float decode kind: integer codes minus a zero point (z, or -qmin for INT sym), else
+     * table values with one or two ([s+, s-]) scales */
+    c->kd = f->nlev == 0 ? QF_ZP : f->nscales == 2 ? QF_TWO : QF_PLAIN;
     c->N = N; c->K = K; c->g = g; c->G = K / g;
     c->KB = lb_ql_kblocks(K); c->Kp = c->KB * 32; c->NT = lb_ql_tiles(N);
     c->kbpg = c->G == 1 ? c->KB : g / 32;
@@ -560,27 +401,9 @@ void lb_ql_dequant_t_cpu(const int32_t* packed, const float* scales, const uint8
                          int64_t N, int64_t K, int64_t g, const lb_fmt* f, int64_t kb0,
                          int64_t kb1, float* wt) {
     ql_ctx c;
-    lb_parallel_fn fn = lb_ql_deqt_worker_ref;
     ql_init(&c, f, N, K, g);
     c.P = packed; c.scales = scales; c.zeros = zeros; c.y = wt; c.kb0 = kb0;
-#if LB_X86
-    if (lb_rt.isa == LB_ISA_AVX512) fn = lb_ql_deqt_worker_avx512;
-    else if (lb_rt.isa == LB_ISA_AVX2) fn = lb_ql_deqt_worker_avx2;
-#endif
-    lb_parallel(kb1, 1, fn, &c); /* [0, kb1): workers skip blocks below kb0 */
-}
-
-static lb_parallel_fn ql_pick(int which) { /* 0 GEMV, 1 GEMM, 2 integer */
-#if LB_X86
-    if (lb_rt.isa == LB_ISA_AVX512)
-        return which == 0 ? lb_ql_gemv_worker_avx512 : which == 1 ? lb_ql_gemm_worker_avx512
-               : lb_rt.vnni ? lb_ql_int_worker_avx512vnni : lb_ql_int_worker_avx512;
-    if (lb_rt.isa == LB_ISA_AVX2)
-        return which == 0 ? lb_ql_gemv_worker_avx2 : which == 1 ? lb_ql_gemm_worker_avx2
-               : lb_rt.vnni ? lb_ql_int_worker_avxvnni : lb_ql_int_worker_avx2;
-#endif
-    return which == 0 ? lb_ql_gemv_worker_ref : which == 1 ? lb_ql_gemm_worker_ref
-                      : lb_ql_int_worker_ref;
+    lb_parallel(kb1, 1, lb_rt.ql->deqt, &c); /* [0, kb1): workers skip blocks below kb0 */
 }
 
 /* The float GEMM over the rows of x flagged bad (their float copies in xrow): the exact path. */
@@ -605,7 +428,7 @@ static int ql_redo_bad_rows(const ql_ctx* c, const float* xrow, const uint8_t* b
             map[nbad++] = m;
         }
     e.M = nbad; e.xf = xb; e.ymap = map; e.oom = 0;
-    lb_parallel((e.NT + 1) / 2, 1, ql_pick(1), &e);
+    lb_parallel((e.NT + 1) / 2, 1, lb_rt.ql->gemm, &e);
     free(xb);
     free(map);
     return e.oom ? -1 : 0;
@@ -617,7 +440,7 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
                       void* y) {
     ql_ctx c;
     ql_act_ctx a;
-    const int fast = packed != NULL && lb_ql_packable(K, g);
+    const int fast = packed != NULL && lb_ql_packable(K, g) && lb_ql_holds(f);
     const int sch = lb_ql_scheme(act, f, M, fast);
     const int integer = sch != LB_QS_FLOAT, gemv = !integer && fast && M <= 4;
     float *xrow = NULL, *bf = NULL, *xd = NULL, *xz = NULL;
@@ -657,12 +480,12 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
     } else if (integer) {
         int64_t grain = 65536 / (16 * c.Kp);
         c.xq = xq; c.xd = xd; c.xz = xz;
-        lb_parallel(c.NT, grain > 0 ? grain : 1, ql_pick(2), &c);
+        lb_parallel(c.NT, grain > 0 ? grain : 1, lb_rt.ql->int_tiles, &c);
     } else if (gemv) {
         int64_t grain = 65536 / (16 * c.Kp);
-        lb_parallel(c.NT, grain > 0 ? grain : 1, ql_pick(0), &c);
+        lb_parallel(c.NT, grain > 0 ? grain : 1, lb_rt.ql->gemv, &c);
     } else {
-        lb_parallel((c.NT + 1) / 2, 1, ql_pick(1), &c);
+        lb_parallel((c.NT + 1) / 2, 1, lb_rt.ql->gemm, &c);
     }
     if (c.oom) rc = -1;
     if (!rc && fast && (integer || gemv)) {

@@ -29,5 +29,9 @@ void lb_ql_dequant_t_cpu(const int32_t* packed, const float* scales, const uint8
  * kernels run, exported so the benchmarks can print it. */
 enum { LB_QS_FLOAT = 0, LB_QS_INT8 = 1, LB_QS_INT8X2 = 2 };
 int lb_ql_scheme(int act, const lb_fmt* f, int64_t M, int packable);
+/* Whether the packed layout holds f's codes and the kernels have its instantiations (a codes
+ * format of a width in LB_QL_WIDTHS, level tables of at most 16 entries); the forward runs the
+ * other formats on their canonical codes, and pack / W^T refuse them. */
+int lb_ql_holds(const lb_fmt* f);
 
 #endif /* LOWBIT_CPU_QLINEAR_H */

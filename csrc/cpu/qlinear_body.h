@@ -2,7 +2,8 @@
  * large M, the exact path of rows the integer modes cannot represent, and W^T for the input
  * gradient), written once over a 16-lane vector abstraction and included by three files --
  * csrc/cpu/qlinear.c (scalar twin) and csrc/cpu/arch/x86/qlinear_avx2.c, qlinear_avx512.c --
- * each time with QL(name), the types vf/vi/vt, QL_MR and the VF_/VI_/VT_ operations defined.
+ * each time with QL(name), the types ql_vf / ql_vi / ql_vt, QL_MR and the VF_/VI_/VT_ operations
+ * defined.
  * One lane is one output row (see the layout in csrc/layouts.h). Defines the
  * lb_ql_{gemv,gemm,deqt}_worker_<isa> entry points of csrc/cpu/qlinear_impl.h. Not a
  * standalone header. */
@@ -18,20 +19,20 @@
 #define QL_BLOCK(BITS, wb, STEP)                                                              \
     do {                                                                                      \
         if ((BITS) == 3) {                                                                    \
-            vi qb_hi = VI_LOAD((wb) + 32);                                                    \
+            ql_vi qb_hi = VI_LOAD((wb) + 32);                                                    \
             QL_UNROLL32 for (int qb_k = 0; qb_k < 32; ++qb_k) {                               \
                 const int qb_w = qb_k >> 4, qb_t = qb_k & 15;                                 \
                 const int qb_b = 8 * (qb_t >> 2) + 4 * qb_w + (qb_t & 3) - 2;                 \
-                vi qb_lo = VI_SRLI(VI_LOAD((wb) + 16 * qb_w), 2 * qb_t);                      \
-                vi qb_h = qb_b >= 0 ? VI_SRLI(qb_hi, qb_b) : VI_SLLI(qb_hi, -qb_b);           \
-                vi cc = VI_MERGE3(qb_lo, qb_h);                                               \
+                ql_vi qb_lo = VI_SRLI(VI_LOAD((wb) + 16 * qb_w), 2 * qb_t);                      \
+                ql_vi qb_h = qb_b >= 0 ? VI_SRLI(qb_hi, qb_b) : VI_SLLI(qb_hi, -qb_b);           \
+                ql_vi cc = VI_MERGE3(qb_lo, qb_h);                                               \
                 STEP(cc, qb_k);                                                               \
             }                                                                                 \
         } else {                                                                              \
             QL_UNROLL8 for (int qb_w = 0; qb_w < (BITS); ++qb_w) {                            \
-                vi qb_v = VI_LOAD((wb) + qb_w * 16);                                          \
+                ql_vi qb_v = VI_LOAD((wb) + qb_w * 16);                                          \
                 QL_UNROLL16 for (int qb_t = 0; qb_t < 32 / (BITS); ++qb_t) {                  \
-                    vi cc = VI_SRLI(qb_v, qb_t * (BITS));                                     \
+                    ql_vi cc = VI_SRLI(qb_v, qb_t * (BITS));                                     \
                     if ((BITS) == 8) cc = VI_AND255(cc);                                      \
                     STEP(cc, qb_w * (32 / (BITS)) + qb_t);                                    \
                 }                                                                             \
@@ -53,13 +54,13 @@ QL_SPECIALISE void QL(gemv_tile)(const ql_ctx* c, int64_t nt, const float* tp, c
                              const int BITS, const int KD) {
     const int NS = M == 1 ? 4 : 2;
     const int64_t Kp = c->Kp, G = c->G, kbpg = c->kbpg;
-    const vt T = VT_MAKE(KD == QF_TWO ? c->tblp : c->tbl), Tn = VT_MAKE(c->tbln);
+    const ql_vt T = VT_MAKE(KD == QF_TWO ? c->tblp : c->tbl), Tn = VT_MAKE(c->tbln);
     const int32_t* W = c->P + nt * c->KB * BITS * 16;
-    vf out[4];
+    ql_vf out[4];
     for (int m = 0; m < M; ++m) out[m] = VF_ZERO();
     for (int64_t gi = 0; gi < G; ++gi) {
-        vf a[4][4], b[4][4];
-        const vf p0 = VF_LOAD(tp + gi * 32), p1 = VF_LOAD(tp + gi * 32 + 16);
+        ql_vf a[4][4], b[4][4];
+        const ql_vf p0 = VF_LOAD(tp + gi * 32), p1 = VF_LOAD(tp + gi * 32 + 16);
         for (int m = 0; m < M; ++m)
             for (int s = 0; s < NS; ++s) {
                 a[m][s] = VF_ZERO();
@@ -71,11 +72,11 @@ QL_SPECIALISE void QL(gemv_tile)(const ql_ctx* c, int64_t nt, const float* tp, c
 #define QL_GEMV_STEP(cc, kk)                                                      \
     do {                                                                          \
         const int k_ = (kk);                                                      \
-        vf w_ = (BITS) == 8 ? VI_CVT(cc) : VT_LOOK(cc, T);                        \
-        vf wn_ = KD == QF_TWO ? VT_LOOK(cc, Tn) : w_;                             \
+        ql_vf w_ = (BITS) == 8 ? VI_CVT(cc) : VT_LOOK(cc, T);                        \
+        ql_vf wn_ = KD == QF_TWO ? VT_LOOK(cc, Tn) : w_;                             \
         if (KD == QF_ZP) w_ = VF_SUB(w_, p1);                                     \
         for (int m = 0; m < M; ++m) {                                             \
-            vf xb_ = VF_SET1(xk[m * Kp + k_]);                                    \
+            ql_vf xb_ = VF_SET1(xk[m * Kp + k_]);                                    \
             a[m][k_ % NS] = VF_FMA(w_, xb_, a[m][k_ % NS]);                       \
             if (KD == QF_TWO) b[m][k_ % NS] = VF_FMA(wn_, xb_, b[m][k_ % NS]);    \
         }                                                                         \
@@ -84,7 +85,7 @@ QL_SPECIALISE void QL(gemv_tile)(const ql_ctx* c, int64_t nt, const float* tp, c
 #undef QL_GEMV_STEP
         }
         for (int m = 0; m < M; ++m) {
-            vf sa = a[m][0], sb = b[m][0];
+            ql_vf sa = a[m][0], sb = b[m][0];
             for (int s = 1; s < NS; ++s) {
                 sa = VF_ADD(sa, a[m][s]);
                 sb = VF_ADD(sb, b[m][s]);
@@ -108,17 +109,17 @@ QL_SPECIALISE void QL(gemv_tile)(const ql_ctx* c, int64_t nt, const float* tp, c
 QL_SPECIALISE void QL(deq_tile)(const ql_ctx* c, int64_t nt, int64_t kb0, int64_t kb1, float* B,
                             const int64_t ldb, const float* tp, int64_t gb, const int BITS,
                             const int TWO) {
-    const vt T = VT_MAKE(c->tbl);
+    const ql_vt T = VT_MAKE(c->tbl);
     const int32_t* W = c->P + nt * c->KB * BITS * 16;
     for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t gi = (c->G == 1 ? 0 : kb / c->kbpg) - gb;
-        const vf p0 = VF_LOAD(tp + gi * 32), p1 = VF_LOAD(tp + gi * 32 + 16);
+        const ql_vf p0 = VF_LOAD(tp + gi * 32), p1 = VF_LOAD(tp + gi * 32 + 16);
         const int32_t* wb = W + kb * BITS * 16;
         float* bk = B + (kb - kb0) * 32 * ldb;
 #define QL_DEQ_STEP(cc, kk)                                                                   \
     do {                                                                                      \
-        vf w_ = (BITS) == 8 ? VI_CVT(cc) : VT_LOOK(cc, T);                                    \
-        vf v_ = TWO ? VF_MUL(w_, VF_SELGE0(w_, p0, p1)) : VF_MUL(VF_SUB(w_, p1), p0);         \
+        ql_vf w_ = (BITS) == 8 ? VI_CVT(cc) : VT_LOOK(cc, T);                                    \
+        ql_vf v_ = TWO ? VF_MUL(w_, VF_SELGE0(w_, p0, p1)) : VF_MUL(VF_SUB(w_, p1), p0);         \
         VF_STORE(bk + (kk) * ldb, v_);                                                         \
     } while (0)
         QL_BLOCK(BITS, wb, QL_DEQ_STEP);
@@ -130,7 +131,7 @@ QL_SPECIALISE void QL(deq_tile)(const ql_ctx* c, int64_t nt, int64_t kb0, int64_
  * broadcast, two B vectors per k. */
 LB_INLINE void QL(micro)(const ql_ctx* c, const float* B, int64_t m0, int64_t k0, int64_t kc,
                          float* C, const int MR, int first) {
-    vf acc[QL_MR][2];
+    ql_vf acc[QL_MR][2];
     const float* X = c->xf + m0 * c->Kp + k0;
     const int64_t Kp = c->Kp;
     for (int i = 0; i < MR; ++i) {
@@ -138,9 +139,9 @@ LB_INLINE void QL(micro)(const ql_ctx* c, const float* B, int64_t m0, int64_t k0
         acc[i][1] = first ? VF_ZERO() : VF_LOAD(C + i * 32 + 16);
     }
     for (int64_t k = 0; k < kc; ++k) {
-        const vf b0 = VF_LOAD(B + k * 32), b1 = VF_LOAD(B + k * 32 + 16);
+        const ql_vf b0 = VF_LOAD(B + k * 32), b1 = VF_LOAD(B + k * 32 + 16);
         for (int i = 0; i < MR; ++i) {
-            const vf xa = VF_SET1(X[i * Kp + k]);
+            const ql_vf xa = VF_SET1(X[i * Kp + k]);
             acc[i][0] = VF_FMA(xa, b0, acc[i][0]);
             acc[i][1] = VF_FMA(xa, b1, acc[i][1]);
         }
@@ -210,10 +211,12 @@ QL_SPECIALISE void QL(gemm_pairs)(ql_ctx* c, int64_t p0, int64_t p1, const int B
     free(tp);
 }
 
-/* Thread-pool entry points: [a, b) are tiles (GEMV) or tile pairs (GEMM). */
+/* Thread-pool entry points: [a, b) are tiles (GEMV) or tile pairs (GEMM). The instantiation is
+ * the weight's shape (width c->bits, decode kind c->kd; QL_FLOAT_SHAPES / QL_DEQ_SHAPES), which
+ * the drivers only send here when lb_ql_holds the format. */
 #define QL_GV_CASE(BB, KK, MM) \
     case BB * 100 + KK * 10 + MM: QL(gemv_tile)(c, nt, tp, MM, BB, KK); break;
-#define QL_GV_M(BB, KK) QL_GV_CASE(BB, KK, 1) QL_GV_CASE(BB, KK, 2) QL_GV_CASE(BB, KK, 3) QL_GV_CASE(BB, KK, 4)
+#define QL_GV_SHAPE(BB, KK) QL_GV_CASE(BB, KK, 1) QL_GV_CASE(BB, KK, 2) QL_GV_CASE(BB, KK, 3) QL_GV_CASE(BB, KK, 4)
 QL_ATTR void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
     ql_ctx* c = (ql_ctx*)ctx;
     float* tp = (float*)malloc((size_t)(c->G * 32) * sizeof(float));
@@ -224,14 +227,13 @@ QL_ATTR void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
     for (int64_t nt = a; nt < b; ++nt) {
         lb_ql_tile_params(c, nt, 0, c->G, 0, tp);
         switch (c->bits * 100 + c->kd * 10 + c->M) {
-            QL_GV_M(2, 1) QL_GV_M(3, 0) QL_GV_M(3, 1) QL_GV_M(3, 2)
-            QL_GV_M(4, 0) QL_GV_M(4, 1) QL_GV_M(4, 2) QL_GV_M(8, 1)
+            QL_FLOAT_SHAPES(QL_GV_SHAPE)
             default: break;
         }
     }
     free(tp);
 }
-#undef QL_GV_M
+#undef QL_GV_SHAPE
 #undef QL_GV_CASE
 
 #define QL_GM_CASE(BB, TT) \
@@ -239,8 +241,7 @@ QL_ATTR void QL(gemv_worker)(int64_t a, int64_t b, void* ctx) {
 QL_ATTR void QL(gemm_worker)(int64_t a, int64_t b, void* ctx) {
     ql_ctx* c = (ql_ctx*)ctx;
     switch (c->bits * 10 + (c->kd == QF_TWO)) {
-        QL_GM_CASE(2, 0) QL_GM_CASE(2, 1) QL_GM_CASE(3, 0) QL_GM_CASE(3, 1) QL_GM_CASE(4, 0)
-        QL_GM_CASE(4, 1) QL_GM_CASE(8, 0)
+        QL_DEQ_SHAPES(QL_GM_CASE)
         default: break;
     }
 }
@@ -263,8 +264,7 @@ QL_ATTR void QL(deqt_worker)(int64_t a, int64_t b, void* ctx) {
     const int64_t ld = c->NT * 16;
     float tp[32] __attribute__((aligned(64)));
     switch (c->bits * 10 + (c->kd == QF_TWO)) {
-        QL_DT_CASE(2, 0) QL_DT_CASE(2, 1) QL_DT_CASE(3, 0) QL_DT_CASE(3, 1) QL_DT_CASE(4, 0)
-        QL_DT_CASE(4, 1) QL_DT_CASE(8, 0)
+        QL_DEQ_SHAPES(QL_DT_CASE)
         default: break;
     }
 }

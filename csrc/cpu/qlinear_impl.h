@@ -48,7 +48,8 @@ typedef struct {
 
 /* tp[(g - g0) * 32 + j] = p0 and tp[(g - g0) * 32 + 16 + j] = p1 of row nt*16 + j, group g, for
  * groups [g0, g1): the float kernels' (integer = 0) or the integer kernels' (integer = 1)
- * parameters, read from the canonical scales / zero points (rows >= N get 0). */
+ * parameters, read from the canonical scales / zero points (rows >= N get 0). Shared by every
+ * variant (csrc/cpu/qlinear_common.c). */
 void lb_ql_tile_params(const ql_ctx* c, int64_t nt, int64_t g0, int64_t g1, int integer,
                        float* tp);
 
@@ -61,26 +62,47 @@ static __attribute__((noinline, unused)) void ql_store(const ql_ctx* c, int64_t 
         lb_st1(c->y, c->dt, o + j, c->bias ? v[j] + c->bias[n0 + j] : v[j]);
 }
 
-/* Worker entry points (lb_parallel_fn) of each variant: [a, b) are tiles (GEMV and the integer
- * kernels), tile pairs (GEMM) or K-blocks (W^T). The float kernels have a scalar twin, an AVX2
- * and an AVX-512 variant; the integer kernels a scalar twin and one variant per integer-dot
- * instruction set (AVX2 vpmaddubsw, AVX-VNNI, AVX-512BW vpmaddubsw, AVX-512 VNNI). */
+/* The family's kernel table (csrc/cpu/lb_cpu.h): the worker entry points (lb_parallel_fn) of one
+ * variant; [a, b) are tiles (GEMV and the integer kernels), tile pairs (GEMM) or K-blocks (W^T).
+ * The float kernels have a scalar twin (csrc/cpu/qlinear.c), an AVX2 and an AVX-512 variant; the
+ * integer kernels a scalar twin and one variant per integer-dot instruction set (AVX2
+ * vpmaddubsw, AVX-VNNI, AVX-512BW vpmaddubsw, AVX-512 VNNI), whose tables take the float
+ * kernels of their base ISA. Each worker picks its instantiation for the weight's code width and
+ * decode kind (QL_FLOAT_SHAPES / QL_INT_SHAPES below), which the format's row gives (ql_init). */
+struct lb_ql_kernels {
+    lb_parallel_fn gemv;      /* act="float", M <= 4 */
+    lb_parallel_fn gemm;      /* the float GEMM (and the exact redo of rows the others skip) */
+    lb_parallel_fn deqt;      /* rows of W^T as float32, the input-gradient path */
+    lb_parallel_fn int_tiles; /* the integer-dot kernels (act="int8" / "auto") */
+};
 #define QL_DECLARE_WORKERS(isa)                                    \
     void lb_ql_gemv_worker_##isa(int64_t a, int64_t b, void* ctx); \
     void lb_ql_gemm_worker_##isa(int64_t a, int64_t b, void* ctx); \
     void lb_ql_deqt_worker_##isa(int64_t a, int64_t b, void* ctx);
-#define QL_DECLARE_INT_WORKER(isa) void lb_ql_int_worker_##isa(int64_t a, int64_t b, void* ctx);
-QL_DECLARE_WORKERS(ref)
-QL_DECLARE_INT_WORKER(ref)
 #if LB_X86
+/* the float workers the VNNI tables share with their base ISA */
 QL_DECLARE_WORKERS(avx2)
 QL_DECLARE_WORKERS(avx512)
-QL_DECLARE_INT_WORKER(avx2)
-QL_DECLARE_INT_WORKER(avxvnni)
-QL_DECLARE_INT_WORKER(avx512)
-QL_DECLARE_INT_WORKER(avx512vnni)
 #endif
 #undef QL_DECLARE_WORKERS
-#undef QL_DECLARE_INT_WORKER
+
+/* The instantiations every variant compiles, by shape (not by format): X(BITS, KD) for each code
+ * width of the packed layout (csrc/layouts.h LB_QL_WIDTHS) and float decode kind; the table
+ * kinds (QF_PLAIN, QF_TWO) read a 16-entry table, so only widths <= 4. A format reaches these
+ * through its row (its width and its kind's decode kind, ql_init); lb_ql_holds tells the
+ * drivers which weights have an instantiation. */
+#define QL_FLOAT_SHAPES(X)                                                                    \
+    X(2, QF_ZP) X(3, QF_ZP) X(4, QF_ZP) X(8, QF_ZP) X(2, QF_PLAIN) X(3, QF_PLAIN) X(4, QF_PLAIN) \
+    X(2, QF_TWO) X(3, QF_TWO) X(4, QF_TWO)
+/* The integer-dot instantiations: X(BITS, SCH) for each width and integer scheme; the byte
+ * tables of QI_LOFF and QI_PN (vpshufb) hold 16 entries, so only widths <= 4. */
+#define QL_INT_SHAPES(X)                                                                      \
+    X(2, QI_OFF) X(3, QI_OFF) X(4, QI_OFF) X(8, QI_OFF) X(2, QI_LOFF) X(3, QI_LOFF)           \
+    X(4, QI_LOFF) X(2, QI_PN) X(3, QI_PN) X(4, QI_PN)
+/* The widest code a table kind (level decode) has an instantiation for. */
+#define QL_TABLE_MAX_BITS 4
+/* The GEMM and W^T kernels decode one- and two-scale weights apart (X(BITS, TWO)): every width
+ * one-scale (INT's zero point, one-scale levels: p1 = 0), the table widths two-scale. */
+#define QL_DEQ_SHAPES(X) X(2, 0) X(3, 0) X(4, 0) X(8, 0) X(2, 1) X(3, 1) X(4, 1)
 
 #endif /* LOWBIT_CPU_QLINEAR_IMPL_H */

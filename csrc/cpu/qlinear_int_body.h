@@ -3,8 +3,8 @@
  * included by csrc/cpu/qlinear.c (scalar twin, 16 lanes) and csrc/cpu/arch/x86/qlinear_avx2.c,
  * qlinear_avxvnni.c (8 lanes), qlinear_avx512.c, qlinear_avx512vnni.c (16 lanes), each time with
  * QI(name), QI_ATTR, QVL, QI_MB_OFF / QI_MB_PN (the most activation rows one pass over a tile
- * holds in registers), the types qv (int32 lanes), qg (float lanes), qt (a 16-byte table) and
- * the QV_ / QG_ / QT_ operations defined. Defines lb_ql_int_worker_<isa>
+ * holds in registers), the types ql_qv (int32 lanes), ql_qg (float lanes), ql_qt (a 16-byte table) and
+ * the QV_ / QG_ / QT_ operations defined. Defines lb_ql_int_tiles_<isa>
  * (csrc/cpu/qlinear_impl.h). Not a standalone header.
  *
  * One lane is one output row (the layout of csrc/layouts.h). Per K-block and step t, one shift
@@ -27,7 +27,7 @@
             out = QV_AND(QV_SRLI(QV_LOAD((wb) + ((t) >> 2) * 16), 2 * ((t) & 3)), m3);      \
             if ((BITS) == 3) {                                                              \
                 const int sh_ = 4 * ((t) >> 2) + ((t) & 3) - 2;                             \
-                qv h_ = sh_ >= 0 ? QV_SRLI(hw, sh_) : QV_SLLI(hw, -sh_);                    \
+                ql_qv h_ = sh_ >= 0 ? QV_SRLI(hw, sh_) : QV_SLLI(hw, -sh_);                    \
                 out = QV_OR(out, QV_AND(h_, m4));                                           \
             }                                                                               \
         }                                                                                   \
@@ -48,29 +48,29 @@ LB_INLINE void QI(tile)
     const int32_t* xq = (const int32_t*)c->xq + v0 * KB * 8;
     const float* xd = c->xd + v0 * KB;
     const float* xz = c->xz + v0 * G;
-    const qt TA = QT_MAKE(c->lta), TB = QT_MAKE(c->ltb);
-    const qv m3 = QV_SET1(0x03030303), m4 = QV_SET1(0x04040404), m15 = QV_SET1(0x0F0F0F0F);
+    const ql_qt TA = QT_MAKE(c->lta), TB = QT_MAKE(c->ltb);
+    const ql_qv m3 = QV_SET1(0x03030303), m4 = QV_SET1(0x04040404), m15 = QV_SET1(0x0F0F0F0F);
     (void)TA, (void)TB, (void)m3, (void)m4, (void)m15;
     for (int h = 0; h < 16 / QVL; ++h) {
-        qg out[8];
+        ql_qg out[8];
         for (int v = 0; v < MB; ++v) out[v] = QG_ZERO();
         for (int64_t gi = 0; gi < G; ++gi) {
-            qg fa[8], fb[8];
+            ql_qg fa[8], fb[8];
             for (int v = 0; v < MB; ++v) {
                 fa[v] = QG_ZERO();
                 fb[v] = QG_ZERO();
             }
             for (int64_t kb = gi * kbpg; kb < (gi + 1) * kbpg; ++kb) {
                 const int32_t* wb = W + kb * BITS * 16 + h * QVL;
-                const qv hw = BITS == 3 ? QV_LOAD(wb + 32) : QV_ZERO();
-                qv ia[8], ib[8];
+                const ql_qv hw = BITS == 3 ? QV_LOAD(wb + 32) : QV_ZERO();
+                ql_qv ia[8], ib[8];
                 (void)hw;
                 for (int v = 0; v < MB; ++v) {
                     ia[v] = QV_ZERO();
                     ib[v] = QV_ZERO();
                 }
                 QI_UNROLL8 for (int t = 0; t < LB_QL_STEPS; ++t) {
-                    qv u, ua, ub;
+                    ql_qv u, ua, ub;
                     QI_CODES(BITS, wb, t, u);
                     ua = SCH == QI_OFF ? u : QV_LUT(u, TA);
                     ub = SCH == QI_PN ? QV_LUT(u, TB) : u;
@@ -82,14 +82,14 @@ LB_INLINE void QI(tile)
                     }
                 }
                 for (int v = 0; v < MB; ++v) {
-                    const qg d = QG_SET1(xd[v * KB + kb]);
+                    const ql_qg d = QG_SET1(xd[v * KB + kb]);
                     fa[v] = QG_FMA(QV_CVT(ia[v]), d, fa[v]);
                     if (SCH == QI_PN) fb[v] = QG_FMA(QV_CVT(ib[v]), d, fb[v]);
                 }
             }
             {
-                const qg p0 = QG_LOAD(tp + gi * 32 + h * QVL);
-                const qg p1 = QG_LOAD(tp + gi * 32 + 16 + h * QVL);
+                const ql_qg p0 = QG_LOAD(tp + gi * 32 + h * QVL);
+                const ql_qg p1 = QG_LOAD(tp + gi * 32 + 16 + h * QVL);
                 for (int v = 0; v < MB; ++v) {
                     if (SCH == QI_PN)
                         out[v] = QG_FMA(p0, fa[v], QG_FNMA(p1, fb[v], out[v]));
@@ -110,14 +110,19 @@ LB_INLINE void QI(tile)
 #define QI_CASES_OFF(BB, SS) QI_CASE(BB, SS, 1) QI_CASE(BB, SS, 2) QI_CASE(BB, SS, 4)
 #endif
 #if QI_MB_PN >= 4
-#define QI_CASES_PN(BB) QI_CASE(BB, QI_PN, 1) QI_CASE(BB, QI_PN, 2) QI_CASE(BB, QI_PN, 4)
+#define QI_CASES_PN(BB, SS) QI_CASE(BB, SS, 1) QI_CASE(BB, SS, 2) QI_CASE(BB, SS, 4)
 #else
-#define QI_CASES_PN(BB) QI_CASE(BB, QI_PN, 1) QI_CASE(BB, QI_PN, 2)
+#define QI_CASES_PN(BB, SS) QI_CASE(BB, SS, 1) QI_CASE(BB, SS, 2)
 #endif
+/* the activation-row chunks (MB) of each scheme: QI_PN holds two accumulators per row */
+#define QI_CASES_QI_OFF(BB) QI_CASES_OFF(BB, QI_OFF)
+#define QI_CASES_QI_LOFF(BB) QI_CASES_OFF(BB, QI_LOFF)
+#define QI_CASES_QI_PN(BB) QI_CASES_PN(BB, QI_PN)
+#define QI_SHAPE(BB, SS) QI_CASES_##SS(BB)
 
 /* Thread-pool entry point: [a, b) are tiles. Per tile: its integer group parameters, then the
  * activation rows in chunks of MB (largest first), then the passes of each row summed. */
-QI_ATTR void QI(int_worker)(int64_t a, int64_t b, void* ctx) {
+QI_ATTR void QI(int_tiles)(int64_t a, int64_t b, void* ctx) {
     ql_ctx* c = (ql_ctx*)ctx;
     const int64_t V = c->V, M = c->M;
     const int mbmax = c->sch == QI_PN ? QI_MB_PN : QI_MB_OFF;
@@ -136,10 +141,8 @@ QI_ATTR void QI(int_worker)(int64_t a, int64_t b, void* ctx) {
         for (int64_t v0 = 0; v0 < V;) {
             const int64_t left = V - v0;
             const int mb = left >= 8 && mbmax >= 8 ? 8 : left >= 4 && mbmax >= 4 ? 4 : left >= 2 ? 2 : 1;
-            switch (c->bits * 1000 + c->sch * 100 + mb) {
-                QI_CASES_OFF(2, QI_OFF) QI_CASES_OFF(3, QI_OFF) QI_CASES_OFF(4, QI_OFF)
-                QI_CASES_OFF(8, QI_OFF) QI_CASES_OFF(3, QI_LOFF) QI_CASES_OFF(4, QI_LOFF)
-                QI_CASES_PN(3) QI_CASES_PN(4)
+            switch (c->bits * 1000 + c->sch * 100 + mb) { /* the shape (QL_INT_SHAPES) */
+                QL_INT_SHAPES(QI_SHAPE)
                 default: break;
             }
             v0 += mb;
@@ -157,4 +160,8 @@ QI_ATTR void QI(int_worker)(int64_t a, int64_t b, void* ctx) {
 #undef QI_CASE
 #undef QI_CASES_OFF
 #undef QI_CASES_PN
+#undef QI_CASES_QI_OFF
+#undef QI_CASES_QI_LOFF
+#undef QI_CASES_QI_PN
+#undef QI_SHAPE
 #undef QI_CODES

@@ -20,9 +20,10 @@
  * Inf/NaN in x: both paths read x at kept positions only, so a pass after them sets to NaN
  * the outputs F.linear of the pruned weight makes NaN through a pruned zero (0 * inf), and the
  * backward to x does the same for non-finite gradients (nonfinite_at_pruned below).
- * Every kernel has a scalar twin (*_ref, vectorisation off; here, with the drivers) and AVX2 /
- * AVX-512 variants (csrc/cpu/arch/x86/sparse24_avx2.c, sparse24_avx512.c) picked by lb_rt.isa
- * (the backward-to-x kernel: scalar and AVX-512). Unlike the fake_quant family,
+ * Every kernel has a scalar twin (vectorisation off; here, with the drivers, in the table
+ * lb_s24_kernels_scalar) and AVX2 / AVX-512 variants (csrc/cpu/arch/x86/sparse24_avx2.c,
+ * sparse24_avx512.c, one table each; the AVX2 table's backward to x is the scalar body); the
+ * drivers run the table in use (lb_rt.s24). Unlike the fake_quant family,
  * results are not bit-identical across variants (the sums run in different orders); each equals
  * the dense product of the pruned weight within float32 rounding (FORMATS.md 3). */
 #include <math.h>
@@ -32,14 +33,14 @@
 #include "sparse24_impl.h"
 
 /* ================= small M: scalar twin ================= */
-LB_SCALAR_ATTR static void small_ref(int64_t r0, int64_t r1, void* ctx) {
+LB_SCALAR_ATTR static void small_scalar(int64_t r0, int64_t r1, void* ctx) {
     LB24_SMALL_BODY(dot_tail(v, mrow, c->x, K, M, 0, acc))
 }
 
 /* ================= large M: scalar twin ================= */
 /* One output row n, groups [q0, q1), one m-block: acc[0..MBLK) += v * xt[k][..].
  * xt points at the m-block's tile (row k at xt + k * MBLK). */
-LB_SCALAR_ATTR static void rowblk_ref(float* acc, const float* v, const uint8_t* m, int64_t nq,
+LB_SCALAR_ATTR static void rowblk_scalar(float* acc, const float* v, const uint8_t* m, int64_t nq,
                                       const float* xt, int64_t mblk) {
     for (int64_t q = 0; q < nq; ++q) {
         const int b = nib(m, q);
@@ -50,8 +51,8 @@ LB_SCALAR_ATTR static void rowblk_ref(float* acc, const float* v, const uint8_t*
     }
 }
 
-LB_SCALAR_ATTR static void large_ref(int64_t r0, int64_t r1, void* ctx) {
-    LB24_LARGE_BODY(rowblk_ref(acc, v, m, nq, xtile, mblk))
+LB_SCALAR_ATTR static void large_scalar(int64_t r0, int64_t r1, void* ctx) {
+    LB24_LARGE_BODY(rowblk_scalar(acc, v, m, nq, xtile, mblk))
 }
 
 /* ================= meta validation ================= */
@@ -152,12 +153,8 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
     }
     c->mbytes = lb24_meta_bytes(K);
     c->ydt = xdt;
+    c->decode4 = lb_rt.s24->decode4;
     if (M <= LB24_SMALL_M) {
-        lb_parallel_fn fn = small_ref;
-#if LB_X86
-        if (lb_rt.isa == LB_ISA_AVX512) fn = lb24_small_avx512;
-        else if (lb_rt.isa == LB_ISA_AVX2) fn = lb24_small_avx2;
-#endif
         if (xdt == LB_DT_F32) {
             c->x = (const float*)x;
         } else {
@@ -165,15 +162,12 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
             lb_load_row(x, xdt, 0, M * K, 1.0f, xf);
             c->x = xf;
         }
-        lb_parallel((N + LB24_ROWS_SMALL - 1) / LB24_ROWS_SMALL, 8, fn, c);
+        lb_parallel((N + LB24_ROWS_SMALL - 1) / LB24_ROWS_SMALL, 8, lb_rt.s24->small, c);
     } else {
-        lb_parallel_fn fn = large_ref;
-#if LB_X86
-        if (lb_rt.isa == LB_ISA_AVX512) fn = lb24_large_avx512;
-        else if (lb_rt.isa == LB_ISA_AVX2) fn = lb24_large_avx2;
-#endif
-        /* m-block width: no more zero padding of a short batch than needed */
-        const int64_t mblk = M <= 16 ? 16 : (M <= 32 || lb_rt.isa != LB_ISA_AVX512 ? 32 : 64);
+        /* m-block width: no more zero padding of a short batch than needed, at most the
+         * kernel table's widest */
+        const int64_t mblk0 = M <= 16 ? 16 : (M <= 32 ? 32 : 64);
+        const int64_t mblk = mblk0 < lb_rt.s24->mblk_max ? mblk0 : lb_rt.s24->mblk_max;
         const int64_t nmb = (M + mblk - 1) / mblk;
         xf = (float*)aligned_alloc(64, (size_t)(nmb * K * mblk) * sizeof(float));
         if (!xf) { rc = -1; goto done; }
@@ -198,7 +192,7 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
         }
         c->xt = xf;
         c->mblk = mblk;
-        lb_parallel((N + LB24_NB - 1) / LB24_NB, 1, fn, c);
+        lb_parallel((N + LB24_NB - 1) / LB24_NB, 1, lb_rt.s24->large, c);
     }
     rc = c->oom || nonfinite_at_pruned(c, x, xdt) ? -1 : 0;
 done:
@@ -269,31 +263,22 @@ int lb24_decompress_cpu(const void* values, int vdt, const uint8_t* meta, int64_
 }
 
 /* ---- backward to x over the compressed weight (see sparse24_impl.h): scalar twin ---- */
-uint8_t lb24_kept_mask8[256];
-
-static void gx_init_table(void) {
-    for (int b = 0; b < 256; ++b) {
-        const int lo = b & 15, hi = b >> 4;
-        lb24_kept_mask8[b] = (uint8_t)(((1 << (lo & 3)) | (1 << (lo >> 2))) |
-                                       (((1 << (hi & 3)) | (1 << (hi >> 2))) << 4));
-    }
-}
-
-LB_SCALAR_ATTR static void gx_ref(int64_t p0, int64_t p1, void* ctx) {
+LB_SCALAR_ATTR static void gx_scalar(int64_t p0, int64_t p1, void* ctx) {
     LB24_GX_BODY(gx_groups(x, acc, v, mrow, n, 0))
 }
+
+const struct lb_s24_kernels lb_s24_kernels_scalar = {small_scalar, large_scalar, gx_scalar, NULL,
+                                                     32};
 
 int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* values, int vdt,
                     const uint8_t* meta, int64_t K, void* gx) {
     s24_ctx c;
     gx_ctx x;
     float *gf = NULL, *sum = NULL;
-    lb_parallel_fn gx_fn = gx_ref;
     int rc = 0;
     memset(&c, 0, sizeof c);
     if (M == 0 || K == 0) return 0;
     if (M > LB24_GRAD_X_MAX_M) return -2;
-    if (!lb24_kept_mask8[1]) gx_init_table();
     c.M = M; c.N = N; c.K = K; c.vals = values; c.vdt = vdt; c.meta = meta;
     c.mbytes = lb24_meta_bytes(K);
     x.c = &c;
@@ -305,10 +290,7 @@ int lb24_grad_x_cpu(const void* g, int gdt, int64_t M, int64_t N, const void* va
     if (!gf || !x.part) { rc = -1; goto done; }
     lb_load_row(g, gdt, 0, M * N, 1.0f, gf);
     x.g = gf;
-#if LB_X86
-    if (lb_rt.isa == LB_ISA_AVX512) gx_fn = lb24_gx_avx512;
-#endif
-    lb_parallel(x.P, 1, gx_fn, &x);
+    lb_parallel(x.P, 1, lb_rt.s24->gx, &x);
     if (c.oom) { rc = -1; goto done; }
     sum = x.part; /* parts added in order into part 0 */
     for (int64_t p = 1; p < x.P; ++p)

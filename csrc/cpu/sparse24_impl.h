@@ -1,8 +1,8 @@
 /* csrc/cpu/sparse24_impl.h: what csrc/cpu/sparse24.c (drivers, scalar twins) and its x86
  * variants (csrc/cpu/arch/x86/sparse24_avx2.c, sparse24_avx512.c) share: the kernel context and
  * tuning constants, the kept-value expansion, the meta decoding, the loop bodies every variant
- * instantiates with its own inner kernel, and the variants' entry points. Internal to the
- * sparse24 CPU kernels. */
+ * instantiates with its own inner kernel, and the family's kernel table. Internal to the sparse24
+ * CPU kernels. */
 #ifndef LOWBIT_CPU_SPARSE24_IMPL_H
 #define LOWBIT_CPU_SPARSE24_IMPL_H
 
@@ -43,13 +43,20 @@ typedef struct {
     const float* bias;     /* float32 (N) or NULL */
     void* y;
     int ydt;
+    /* the kernel table's 4-bit decode (NULL: the plain loop of row_values) */
+    void (*decode4)(const uint8_t* b, int64_t g, const float* lut, float* out);
     volatile int oom;
 } s24_ctx;
 
-#if LB_X86
-/* 4-bit codes [0, g) (g even, byte-aligned start) through a 16-entry table (AVX-512). */
-void lb24_decode4_avx512(const uint8_t* b, int64_t g, const float* lut, float* out);
-#endif
+/* The family's kernel table (csrc/cpu/lb_cpu.h). */
+struct lb_s24_kernels {
+    lb_parallel_fn small; /* the gather path, tasks of LB24_ROWS_SMALL output rows */
+    lb_parallel_fn large; /* the row-block path, tasks of LB24_NB output rows */
+    lb_parallel_fn gx;    /* the backward to x, parts of the output rows */
+    /* 4-bit codes [0, g) (g even, byte-aligned start) through a 16-entry table, or NULL */
+    void (*decode4)(const uint8_t* b, int64_t g, const float* lut, float* out);
+    int64_t mblk_max;     /* the widest m-block of the large path (16, 32 or 64 rows) */
+};
 
 /* Kept values of row n as float32: a pointer into the weight when it is float32, else expanded
  * into buf (K/2 floats). */
@@ -76,13 +83,11 @@ LB_INLINE const float* row_values(const s24_ctx* c, int64_t n, float* buf) {
                 continue;
             }
             for (int k = 0; k < ncode; ++k) lut[k] = lb_decode(f, p, k);
-#if LB_X86
-            if (f->bits == 4 && ((gi * g) & 1) == 0 && (g & 1) == 0 && lb_rt.isa == LB_ISA_AVX512) {
+            if (f->bits == 4 && ((gi * g) & 1) == 0 && (g & 1) == 0 && c->decode4) {
                 for (int k = ncode; k < 16; ++k) lut[k] = 0.0f;
-                lb24_decode4_avx512(row + (gi * g) / 2, g, lut, out);
+                c->decode4(row + (gi * g) / 2, g, lut, out);
                 continue;
             }
-#endif
             if (f->bits == 4 && ((gi * g) & 1) == 0) {
                 const uint8_t* b = row + (gi * g) / 2;
                 int64_t i = 0;
@@ -208,8 +213,8 @@ typedef struct {
     int64_t P;
 } gx_ctx;
 
-/* meta byte -> bits of the kept positions of its 2 groups (filled by lb24_grad_x_cpu) */
-extern uint8_t lb24_kept_mask8[256];
+/* meta byte -> bits of the kept positions of its 2 groups (csrc/cpu/sparse24_common.c) */
+extern const uint8_t lb24_kept_mask8[256];
 
 LB_INLINE void gx_part_bounds(const gx_ctx* x, int64_t p, int64_t* a, int64_t* b) {
     *a = x->c->N * p / x->P;
@@ -254,14 +259,5 @@ LB_INLINE void gx_groups(const gx_ctx* x, float* acc, const float* v, const uint
         }                                                                                      \
     }                                                                                          \
     free(buf);
-
-#if LB_X86
-/* The variants' worker entry points (lb_parallel_fn). */
-void lb24_small_avx2(int64_t r0, int64_t r1, void* ctx);
-void lb24_small_avx512(int64_t r0, int64_t r1, void* ctx);
-void lb24_large_avx2(int64_t r0, int64_t r1, void* ctx);
-void lb24_large_avx512(int64_t r0, int64_t r1, void* ctx);
-void lb24_gx_avx512(int64_t p0, int64_t p1, void* ctx);
-#endif
 
 #endif /* LOWBIT_CPU_SPARSE24_IMPL_H */

@@ -42,7 +42,7 @@ LB_BOXED(lb_boxed_clip_search) {
     {
         const int64_t sz[2] = {w.sizes[0], w.sizes[1] / g};
         if (lb_call_out(&c, 2, sz, lb_t.dt_f32, &w, &plo) ||
-            lb_call_out(&c, 2, sz, lb_t.dt_f32, &w, &phi))
+            lb_call_out(&c, 2, sz, lb_t.dt_f32, &w, &phi) || lb_call_exec(&c, &w))
             goto fail;
     }
     if (lb_clip_search_cpu((const float*)w.data, (const float*)gm.data, w.sizes[0], w.sizes[1], g,

@@ -107,15 +107,17 @@ LB_BOXED(lb_boxed_quantize) {
     K = w.sizes[1];
     G = K / g;
     {
-        const int64_t csz[2] = {N, lb_row_bytes(K, f.bits)};
-        const int64_t ssz[3] = {N, G, 2};
-        const int64_t zsz[2] = {N, f.kind == LB_KIND_INT_ASYM ? G : 0};
+        /* the shapes the format's row gives: codes (N, row bytes), the kind's scales (N, G) or
+         * (N, G, 2) and zero points (N, G), (N, 0) where it has none */
+        const int64_t csz[2] = {N, lb_fmt_row_bytes(&f, K)};
+        const int64_t ssz[3] = {N, f.nscales ? G : 0, 2};
+        const int64_t zsz[2] = {N, f.zeros ? G : 0};
         if (lb_call_out(&c, 2, csz, lb_t.dt_u8, &w, &pc) ||
-            lb_call_out(&c, f.kind == LB_KIND_LVL2 ? 3 : 2, ssz, lb_t.dt_f32, &w, &ps) ||
+            lb_call_out(&c, f.nscales == 2 ? 3 : 2, ssz, lb_t.dt_f32, &w, &ps) ||
             lb_call_out(&c, 2, zsz, lb_t.dt_u8, &w, &pz))
             goto fail;
     }
-    if (f.kind != LB_KIND_INT_ASYM) pz = NULL;
+    if (!f.zeros) pz = NULL;
     if (lb_call_exec(&c, &w)) goto fail;
     if (!c.exec.cuda) {
         bad = lb_quantize_cpu(w.data, lb_float_dtype(w.dtype), N, K, g, &f, (uint8_t*)pc,
@@ -162,7 +164,7 @@ LB_BOXED(lb_boxed_dequantize) {
         goto fail;
     {
         const int64_t osz[2] = {N, K};
-        const uint8_t* pz = f.kind == LB_KIND_INT_ASYM ? (const uint8_t*)t[2].data : NULL;
+        const uint8_t* pz = f.zeros ? (const uint8_t*)t[2].data : NULL;
         if (lb_check_numel(osz, 2, 4, "K", c.err) ||
             lb_call_out(&c, 2, osz, lb_torch_dtype((int)dt), &t[0], &po) ||
             lb_call_exec(&c, &t[0]))

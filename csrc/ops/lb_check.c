@@ -14,21 +14,60 @@ int lb_fail(char* err, const char* fmt, ...) {
     return -1;
 }
 
+/* The check-only call this thread runs (lb_check_run), NULL for a real one. */
+static _Thread_local lb_check_call* lb_checking;
+
+int lb_check_run(const lb_op_def* op, StableIValue* stack, uint64_t nargs, lb_check_call* chk) {
+    chk->n_out = 0;
+    chk->failed = 0;
+    chk->stopped = 0;
+    chk->err[0] = 0;
+    lb_checking = chk;
+    op->fn(stack, nargs, 0);
+    lb_checking = NULL;
+    return chk->failed ? -1 : 0;
+}
+
 /* ---- the call's handle set ---- */
 void lb_call_begin(lb_call* c, const char* op, const StableIValue* stack, int n_in) {
     memset(c, 0, sizeof(*c));
     c->op = op;
     c->n_in = n_in;
+    c->chk = lb_checking;
+    lb_checking = NULL; /* one call per check (an op's glue makes one lb_call) */
+    if (c->chk) return; /* descriptions, no handles */
     for (int i = 0; i < n_in; ++i) c->in[i] = (AtenTensorHandle)(uintptr_t)stack[i];
 }
 
 int lb_call_arg(lb_call* c, int i, const char* name, lb_tensor* t) {
-    return lb_describe(c->in[i], name, t, c->err);
+    if (c->chk) {
+        *t = c->chk->args[i];
+        t->arg = i;
+        if (t->dim > LB_MAX_DIM) /* lb_describe's own check */
+            return lb_fail(c->err, "%s: at most %d dimensions are supported, got %lld", name,
+                           LB_MAX_DIM, (long long)t->dim);
+        return 0;
+    }
+    if (lb_describe(c->in[i], name, t, c->err)) return -1;
+    t->arg = i;
+    return 0;
 }
 
-static int lb_call_new(lb_call* c, AtenTensorHandle* slot, int64_t ndim, const int64_t* sizes,
-                       int32_t dtype, const lb_tensor* like, void** data) {
+static int lb_call_new(lb_call* c, AtenTensorHandle* slot, int is_out, int64_t ndim,
+                       const int64_t* sizes, int32_t dtype, const lb_tensor* like, void** data) {
     *data = NULL;
+    if (c->chk) {
+        lb_check_call* k = c->chk;
+        if (!is_out) return 0; /* scratch: nothing to report */
+        if (k->n_out >= LB_CHECK_MAX_OUT || ndim > LB_MAX_DIM)
+            return lb_fail(c->err, "output: too many results to describe");
+        for (int64_t i = 0; i < ndim; ++i) k->out_sizes[k->n_out][i] = sizes[i];
+        k->out_dim[k->n_out] = ndim;
+        k->out_dtype[k->n_out] = dtype;
+        k->out_like[k->n_out] = like->arg;
+        k->n_out++;
+        return 0;
+    }
     if (lb_empty(ndim, sizes, dtype, like, slot, c->err)) return -1;
     if (lb_t.aoti_torch_get_data_ptr(*slot, data)) return lb_fail(c->err, "could not read a new tensor's data");
     return 0;
@@ -36,15 +75,21 @@ static int lb_call_new(lb_call* c, AtenTensorHandle* slot, int64_t ndim, const i
 
 int lb_call_out(lb_call* c, int64_t ndim, const int64_t* sizes, int32_t dtype,
                 const lb_tensor* like, void** data) {
-    return lb_call_new(c, &c->out[c->n_out++], ndim, sizes, dtype, like, data);
+    return lb_call_new(c, &c->out[c->n_out++], 1, ndim, sizes, dtype, like, data);
 }
 
 int lb_call_tmp(lb_call* c, int64_t ndim, const int64_t* sizes, int32_t dtype,
                 const lb_tensor* like, void** data) {
-    return lb_call_new(c, &c->tmp[c->n_tmp++], ndim, sizes, dtype, like, data);
+    return lb_call_new(c, &c->tmp[c->n_tmp++], 0, ndim, sizes, dtype, like, data);
 }
 
-int lb_call_exec(lb_call* c, const lb_tensor* t) { return lb_exec_begin(t, &c->exec, c->err); }
+int lb_call_exec(lb_call* c, const lb_tensor* t) {
+    if (c->chk) { /* the checks passed: the call ends here */
+        c->chk->stopped = 1;
+        return -1;
+    }
+    return lb_exec_begin(t, &c->exec, c->err);
+}
 
 static void lb_call_release(lb_call* c, int with_outputs) {
     lb_exec_end(&c->exec);
@@ -55,11 +100,19 @@ static void lb_call_release(lb_call* c, int with_outputs) {
 }
 
 void lb_call_return(lb_call* c, StableIValue* stack) {
+    if (c->chk) return; /* the results are recorded */
     lb_call_release(c, 0);
     for (int i = 0; i < c->n_out; ++i) stack[i] = (StableIValue)(uintptr_t)c->out[i];
 }
 
 void lb_call_fail(lb_call* c) {
+    if (c->chk) { /* no handles; reaching the work is a success, anything else the error */
+        if (!c->chk->stopped) {
+            c->chk->failed = 1;
+            memcpy(c->chk->err, c->err, LB_ERR_LEN);
+        }
+        return;
+    }
     lb_call_release(c, 1);
     lb_raise(c->op, c->err);
 }
@@ -81,15 +134,22 @@ int lb_check_dtype_code(int64_t dt, const char* name, char* err) {
 
 int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_fmt* f,
                   char* err) {
-    if (fmt < 0 || fmt >= LB_FMT_COUNT)
-        return lb_fail(err, "format: unknown format code %lld", (long long)fmt);
-    /* range first: the narrowing to int below must not turn 2**32 + 4 into 4 */
-    if (bits < 1 || bits > LB_MAX_BITS || lb_fmt_init(f, (int)fmt, (int)bits, sym ? 1 : 0))
+    switch (lb_fmt_init(f, fmt, bits, sym ? 1 : 0)) {
+    case 0: break;
+    case LB_FMT_BAD_FORMAT: return lb_fail(err, "format: unknown format code %lld", (long long)fmt);
+    case LB_FMT_BAD_BITS:
         return lb_fail(err, "bits: %lld bits is not supported for format code %lld",
                        (long long)bits, (long long)fmt);
+    default:
+        return lb_fail(err, "symmetric: format %s takes symmetric=%s only", lb_formats[fmt].name,
+                       sym ? "False" : "True");
+    }
     if (g <= 0 || K % g != 0)
         return lb_fail(err, "group_size: %lld must be positive and divide K = %lld", (long long)g,
                        (long long)K);
+    if (f->block && g != f->block)
+        return lb_fail(err, "group_size: format %s has blocks of %d, got %lld",
+                       lb_formats[fmt].name, f->block, (long long)g);
     return 0;
 }
 
@@ -121,10 +181,10 @@ int lb_check_same_device(const lb_tensor* b, const char* name, const lb_tensor* 
 int lb_check_qweight(const lb_tensor* c, const lb_tensor* s, const lb_tensor* z,
                      const char* const names[3], const lb_fmt* f, int64_t K, int64_t g,
                      int64_t* N, char* err) {
-    const int two = f->kind == LB_KIND_LVL2;
-    const int64_t G = K / g, GZ = f->kind == LB_KIND_INT_ASYM ? G : 0;
-    int64_t rb;
-    if (lb_row_bytes_checked(K, f->bits, &rb))
+    const int two = f->nscales == 2;
+    const int64_t G = K / g, GZ = f->zeros ? G : 0;
+    const int64_t rb = lb_fmt_row_bytes(f, K);
+    if (rb < 0)
         return lb_fail(err, "K: %lld columns of %d bits overflow the row size", (long long)K,
                        f->bits);
     *N = c->dim == 2 ? c->sizes[0] : -1;
@@ -132,9 +192,9 @@ int lb_check_qweight(const lb_tensor* c, const lb_tensor* s, const lb_tensor* z,
         return lb_fail(err, "%s: expected a contiguous uint8 (N, %lld) tensor, N > 0, for K = %lld",
                        names[0], (long long)rb, (long long)K);
     if (s->dtype != lb_t.dt_f32 || !s->contiguous || s->dim != (two ? 3 : 2) ||
-        s->sizes[0] != *N || s->sizes[1] != G || (two && s->sizes[2] != 2))
+        s->sizes[0] != *N || s->sizes[1] != (f->nscales ? G : 0) || (two && s->sizes[2] != 2))
         return lb_fail(err, "%s: expected a contiguous float32 (%lld, %lld%s) tensor", names[1],
-                       (long long)*N, (long long)G, two ? ", 2" : "");
+                       (long long)*N, (long long)(f->nscales ? G : 0), two ? ", 2" : "");
     if (z->dtype != lb_t.dt_u8 || z->dim != 2 || !z->contiguous || z->sizes[0] != *N ||
         z->sizes[1] != GZ)
         return lb_fail(err, "%s: expected a contiguous uint8 (%lld, %lld) tensor", names[2],

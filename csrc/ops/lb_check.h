@@ -22,17 +22,22 @@ typedef struct {
     AtenTensorHandle tmp[LB_CALL_MAX_OUT];
     int n_in, n_out, n_tmp;
     lb_exec exec;
+    lb_check_call* chk; /* a check-only call (csrc/lb_ops.h), else NULL */
 } lb_call;
 
 void lb_call_begin(lb_call* c, const char* op, const StableIValue* stack, int n_in);
-/* Describes input i as `name` (lb_describe); 0 or -1 with c->err set. */
+/* Describes input i as `name` (lb_describe; a check-only call's description); 0 or -1 with
+ * c->err set. */
 int lb_call_arg(lb_call* c, int i, const char* name, lb_tensor* t);
-/* A new contiguous result / scratch tensor on like's device; *data gets its storage. */
+/* A new contiguous result / scratch tensor on like's device; *data gets its storage (a check-only
+ * call records the result and sets *data to NULL). */
 int lb_call_out(lb_call* c, int64_t ndim, const int64_t* sizes, int32_t dtype,
                 const lb_tensor* like, void** data);
 int lb_call_tmp(lb_call* c, int64_t ndim, const int64_t* sizes, int32_t dtype,
                 const lb_tensor* like, void** data);
-/* Enters t's device (lb_exec_begin into c->exec; left by lb_call_return / lb_call_fail). */
+/* Enters t's device (lb_exec_begin into c->exec; left by lb_call_return / lb_call_fail). The line
+ * between the checks and the work: every kernel runs after it. In a check-only call it returns
+ * -1 and the call's `goto fail` ends it as a success. */
 int lb_call_exec(lb_call* c, const lb_tensor* t);
 /* Success: frees the inputs and scratch, leaves the device, puts the results on the stack. */
 void lb_call_return(lb_call* c, StableIValue* stack);

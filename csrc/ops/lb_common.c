@@ -1,6 +1,7 @@
 /* csrc/ops/lb_common.c: the resolved stable-ABI table and the helpers the op glue shares (tensor
- * description, allocation, errors, unboxing, the device context), and the torch side of the CPU
- * kernels' runtime hook (torch's thread pool and thread count). */
+ * description, allocation, errors, unboxing, the device context), the torch side of the CPU
+ * kernels' runtime hook (torch's thread pool and thread count), and module.c's way to the CPU
+ * ISA switch. */
 #include "../lb_ops.h"
 
 #include "../cpu/lb_cpu.h"
@@ -14,6 +15,7 @@ int lb_describe(AtenTensorHandle h, const char* argname, lb_tensor* t, char* err
     int64_t *sz = NULL, *st = NULL;
     memset(t, 0, sizeof(*t));
     t->h = h;
+    t->arg = -1;
     if (h == NULL) {
         snprintf(err, LB_ERR_LEN, "%s: expected a tensor, got None", argname);
         return -1;
@@ -97,6 +99,17 @@ double lb_iv_double(StableIValue v) {
     memcpy(&x, &v, sizeof x);
     return x;
 }
+
+/* ---- the CPU ISA switch, for module.c ---- */
+const char lb_isa_names[] = LB_ISA_NAMES;
+const lb_int_constant lb_cpu_constants[] = {
+    {"ISA_SCALAR", LB_ISA_SCALAR},   {"ISA_AVX2", LB_ISA_AVX2},
+    {"ISA_AVX512", LB_ISA_AVX512},   {"ISA_AVXVNNI", LB_ISA_AVXVNNI},
+    {"ISA_AVX512VNNI", LB_ISA_AVX512VNNI}, {NULL, 0},
+};
+int lb_ops_isa_supported(int isa) { return lb_isa_supported(isa); }
+void lb_ops_isa_set(int isa) { lb_isa_set(isa); }
+int lb_ops_isa_code(void) { return lb_isa_code(); }
 
 /* ---- the CPU runtime hook on torch ---- */
 static int lb_torch_num_threads(void) {

@@ -1,6 +1,6 @@
 /* csrc/ops/sparse24.c: dispatcher glue of the sparse24 family (2:4 structured sparsity): unboxes
- * the stack, checks every argument again (python/lowbit/sparse24.py checks first, naming the
- * argument), allocates outputs and calls the CPU kernels (csrc/cpu/sparse24.h) or the CUDA
+ * the stack, checks every argument again (python/lowbit/sparse/sparse24.py checks first, naming
+ * the argument), allocates outputs and calls the CPU kernels (csrc/cpu/sparse24.h) or the CUDA
  * launchers (cuda/sparse24.cuh). Every error path ends in lb_call_fail, which frees what the
  * call holds. The compressed layout is in csrc/layouts.h. */
 #include "lb_check.h"
@@ -26,7 +26,8 @@ static int check_x(const lb_tensor* x, char* err) {
  * indices strictly increasing and padding nibbles zero, so that no two kernels can read one
  * meta differently (sparse24_linear and sparse24_decompress agree by construction). A CUDA
  * meta is not read here (that would cost a device sync per call): lowbit.sparse checks it
- * wherever a Sparse24Weight is built or a SparseLinear24 is loaded. */
+ * wherever a Sparse24Weight is built or a SparseLinear24 is loaded; nor is a check-only call's
+ * description (it has no data: a fake kernel cannot see the content). */
 static int check_meta(const lb_tensor* meta, const lb_tensor* like, const char* likename,
                       int64_t N, int64_t K, char* err) {
     int64_t bad;
@@ -35,7 +36,7 @@ static int check_meta(const lb_tensor* meta, const lb_tensor* like, const char* 
         return lb_fail(err, "meta: expected contiguous uint8 (%lld, %lld)", (long long)N,
                        (long long)lb24_meta_bytes(K));
     if (lb_check_same_device(meta, "meta", like, likename, err)) return -1;
-    if (meta->device_type == lb_t.dev_cpu && N > 0 &&
+    if (meta->device_type == lb_t.dev_cpu && meta->data && N > 0 &&
         (bad = lb24_meta_bad_row((const uint8_t*)meta->data, N, K)) >= 0)
         return lb_fail(err, "meta: row %lld holds an invalid 2:4 group (its two 2-bit indices "
                        "must be strictly increasing, padding nibbles zero)", (long long)bad);
@@ -127,12 +128,13 @@ LB_BOXED(lb_boxed_sparse24_qlinear) {
         goto fail;
     {
         const int64_t osz[2] = {M, N};
-        if (lb_check_numel(osz, 2, 4, "x", c.err) || lb_call_out(&c, 2, osz, x.dtype, &x, &po))
+        if (lb_check_numel(osz, 2, 4, "x", c.err) || lb_call_out(&c, 2, osz, x.dtype, &x, &po) ||
+            lb_call_exec(&c, &x))
             goto fail;
     }
     if (lb24_qlinear_cpu(x.data, lb_float_dtype(x.dtype), M, K, (const uint8_t*)t[0].data,
                          (const float*)t[1].data,
-                         f.kind == LB_KIND_INT_ASYM ? (const uint8_t*)t[2].data : NULL, &f, g,
+                         f.zeros ? (const uint8_t*)t[2].data : NULL, &f, g,
                          (const uint8_t*)m.data, N, hb ? b.data : NULL, po)) {
         lb_fail(c.err, "x: out of memory for sparse24_qlinear scratch");
         goto fail;
@@ -301,7 +303,7 @@ LB_BOXED(lb_boxed_sparse24_grad_x) {
     {
         const int64_t osz[2] = {M, K};
         if (lb_check_numel(osz, 2, 4, "values", c.err) ||
-            lb_call_out(&c, 2, osz, g.dtype, &g, &po))
+            lb_call_out(&c, 2, osz, g.dtype, &g, &po) || lb_call_exec(&c, &g))
             goto fail;
     }
     if (lb24_grad_x_cpu(g.data, lb_float_dtype(g.dtype), M, N, v.data, lb_float_dtype(v.dtype),

@@ -4,7 +4,7 @@ lowbit::clip_search on CPU, its vectorised-torch twin elsewhere), the per-group 
 scores with, and the op's fake kernel. lowbit.calibrate_clip_ (qat.py) is the model verb."""
 import torch
 
-from . import _fake_checks as X
+from . import _fakes
 from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
 from .fake_quant import fake_quantize
 
@@ -63,24 +63,9 @@ def search_clip(w, spec, gram, n_grid=20, max_shrink=10):
     return lo.unsqueeze(-1), hi.unsqueeze(-1)
 
 
-# ---- fake kernel of the op ----
-@torch.library.register_fake("lowbit::clip_search")
-def _clip_search_fake(w, gram, fmt, bits, group_size, symmetric, n_grid, shrink, scale_dtype=0):
-    # csrc/ops/clip_search.c's checks, so meta / torch.compile raise where the CPU op does
-    X.describe(("w", w), ("gram", gram))
-    X.check_weight(w, "w")
-    X.check_spec(fmt, bits, group_size, symmetric, w.shape[1])
-    if w.dtype != torch.float32 or not X.on_cpu(w):
-        X.fail("w: clip_search takes a float32 CPU tensor")
-    g = group_size
-    shape = (w.shape[0], w.shape[1] // g)
-    if gram.dtype != torch.float32 or not X.on_cpu(gram) or not gram.is_contiguous() or \
-            tuple(gram.shape) != (shape[1], g, g):
-        X.fail(f"gram: expected a contiguous float32 CPU tensor ({shape[1]}, {g}, {g})")
-    X.check_int(n_grid, "n_grid", 1, X.INT_MAX)
-    X.check_int(shrink, "shrink", 1, n_grid)
-    X.check_dtype_code(scale_dtype, "scale_dtype")
-    return w.new_empty(shape, dtype=torch.float32), w.new_empty(shape, dtype=torch.float32)
+# ---- fake kernel of the op: csrc/ops/clip_search.c's checks on the metadata (_fakes), so meta /
+# torch.compile raise where the CPU op does ----
+_fakes.register("clip_search")
 
 
 __all__ = ["search_clip", "search_clip_torch", "group_gram"]

@@ -6,7 +6,7 @@ import torch
 
 from . import _autograd
 from . import _constants as C
-from . import _fake_checks as X
+from . import _fakes
 from . import _ops  # noqa: F401  (loads the ops registered below)
 from ._checks import check_weight
 from .qweight import QuantizedWeight, check_qweight
@@ -73,52 +73,10 @@ def dequantize(qw):
 
 
 # ---- fake kernels and autograd of the ops ----
-# The fakes repeat the glue's checks (csrc/ops/fake_quant.c, via _fake_checks), so the meta
-# device and torch.compile raise where the real kernels do (tests/test_fuzz.py compares them).
-def _fq_checks(name, w, fmt, bits, group_size, symmetric, scale_dtype):
-    """lb_fq_run's / quantize's checks of w, the spec and scale_dtype; returns the kind."""
-    X.describe((name, w))
-    X.check_weight(w, name)
-    kind = X.check_spec(fmt, bits, group_size, symmetric, w.shape[1])
-    X.check_dtype_code(scale_dtype, "scale_dtype")
-    return kind
-
-
-@torch.library.register_fake("lowbit::fake_quant")
-def _fake_quant_fake(w, fmt, bits, group_size, symmetric, ste, scale_dtype=0):
-    if ste not in STE_CODES.values():
-        X.fail(f"ste: unknown mode code {ste}")
-    _fq_checks("w", w, fmt, bits, group_size, symmetric, scale_dtype)
-    return torch.empty_like(w, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("lowbit::fake_quant_backward")
-def _fake_quant_backward_fake(grad, w, fmt, bits, group_size, symmetric, scale_dtype=0):
-    _fq_checks("w", w, fmt, bits, group_size, symmetric, scale_dtype)
-    X.describe(("grad", grad))
-    X.check_weight(grad, "grad")
-    if grad.dtype != w.dtype or grad.shape != w.shape or grad.device != w.device:
-        X.fail("grad: must match w in shape, dtype and device")
-    return torch.empty_like(w, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("lowbit::quantize")
-def _quantize_fake(w, fmt, bits, group_size, symmetric, scale_dtype=0):
-    _fq_checks("w", w, fmt, bits, group_size, symmetric, scale_dtype)
-    n, k = w.shape
-    g = k // group_size
-    codes = w.new_empty((n, C.codes_bytes(k, bits)), dtype=torch.uint8)
-    scales = w.new_empty(C.scales_shape(n, g, fmt, symmetric), dtype=torch.float32)
-    zeros = w.new_empty((n, g if C.has_zeros(fmt, symmetric) else 0), dtype=torch.uint8)
-    return codes, scales, zeros
-
-
-@torch.library.register_fake("lowbit::dequantize")
-def _dequantize_fake(codes, scales, zeros, fmt, bits, group_size, symmetric, K, dtype):
-    X.check_dtype_code(dtype, "dtype")
-    _, n = X.call_qweight(codes, scales, zeros, fmt, bits, group_size, symmetric, K)
-    X.check_numel((n, K), 4, "K")
-    return codes.new_empty((n, K), dtype=C.CODE_DTYPES[dtype])
+# The fakes run the glue's own checks (csrc/ops/fake_quant.c) on the arguments' metadata
+# (_fakes), so the meta device and torch.compile raise where the real kernels do.
+for _name in ("fake_quant", "fake_quant_backward", "quantize", "dequantize"):
+    _fakes.register(_name)
 
 
 def _fake_quant_setup(ctx, inputs, output):

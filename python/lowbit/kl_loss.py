@@ -24,6 +24,7 @@ import numbers
 import torch
 
 from . import _autograd
+from . import _fakes
 from . import _ops  # noqa: F401  (loads torch.ops.lowbit.*)
 from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from ._checks import check_device
@@ -36,61 +37,12 @@ _FLT_MAX = float(torch.finfo(torch.float32).max)
 # ---------------------------------------------------------------------------------------------
 # fake kernels and autograd of the ops (lowbit::kl_loss, kl_loss_backward)
 # ---------------------------------------------------------------------------------------------
-def _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels):
-    """The fake kernels' copy of the C glue's argument checks (csrc/ops/kl_loss.c kl_check):
-    on the meta device / under torch.compile the op raises where the real one does (issue 11
-    item 15; tests/test_fuzz.py compares the two). The data-dependent check (logit /
-    temperature out of range) cannot be made here."""
-    def fail(msg):
-        raise RuntimeError(msg)
-    for t, name in ((student, "student_logits"), (teacher, "teacher_logits")):
-        if t.dtype not in _FLOAT_DTYPES:
-            fail(f"{name}: dtype must be float32, bfloat16 or float16")
-    if student.dim() != 2 or not student.is_contiguous():
-        fail("student_logits: expected a contiguous 2-D (rows, V) tensor")
-    if teacher.dim() != 2 or not teacher.is_contiguous() or teacher.shape != student.shape:
-        fail(f"teacher_logits: expected a contiguous 2-D tensor of the student's shape "
-             f"{tuple(student.shape)}")
-    if student.shape[1] <= 0:
-        fail("student_logits: the vocabulary dimension V must be > 0")
-    if teacher.device != student.device:
-        fail("teacher_logits: must be on the device of student_logits")
-    if has_labels and (labels.dtype != torch.int64 or labels.dim() != 1 or
-                       labels.shape[0] != student.shape[0] or not labels.is_contiguous() or
-                       labels.device != student.device):
-        fail(f"labels: expected a contiguous int64 ({student.shape[0]},) tensor on the logits' "
-             f"device")
-    if not KINDS["forward"] <= kind <= KINDS["jsd"]:
-        fail(f"kind: unknown loss kind code {kind}")
-    if not 0.0 <= gamma <= 1.0:
-        fail(f"gamma: must be in [0, 1], got {gamma}")
-    if not 0.0 <= beta <= 1.0:
-        fail(f"beta: must be in [0, 1], got {beta}")
-    if not temperature > 0.0 or math.isinf(temperature):
-        fail(f"temperature: must be a finite number > 0, got {temperature}")
-    if 1.0 / temperature > _FLT_MAX:
-        fail(f"temperature: {temperature} is too small: 1 / temperature overflows float32")
-
-
-@torch.library.register_fake("lowbit::kl_loss")
-def _kl_loss_fake(student, teacher, labels, kind, gamma, beta, temperature, ignore_index,
-                  has_labels, with_grad, grad_scale):
-    _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels)
-    loss = student.new_empty((student.shape[0],), dtype=torch.float32)
-    grad = student.new_empty(tuple(student.shape) if with_grad else (0,))
-    return loss, grad
-
-
-@torch.library.register_fake("lowbit::kl_loss_backward")
-def _kl_loss_backward_fake(grad_loss, student, teacher, labels, kind, gamma, beta, temperature,
-                           ignore_index, has_labels):
-    _fake_check(student, teacher, labels, kind, gamma, beta, temperature, has_labels)
-    if grad_loss.dtype != torch.float32 or grad_loss.dim() != 1 or \
-            grad_loss.shape[0] != student.shape[0] or not grad_loss.is_contiguous() or \
-            grad_loss.device != student.device:
-        raise RuntimeError(f"grad_loss: expected a contiguous float32 ({student.shape[0]},) "
-                           f"tensor on the logits' device")
-    return student.new_empty(tuple(student.shape))
+# The fakes run csrc/ops/kl_loss.c's own checks (kl_check) on the arguments' metadata (_fakes):
+# on the meta device / under torch.compile the op raises where the real one does. The rows are
+# batch dimensions (symbolic under dynamic shapes). The data-dependent check (logit / temperature
+# out of range) cannot be made there.
+_fakes.register("kl_loss", batch={0: 1, 1: 1, 2: 1})
+_fakes.register("kl_loss_backward", batch={0: 1, 1: 1, 2: 1, 3: 1})
 
 
 def _kl_loss_setup(ctx, inputs, output):

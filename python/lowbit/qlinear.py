@@ -20,7 +20,7 @@ from torch import nn
 
 from . import _autograd
 from . import _constants as C
-from . import _fake_checks as X
+from . import _fakes
 from . import _ops  # noqa: F401  (loads the ops registered below)
 from ._checks import check_activation, check_bias, check_device
 from .fake_quant import quantize
@@ -152,7 +152,8 @@ class QuantLinear(nn.Module):
         def zeros(shape, dtype):
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        self.register_buffer("codes", zeros((N, C.codes_bytes(K, bits)), torch.uint8))
+        row = C.FORMATS[spec.format]  # the stored form's sizes are the format row's
+        self.register_buffer("codes", zeros((N, row.row_bytes(K, bits)), torch.uint8))
         self.register_buffer("scales", zeros(C.scales_shape(N, G, fmt, sym), torch.float32))
         self.register_buffer("zeros", zeros((N, G), torch.uint8) if C.has_zeros(fmt, sym)
                              else None)
@@ -254,93 +255,11 @@ class QuantLinear(nn.Module):
 
 
 # ---- fake kernels and autograd of the ops ----
-# The fakes repeat csrc/ops/qlinear.c's checks (via _fake_checks), so the meta device and
-# torch.compile raise where the real kernels do (tests/test_fuzz.py compares them).
-@torch.library.register_fake("lowbit::qlinear_pack")
-def _qlinear_pack_fake(codes, bits, K):
-    X.describe(("codes", codes))
-    X.ql_check_bits(bits)
-    rb = X.row_bytes(K, bits) if K > 0 else None
-    if rb is None:
-        X.fail(f"K: must be positive and K * bits fit in int64, got {K}")
-    if not X.on_cpu(codes) or codes.dtype != torch.uint8 or codes.dim() != 2 or \
-            not codes.is_contiguous() or codes.shape[0] <= 0 or codes.shape[1] != rb:
-        X.fail(f"codes: expected a contiguous uint8 (N, {rb}) CPU tensor, N > 0")
-    shape = X.ql_packed_shape(codes.shape[0], K, bits)
-    X.check_numel(shape, 4, "K")
-    return codes.new_empty(shape, dtype=torch.int32)
-
-
-@torch.library.register_fake("lowbit::qlinear_unpack")
-def _qlinear_unpack_fake(packed, N, K, bits):
-    X.describe(("packed", packed))
-    X.ql_check_bits(bits)
-    rb = X.row_bytes(K, bits)
-    if N <= 0 or K <= 0 or rb is None:
-        X.fail(f"{'N' if N <= 0 else 'K'}: must be positive, got {N if N <= 0 else K}")
-    X.ql_check_packed(packed, X.ql_packed_shape(N, K, bits))
-    if not X.on_cpu(packed):
-        X.fail("packed: the CPU kernel layout lives on the CPU")
-    X.check_numel((N, rb), 1, "N")
-    return packed.new_empty((N, rb), dtype=torch.uint8)
-
-
-@torch.library.register_fake("lowbit::qlinear_dequant_t")
-def _qlinear_dequant_t_fake(packed, scales, zeros, fmt, bits, group_size, symmetric, N, K, kb0,
-                            kb1):
-    X.describe(("packed", packed), ("scales", scales), ("zeros", zeros))
-    if N <= 0 or K <= 0:
-        X.fail(f"{'N' if N <= 0 else 'K'}: must be positive, got {N if N <= 0 else K}")
-    kind = X.check_spec(fmt, bits, group_size, symmetric, K)
-    X.check_int(kb0, "kb0", 0, C.ql_kblocks(K) - 1)
-    X.check_int(kb1, "kb1", kb0 + 1, C.ql_kblocks(K))
-    if not C.ql_packable(K, group_size):
-        X.fail(f"group_size: {group_size} has no packed CPU layout")
-    X.ql_check_packed(packed, X.ql_packed_shape(N, K, bits))
-    ns = X.ql_check_params(scales, zeros, kind, K, group_size)
-    if ns != N:
-        X.fail(f"scales: has {ns} rows, expected N = {N}")
-    if not X.on_cpu(packed) or not X.on_cpu(scales):
-        X.fail("packed: the CPU kernel layout lives on the CPU")
-    shape = ((kb1 - kb0) * C.QL_KBLK, C.ql_tiles(N) * C.QL_TILE)
-    X.check_numel(shape, 4, "N")
-    return packed.new_empty(shape, dtype=torch.float32)
-
-
-_QL_NAMES = ("x", "codes", "scales", "zeros", "packed", "bias")
-
-
-@torch.library.register_fake("lowbit::quant_linear")
-def _quant_linear_fake(x, codes, scales, zeros, packed, bias, fmt, bits, group_size, symmetric,
-                       act):
-    ts = (x, codes, scales, zeros, packed, bias)
-    X.describe(*zip(_QL_NAMES, ts))
-    X.check_float(x, "x")
-    if x.dim() < 1 or not x.is_contiguous():
-        X.fail("x: expected a contiguous (..., K) tensor")
-    k = x.shape[-1]
-    if k <= 0:
-        X.fail(f"x: in_features K must be positive, got {k}")
-    kind = X.check_spec(fmt, bits, group_size, symmetric, k)
-    X.check_int(act, "act", 0, len(C.QL_ACT_CODES) - 1)
-    if packed.numel() != 0:
-        if codes.numel() != 0:
-            X.fail("codes: must be empty when packed is given (one form of the codes)")
-        if not C.ql_packable(k, group_size):
-            X.fail(f"packed: group_size {group_size} has no packed CPU layout")
-        n = X.ql_check_params(scales, zeros, kind, k, group_size)
-        X.ql_check_packed(packed, X.ql_packed_shape(n, k, bits))
-        if not X.on_cpu(packed):
-            X.fail("packed: the CPU kernel layout runs on the CPU only")
-    else:
-        n = X.check_qweight(codes, scales, zeros, kind, bits, k, group_size)
-    for name, t in zip(_QL_NAMES[1:], ts[1:]):
-        if t.numel() != 0:
-            X.check_same_device(t, name, x, "x")
-    X.check_bias(bias, x, n)
-    out = (*x.shape[:-1], n)
-    X.check_numel(out, 4, "x")
-    return x.new_empty(out)
+# The fakes run csrc/ops/qlinear.c's own checks on the arguments' metadata (_fakes), so the meta
+# device and torch.compile raise where the real kernels do; x's leading dims stay symbolic.
+for _name in ("qlinear_pack", "qlinear_unpack", "qlinear_dequant_t"):
+    _fakes.register(_name)
+_fakes.register("quant_linear", batch={0: -1})
 
 
 def _quant_linear_setup(ctx, inputs, output):

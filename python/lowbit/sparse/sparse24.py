@@ -10,9 +10,8 @@ import torch
 
 from .. import _constants as C
 from .. import _autograd
-from .. import _fake_checks as X
+from .. import _fakes
 from .. import _ops  # noqa: F401  (loads the ops registered below)
-from .._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from .._checks import check_activation, check_bias, check_device
 from ..fake_quant import dequantize
 from . import cusparselt
@@ -121,94 +120,22 @@ def sparse24_linear(x, sw, bias=None, backend="auto"):
 
 
 # ---- fake kernels and autograd of the ops ----
-# The fake kernels repeat the C glue's argument checks (csrc/ops/sparse24.c; meta's content
-# aside, which a fake cannot read), so the meta device and torch.compile raise where the real
-# kernels do (issue 11 item 15; tests/test_fuzz.py compares the two).
-_fail = X.fail
+# The fakes run the C glue's own argument checks (csrc/ops/sparse24.c) on the arguments' metadata
+# (_fakes; meta's content aside, which a fake cannot read), so the meta device and torch.compile
+# raise where the real kernels do; x's rows stay symbolic.
+for _name, _batch in (("sparse24_linear", {0: 1}), ("sparse24_qlinear", {0: 1}),
+                      ("sparse24_grad_x", None), ("sparse24_decompress", None),
+                      ("sparse24_cslt_linear", {0: 1})):
+    _fakes.register(_name, batch=_batch)
 
 
-def _fake_x(x):
-    if x.dtype not in _FLOAT_DTYPES:
-        _fail("x: dtype must be float32, bfloat16 or float16")
-    if x.dim() != 2 or not x.is_contiguous():
-        _fail("x: expected a contiguous 2-D (M, K) tensor")
-    if x.shape[1] % 4 or x.shape[1] == 0:
-        _fail(f"x: in_features K = {x.shape[1]} must be a positive multiple of 4")
-
-
-def _fake_meta(meta, like, likename, n, k):
-    if meta.dtype != torch.uint8 or meta.dim() != 2 or not meta.is_contiguous() or \
-            tuple(meta.shape) != (n, C.lb24_meta_bytes(k)):
-        _fail(f"meta: expected contiguous uint8 ({n}, {C.lb24_meta_bytes(k)})")
-    if meta.device != like.device:
-        _fail(f"meta: must be on the device of {likename}")
-
-
-@torch.library.register_fake("lowbit::sparse24_linear")
-def _linear_fake(x, values, meta, bias):
-    _fake_x(x)
-    k = x.shape[1]
-    if values.dtype != x.dtype or values.dim() != 2 or not values.is_contiguous() or \
-            values.shape[1] != k // 2 or values.device != x.device:
-        _fail(f"values: expected a contiguous (N, {k // 2}) tensor of x's dtype and device")
-    _fake_meta(meta, x, "x", values.shape[0], k)
-    X.check_bias(bias, x, values.shape[0])
-    return x.new_empty((x.shape[0], values.shape[0]))
-
-
-@torch.library.register_fake("lowbit::sparse24_qlinear")
-def _qlinear_fake(x, codes, scales, zeros, meta, bias, fmt, bits, group_size, symmetric):
-    X.describe(("x", x), ("codes", codes), ("scales", scales), ("zeros", zeros), ("meta", meta),
-               ("bias", bias))
-    _fake_x(x)
-    k = x.shape[1]
-    if not X.on_cpu(x):
-        _fail("x: sparse24_qlinear has a CPU kernel only")
-    kind = X.check_spec(fmt, bits, group_size, symmetric, k // 2)
-    n = X.check_qweight(codes, scales, zeros, kind, bits, k // 2, group_size)
-    X.check_same_device(codes, "codes", x, "x")
-    _fake_meta(meta, x, "x", n, k)
-    X.check_bias(bias, x, n)
-    X.check_numel((x.shape[0], n), 4, "x")
-    return x.new_empty((x.shape[0], n))
-
-
-@torch.library.register_fake("lowbit::sparse24_grad_x")
-def _grad_x_fake(g, values, meta):
-    # a CPU-only kernel: a meta g stands for a CPU one
-    if g.dtype not in _FLOAT_DTYPES or g.dim() != 2 or not g.is_contiguous():
-        _fail("g: expected a contiguous 2-D float CPU tensor")
-    n = g.shape[1]
-    if values.dtype not in _FLOAT_DTYPES or values.dim() != 2 or not values.is_contiguous() or \
-            values.shape[0] != n or values.device != g.device:
-        _fail(f"values: expected a contiguous float ({n}, K/2) CPU tensor")
-    k = 2 * values.shape[1]
-    if k % 4:
-        _fail(f"values: K = {k} is not a multiple of 4")
-    if g.shape[0] > _GRAD_X_OP_MAX_M:
-        _fail(f"g: at most {_GRAD_X_OP_MAX_M} rows (got {g.shape[0]})")
-    _fake_meta(meta, g, "g", n, k)
-    return g.new_empty((g.shape[0], k))
-
-
-@torch.library.register_fake("lowbit::sparse24_decompress")
-def _decompress_fake(values, meta):
-    if values.dtype not in _FLOAT_DTYPES or values.dim() != 2 or not values.is_contiguous() or \
-            values.shape[1] % 2:
-        _fail("values: expected a contiguous float (N, K/2) tensor with K a multiple of 4")
-    _fake_meta(meta, values, "values", values.shape[0], 2 * values.shape[1])
-    return values.new_empty((values.shape[0], 2 * values.shape[1]))
-
-
-@torch.library.register_fake("lowbit::sparse24_cslt_compress")
-def _cslt_compress_fake(dense):
+def _cslt_compress_results(args, reported):
+    """cuSPARSELt's compressed size is the library's business: a dynamic size."""
     ctx = torch.library.get_ctx()
-    return dense.new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8)
+    return args[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8)
 
 
-@torch.library.register_fake("lowbit::sparse24_cslt_linear")
-def _cslt_linear_fake(x, packed, meta, bias, N):
-    return x.new_empty((x.shape[0], N))
+_fakes.register("sparse24_cslt_compress", results=_cslt_compress_results)
 
 
 def _linear_setup(ctx, inputs, output):

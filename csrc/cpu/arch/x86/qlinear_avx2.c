@@ -1,10 +1,10 @@
-/* csrc/cpu/arch/x86/qlinear_avx2.c: the AVX2 variant of the qlinear CPU kernels: the
- * 16-lane vector abstraction of csrc/cpu/qlinear_body.h on two ymm registers per 16 lanes, and the
- * float body compiled with it into the lb_ql_{gemv,gemm,deqt}_worker_avx2 entry points; the
- * integer-dot body (csrc/cpu/qlinear_int_body.h) on 8-lane ymm with vpmaddubsw + vpmaddwd (no
- * VNNI: the AMD Zen 3 path; qlinear_avxvnni.c is the same with vpdpbusd) into
- * lb_ql_int_worker_avx2 (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is empty and the
- * scalar twin runs. */
+/* csrc/cpu/arch/x86/qlinear_avx2.c: the AVX2 variant of the qlinear CPU kernels: the 16-lane
+ * vector abstraction of csrc/cpu/qlinear_body.h on two ymm registers per 16 lanes, and the float
+ * body compiled with it into the lb_ql_{gemv,gemm,deqt}_worker_avx2 entry points; the integer-dot
+ * body (csrc/cpu/qlinear_int_body.h) on 8-lane ymm with vpmaddubsw + vpmaddwd (no VNNI: the AMD
+ * Zen 3 path; qlinear_avxvnni.c is the same with vpdpbusd) into lb_ql_int_tiles_avx2; together
+ * the kernel table lb_ql_kernels_avx2 (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is
+ * empty and the scalar twin runs. */
 #include "../../qlinear_impl.h"
 
 #if LB_X86
@@ -54,9 +54,9 @@ LB_INLINE ql_af a2_look(ql_ai c, ql_at t) { ql_af r = {a2_look8(c.a, t), a2_look
 #define QL_UNROLL32 _Pragma("GCC unroll 32")
 #define QL_UNROLL16 _Pragma("GCC unroll 16")
 #define QL_UNROLL8 _Pragma("GCC unroll 8")
-#define vf ql_af
-#define vi ql_ai
-#define vt ql_at
+#define ql_vf ql_af
+#define ql_vi ql_ai
+#define ql_vt ql_at
 #define VF_ZERO a2_zero
 #define VF_SET1 a2_set1
 #define VF_LOAD a2_load
@@ -79,5 +79,9 @@ LB_INLINE ql_af a2_look(ql_ai c, ql_at t) { ql_af r = {a2_look8(c.a, t), a2_look
 #define QI(name) lb_ql_##name##_avx2
 #define QI_VNNI 0
 #include "qlinear_int_avx2.h"
+
+const struct lb_ql_kernels lb_ql_kernels_avx2 = {
+    lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2, lb_ql_deqt_worker_avx2,
+    lb_ql_int_tiles_avx2};
 #pragma GCC pop_options
 #endif /* LB_X86 */

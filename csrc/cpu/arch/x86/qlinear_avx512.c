@@ -2,8 +2,9 @@
  * 16-lane vector abstraction of csrc/cpu/qlinear_body.h on one zmm register per 16 lanes, and the
  * float body compiled with it into the lb_ql_{gemv,gemm,deqt}_worker_avx512 entry points; the
  * integer-dot body (csrc/cpu/qlinear_int_body.h) with vpmaddubsw + vpmaddwd (AVX-512BW without
- * VNNI; qlinear_avx512vnni.c is the same with vpdpbusd) into lb_ql_int_worker_avx512
- * (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is empty and the scalar twin runs. */
+ * VNNI; qlinear_avx512vnni.c is the same with vpdpbusd) into lb_ql_int_tiles_avx512; together the
+ * kernel table lb_ql_kernels_avx512 (csrc/cpu/qlinear_impl.h). x86 only: elsewhere the file is
+ * empty and the scalar twin runs. */
 #include "../../qlinear_impl.h"
 
 #if LB_X86
@@ -30,9 +31,9 @@ LB_INLINE __m512i z5_slli(__m512i a, int n) { return _mm512_slli_epi32(a, (unsig
 #define QL_UNROLL32 _Pragma("GCC unroll 32")
 #define QL_UNROLL16 _Pragma("GCC unroll 16")
 #define QL_UNROLL8 _Pragma("GCC unroll 8")
-#define vf __m512
-#define vi __m512i
-#define vt __m512
+#define ql_vf __m512
+#define ql_vi __m512i
+#define ql_vt __m512
 #define VF_ZERO _mm512_setzero_ps
 #define VF_SET1 _mm512_set1_ps
 #define VF_LOAD _mm512_loadu_ps
@@ -55,5 +56,9 @@ LB_INLINE __m512i z5_slli(__m512i a, int n) { return _mm512_slli_epi32(a, (unsig
 #define QI(name) lb_ql_##name##_avx512
 #define QI_VNNI 0
 #include "qlinear_int_avx512.h"
+
+const struct lb_ql_kernels lb_ql_kernels_avx512 = {
+    lb_ql_gemv_worker_avx512, lb_ql_gemm_worker_avx512, lb_ql_deqt_worker_avx512,
+    lb_ql_int_tiles_avx512};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -36,9 +36,9 @@ LB_INLINE __m256i q2_dot8(__m256i acc, __m256i w, int32_t x) {
 #define QVL 8
 #define QI_MB_OFF 4
 #define QI_MB_PN 2
-#define qv __m256i
-#define qg __m256
-#define qt __m256i
+#define ql_qv __m256i
+#define ql_qg __m256
+#define ql_qt __m256i
 #define QV_LOAD q2_load
 #define QV_ZERO _mm256_setzero_si256
 #define QV_SET1 q2_set1

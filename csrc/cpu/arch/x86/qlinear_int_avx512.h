@@ -35,9 +35,9 @@ LB_INLINE __m512i q5_dot8(__m512i acc, __m512i w, int32_t x) {
 #define QVL 16
 #define QI_MB_OFF 8
 #define QI_MB_PN 4
-#define qv __m512i
-#define qg __m512
-#define qt __m512i
+#define ql_qv __m512i
+#define ql_qg __m512
+#define ql_qt __m512i
 #define QV_LOAD q5_load
 #define QV_ZERO _mm512_setzero_si512
 #define QV_SET1 q5_set1

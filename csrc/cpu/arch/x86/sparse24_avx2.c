@@ -1,6 +1,6 @@
 /* csrc/cpu/arch/x86/sparse24_avx2.c: the AVX2 variants of the sparse24 CPU kernels (small-M
  * gather, large-M row blocks), instantiating the loop bodies of csrc/cpu/sparse24_impl.h with ymm
- * inner kernels.
+ * inner kernels, and the kernel table lb_s24_kernels_avx2.
  * x86 only: elsewhere the file is empty and the scalar twins run. */
 #include "../../sparse24_impl.h"
 
@@ -42,7 +42,7 @@ LB_AVX2_ATTR LB_INLINE void dot8_avx2(const float* v, const uint8_t* mrow, const
     for (int m = 0; m < M; ++m) out[m] = hsum256(acc[m]) + tail[m];
 }
 
-LB_AVX2_ATTR void lb24_small_avx2(int64_t r0, int64_t r1, void* ctx) {
+LB_AVX2_ATTR static void lb24_small_avx2(int64_t r0, int64_t r1, void* ctx) {
     LB24_SMALL_BODY(LB24_SWITCH_M(dot8_avx2, M, v, mrow, c->x, K))
 }
 
@@ -73,7 +73,15 @@ LB_AVX2_ATTR LB_INLINE void rowblk_avx2(float* acc, const float* v, const uint8_
     else rowblk_avx2_r(acc, v, off, nq, xt, 2);
 }
 
-LB_AVX2_ATTR void lb24_large_avx2(int64_t r0, int64_t r1, void* ctx) {
+LB_AVX2_ATTR static void lb24_large_avx2(int64_t r0, int64_t r1, void* ctx) {
     LB24_LARGE_BODY(rowblk_avx2(acc, v, m, nq, xtile, mblk))
 }
+
+/* ================= backward to x: the scalar body (no AVX2 kernel) ================= */
+LB_SCALAR_ATTR static void lb24_gx_avx2(int64_t p0, int64_t p1, void* ctx) {
+    LB24_GX_BODY(gx_groups(x, acc, v, mrow, n, 0))
+}
+
+const struct lb_s24_kernels lb_s24_kernels_avx2 = {lb24_small_avx2, lb24_large_avx2, lb24_gx_avx2,
+                                                   NULL, 32};
 #endif /* LB_X86 */

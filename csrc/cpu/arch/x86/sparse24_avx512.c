@@ -1,6 +1,6 @@
 /* csrc/cpu/arch/x86/sparse24_avx512.c: the AVX-512 variants of the sparse24 CPU kernels (4-bit
  * decode, small-M gather, large-M row blocks, backward to x), instantiating the loop bodies of
- * csrc/cpu/sparse24_impl.h with zmm inner kernels.
+ * csrc/cpu/sparse24_impl.h with zmm inner kernels, and the kernel table lb_s24_kernels_avx512.
  * x86 only: elsewhere the file is empty and the scalar twins run. */
 #include "../../sparse24_impl.h"
 
@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 /* 4-bit codes through a 16-entry table (sparse24_impl.h): 32 codes per step. */
-LB_AVX512_ATTR __attribute__((noinline)) void lb24_decode4_avx512(const uint8_t* b, int64_t g,
+LB_AVX512_ATTR __attribute__((noinline)) static void lb24_decode4_avx512(const uint8_t* b, int64_t g,
                                                                   const float* lut, float* out) {
     const __m512 t = _mm512_loadu_ps(lut);
     const __m128i lowmask = _mm_set1_epi8(15);
@@ -77,7 +77,7 @@ LB_AVX512_ATTR LB_INLINE void dot16_avx512(const float* v, const uint8_t* mrow, 
         out[m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc2[m])) + tail[m];
 }
 
-LB_AVX512_ATTR void lb24_small_avx512(int64_t r0, int64_t r1, void* ctx) {
+LB_AVX512_ATTR static void lb24_small_avx512(int64_t r0, int64_t r1, void* ctx) {
     LB24_SMALL_BODY(LB24_SWITCH_M(dot16_avx512, M, v, mrow, c->x, K))
 }
 
@@ -112,7 +112,7 @@ LB_AVX512_ATTR LB_INLINE void rowblk_avx512(float* acc, const float* v, const ui
     else rowblk_avx512_r(acc, v, off, nq, xt, 1);
 }
 
-LB_AVX512_ATTR void lb24_large_avx512(int64_t r0, int64_t r1, void* ctx) {
+LB_AVX512_ATTR static void lb24_large_avx512(int64_t r0, int64_t r1, void* ctx) {
     LB24_LARGE_BODY(rowblk_avx512(acc, v, m, nq, xtile, mblk))
 }
 
@@ -137,7 +137,10 @@ LB_AVX512_ATTR LB_INLINE void gx_row_avx512(const gx_ctx* x, float* acc, const f
     gx_groups(x, acc, v, mrow, n, nb * 4);
 }
 
-LB_AVX512_ATTR void lb24_gx_avx512(int64_t p0, int64_t p1, void* ctx) {
+LB_AVX512_ATTR static void lb24_gx_avx512(int64_t p0, int64_t p1, void* ctx) {
     LB24_GX_BODY(gx_row_avx512(x, acc, v, mrow, n))
 }
+
+const struct lb_s24_kernels lb_s24_kernels_avx512 = {lb24_small_avx512, lb24_large_avx512,
+                                                     lb24_gx_avx512, lb24_decode4_avx512, 64};
 #endif /* LB_X86 */

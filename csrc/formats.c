@@ -1,0 +1,112 @@
+/* csrc/formats.c: the format table (one row per weight format of FORMATS.md 1, declared and
+ * documented in csrc/formats.h, with how to add a row), the kind table, their level tables, and
+ * the resolution of one (format, bits, symmetric) into the by-value lb_fmt every kernel takes.
+ * Plain C with no torch or Python: the glue, the CPU kernels' tests and the CUDA launchers' hosts
+ * all read the same rows. */
+#include "formats.h"
+
+/* Normalised level tables (sorted ascending, endpoints -1 and 1), FORMATS.md 1.3. */
+static const float lb_nf3[] = {-1.0f, -0.5350227355957031f, -0.2469314038753510f, 0.0f,
+                               0.1833375245332718f, 0.3819939494132996f, 0.6229856610298157f,
+                               1.0f};
+static const float lb_nf4[] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+/* FP4 E2M1 {0, +-0.5, +-1, +-1.5, +-2, +-3, +-4, +-6} / 6: 15 distinct values (+0 and -0 share). */
+static const float lb_fp4[] = {-1.0f, -4.0f / 6.0f, -3.0f / 6.0f, -2.0f / 6.0f, -1.5f / 6.0f,
+                               -1.0f / 6.0f, -0.5f / 6.0f, 0.0f, 0.5f / 6.0f, 1.0f / 6.0f,
+                               1.5f / 6.0f, 2.0f / 6.0f, 3.0f / 6.0f, 4.0f / 6.0f, 1.0f};
+/* FP3 E2M0 {0, +-1, +-2, +-4} / 4: 7 distinct values. */
+static const float lb_fp3[] = {-1.0f, -0.5f, -0.25f, 0.0f, 0.25f, 0.5f, 1.0f};
+
+#define LB_NLEV(t) ((int)(sizeof(t) / sizeof((t)[0])))
+#define LB_BITS1(b) (1u << (b))
+LB_STATIC_ASSERT(LB_NLEV(lb_nf3) == 8 && LB_NLEV(lb_nf4) == 16, "NF3 has 8 levels, NF4 16");
+LB_STATIC_ASSERT(LB_NLEV(lb_fp3) == 7 && LB_NLEV(lb_fp4) == 15, "FP3 has 7 levels, FP4 15");
+LB_STATIC_ASSERT(LB_NLEV(lb_nf4) <= LB_MAX_LEVELS && LB_NLEV(lb_fp4) <= (1 << 4) &&
+                     LB_NLEV(lb_nf3) <= (1 << 3) && LB_NLEV(lb_fp3) <= (1 << 3),
+                 "a b-bit code indexes its level table");
+
+const lb_kind lb_kinds[LB_KIND_COUNT] = {
+    /*                   name        scales zeros levels */
+    [LB_KIND_INT_ASYM] = {"int_asym", 1,    1,    0}, /* FORMATS.md 1.1: s, z */
+    [LB_KIND_INT_SYM] = {"int_sym",   1,    0,    0}, /* 1.2: s */
+    [LB_KIND_LVL2] = {"levels_two",   2,    0,    1}, /* 1.3: [s+, s-] */
+    [LB_KIND_LVL1] = {"levels_one",   1,    0,    1}, /* 1.4: s */
+};
+
+const lb_format lb_formats[LB_FMT_COUNT] = {
+    [LB_FMT_INT] = {.name = "int",
+                    .bits = LB_BITS1(2) | LB_BITS1(3) | LB_BITS1(4) | LB_BITS1(8),
+                    .storage = LB_STORE_CODES,
+                    .symmetric = -1,
+                    .kind = {LB_KIND_INT_ASYM, LB_KIND_INT_SYM}},
+    [LB_FMT_NF] = {.name = "nf",
+                   .bits = LB_BITS1(3) | LB_BITS1(4),
+                   .storage = LB_STORE_CODES,
+                   .symmetric = -1,
+                   .kind = {LB_KIND_LVL2, LB_KIND_LVL1},
+                   .levels = {[3] = lb_nf3, [4] = lb_nf4},
+                   .nlev = {[3] = LB_NLEV(lb_nf3), [4] = LB_NLEV(lb_nf4)}},
+    [LB_FMT_FP] = {.name = "fp",
+                   .bits = LB_BITS1(3) | LB_BITS1(4),
+                   .storage = LB_STORE_CODES,
+                   .symmetric = -1,
+                   .kind = {LB_KIND_LVL2, LB_KIND_LVL1},
+                   .levels = {[3] = lb_fp3, [4] = lb_fp4},
+                   .nlev = {[3] = LB_NLEV(lb_fp3), [4] = LB_NLEV(lb_fp4)}},
+};
+
+int lb_fmt_init(lb_fmt* f, int64_t fmt, int64_t bits, int symmetric) {
+    const lb_format* r;
+    const lb_kind* k;
+    int kind, i;
+    memset(f, 0, sizeof *f);
+    f->scale_dt = LB_DT_F32; /* the ops that compute scales set theirs (scale_dtype) */
+    if (fmt < 0 || fmt >= LB_FMT_COUNT) return LB_FMT_BAD_FORMAT;
+    r = &lb_formats[fmt];
+    /* range first: the narrowing to int below must not turn 2**32 + 4 into 4 */
+    if (bits < 1 || bits > LB_MAX_BITS || !((r->bits >> bits) & 1u)) return LB_FMT_BAD_BITS;
+    symmetric = symmetric ? 1 : 0;
+    if ((r->symmetric >= 0 && symmetric != r->symmetric) || r->kind[symmetric] < 0)
+        return LB_FMT_BAD_SYMMETRIC;
+    kind = r->kind[symmetric];
+    k = &lb_kinds[kind];
+    f->fmt = (int)fmt;
+    f->kind = kind;
+    f->bits = (int)bits;
+    f->storage = r->storage;
+    f->block = r->block;
+    f->sub_block = r->sub_block;
+    f->type_size = r->type_size;
+    f->nscales = k->scales;
+    f->zeros = k->zeros;
+    if (k->levels) {
+        f->nlev = r->nlev[bits];
+        for (i = 0; i < f->nlev; ++i) f->lev[i] = r->levels[bits][i];
+        /* Decision thresholds. (a+b)*0.5 is exact in float32 for these tables; a value exactly on
+         * a threshold goes to the lower level (FORMATS.md allows either). Unused slots stay above
+         * 1, the largest u lb_nearest_index lets through, so they never count. */
+        for (i = 0; i + 1 < f->nlev; ++i) f->mid[i] = (f->lev[i] + f->lev[i + 1]) * 0.5f;
+        for (; i < LB_MAX_LEVELS; ++i) f->mid[i] = 2.0f;
+    } else if (kind == LB_KIND_INT_SYM) {
+        f->qmax = (float)((1 << (bits - 1)) - 1);
+        f->qmin = -(float)(1 << (bits - 1));
+    } else {
+        f->qmax = (float)((1 << bits) - 1);
+    }
+    return 0;
+}
+
+int64_t lb_fmt_row_bytes(const lb_fmt* f, int64_t K) {
+    int64_t rb;
+    if (f->storage == LB_STORE_BLOCKS) {
+        if (K < 0 || f->block <= 0 || K % f->block != 0 ||
+            lb_mul64(K / f->block, f->type_size, &rb))
+            return -1;
+        return rb;
+    }
+    return lb_row_bytes_checked(K, f->bits, &rb) ? -1 : rb;
+}
