@@ -8,6 +8,7 @@ are multiples of 256 and an untied head, for every ftype (and --imatrix for Q4_0
 tensor types of the files it wrote read back with gguf-py and compared with tensor_types()."""
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +16,10 @@ import torch
 lowbit = pytest.importorskip("lowbit")
 transformers = pytest.importorskip("transformers")
 from lowbit import gguf as lg  # noqa: E402
+
+# the GGUF writers of the slow tests: benchmarks/llamacpp/gguf_to_f32.py, random_llama_gguf.py
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
+                                "llamacpp"))
 
 
 def _llama(layers=16, hidden=256, inter=512, heads=4, kv=1, tied=False, vocab=512):
@@ -229,8 +234,6 @@ def test_llama_quantize_smollm2(tmp_path):
     folder, name = data.smollm2_gguf()
     src = os.path.join(os.path.dirname(tools), "models", "smollm2-135m-f32.gguf")
     if not os.path.exists(src):
-        import sys
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks", "llamacpp"))
         import gguf_to_f32
 
         src = gguf_to_f32.to_f32(os.path.join(folder, name), str(tmp_path / "f32.gguf"))
@@ -243,15 +246,18 @@ def test_llama_quantize_smollm2(tmp_path):
 
 @pytest.mark.slow
 def test_llama_quantize_random_llama(tmp_path):
-    from _hfutil import TEXT, tiny_llama, tiny_tokenizer
-
+    """A 16-layer Llama, sizes multiples of 256, 4 query heads per KV head, untied head: written
+    as F32 GGUF by benchmarks/llamacpp/random_llama_gguf.py (the same names and shapes as the
+    transformers model of the same config)."""
     tools = _tools()
-    model = tiny_llama(0, tied=False, hidden=256, inter=512, layers=16, heads=4, kv=1)
-    src = lowbit.export(model, tmp_path / "rand-f32.gguf", "gguf", tokenizer=tiny_tokenizer(),
-                        dtype=torch.float32)
+    import random_llama_gguf
+
+    shape = dict(hidden=256, layers=16, inter=512, heads=4, kv=1, vocab=512)
+    src = random_llama_gguf.write(str(tmp_path / "rand-f32.gguf"), **shape, f32=True, ctx=256)
+    model = _llama(layers=16, hidden=256, inter=512, heads=4, kv=1, vocab=512)
     _check_quantize(tools, src, model, tmp_path, "rand", lg.FTYPES)
     text = tmp_path / "text.txt"
-    text.write_text(" ".join(TEXT * 40))
+    text.write_text("In the beginning was the word, and the word was with God. " * 200)
     imat = tmp_path / "imatrix.gguf"
     subprocess.run([os.path.join(tools, "llama-imatrix"), "-m", str(src), "-f", str(text), "-o",
                     str(imat), "-c", "64", "--chunks", "4", "-t", "2"], check=True,
