@@ -17,8 +17,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llamacpp  # noqa: E402
 
-FTYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+# issue 19's four first, then the other ftypes: the grid can be stopped and resumed any time
+FTYPES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_S", "Q3_K_L", "Q4_K_S", "Q5_K_S",
           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+TABLE_ORDER = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
+               "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 
 
 def _save(path, res):
@@ -106,7 +109,7 @@ def main():
     a.ftypes = [f for f in a.ftypes.split(",") if f]
     res = json.load(open(a.json)) if a.table_only else run(a)
     print(json.dumps(res["meta"]))
-    table(res, a.ftypes)
+    table(res, [f for f in TABLE_ORDER if f in a.ftypes])
 
 
 if __name__ == "__main__":
