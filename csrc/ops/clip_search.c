@@ -21,7 +21,8 @@ LB_BOXED(lb_boxed_clip_search) {
     if (lb_call_arg(&c, 0, "w", &w) || lb_call_arg(&c, 1, "gram", &gm) ||
         lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(stack[2]), lb_iv_int(stack[3]), g, lb_iv_bool(stack[5]),
-                      w.sizes[1], &f, c.err))
+                      w.sizes[1], &f, c.err) ||
+        lb_check_not_blocks(&f, "clip_search", c.err))
         goto fail;
     if (w.dtype != lb_t.dt_f32 || w.device_type != lb_t.dev_cpu) {
         lb_fail(c.err, "w: clip_search takes a float32 CPU tensor");
