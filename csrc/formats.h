@@ -106,6 +106,8 @@ typedef struct {
     int type_size;       /* LB_STORE_BLOCKS: bytes per block */
     int scale_bits;      /* LB_STORE_BLOCKS with sub-blocks: bits of a sub-block scale code */
     int layout;          /* LB_STORE_BLOCKS: the block's byte layout (LB_BLK_*) */
+    int half_at[2];      /* LB_STORE_BLOCKS: byte offsets of the block's fp16 d and dmin / m
+                          * (-1: none), for checks of stored blocks */
     int symmetric;       /* -1: either value; 0 or 1: only that one */
     int kind[2];         /* the LB_KIND_* of symmetric = 0 / 1 (-1: not offered) */
     const float* levels[LB_MAX_BITS + 1]; /* level table per width (NULL: integer codes) */
@@ -523,5 +525,8 @@ typedef struct {
     int32_t* overflow;
 } lb_kl_args;
 #define LB_KL_SAFE 2.1267647932558654e37f /* 2^124 */
+
+/* ---- llama.cpp's block types (FORMATS.md 1.8): the LB_KIND_G_* block math and byte layouts ---- */
+#include "formats_ggml.h"
 
 #endif /* LOWBIT_FORMATS_H */

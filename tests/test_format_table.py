@@ -121,11 +121,21 @@ def test_block_rows_reach_every_op(fmt, gen):
         with pytest.raises(RuntimeError, match=f"format {fmt}: .*does not take llama.cpp block "
                                                f"types yet"):
             calls[op]()
+    # the others compute the reference's results (tests/test_fake_quant_ggml.py in depth)
+    assert RG.same_bits(calls["fake_quant"](), RG.fake_quant(w, fmt))
+    x, xr = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    lowbit.fake_quantize(x, spec).backward(torch.ones_like(w))
+    RG.fake_quant(xr, fmt).backward(torch.ones_like(w))
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5 * float(xr.grad.abs().max()))
+    qw = calls["quantize"]()
+    assert torch.equal(qw.codes, RG.pack(RG.params_and_codes(w, fmt), fmt))
+    assert torch.equal(calls["dequantize"](), torch.zeros_like(w))
+    assert RG.same_bits(lowbit.dequantize(qw), RG.fake_quant(w, fmt))
 
 
 # ops without a path for the block rows yet (each refuses them by name); quant_linear: by
 # ggmlkern (csrc/cpu/qlinear_ggml*)
-NOT_YET = ("fake_quant", "quantize", "dequantize", "clip_search", "quant_linear")
+NOT_YET = ("clip_search", "quant_linear")
 
 
 @pytest.mark.parametrize("fmt,bits,sym", SPECS, ids=IDS)

@@ -32,7 +32,7 @@ static void lb_fq_run(const char* opname, int with_grad, const StableIValue* spe
     if (lb_call_arg(&c, with_grad, "w", &w) || lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(spec[0]), lb_iv_int(spec[1]), g, lb_iv_bool(spec[3]), w.sizes[1],
                       &f, c.err) ||
-        lb_check_not_blocks(&f, opname, c.err) || lb_fq_scale_dtype(sdt, &f, c.err))
+        lb_fq_scale_dtype(sdt, &f, c.err))
         goto fail;
     if (with_grad && (lb_call_arg(&c, 0, "grad", &gr) || lb_check_weight(&gr, "grad", c.err)))
         goto fail;
@@ -101,7 +101,7 @@ LB_BOXED(lb_boxed_quantize) {
     if (lb_call_arg(&c, 0, "w", &w) || lb_check_weight(&w, "w", c.err) ||
         lb_check_spec(lb_iv_int(stack[1]), lb_iv_int(stack[2]), g, lb_iv_bool(stack[4]),
                       w.sizes[1], &f, c.err) ||
-        lb_check_not_blocks(&f, "quantize", c.err) || lb_fq_scale_dtype(stack[5], &f, c.err))
+        lb_fq_scale_dtype(stack[5], &f, c.err))
         goto fail;
     N = w.sizes[0];
     K = w.sizes[1];
@@ -160,8 +160,7 @@ LB_BOXED(lb_boxed_dequantize) {
     int64_t N;
     void* po = NULL;
     lb_call_begin(&c, "lowbit::dequantize", stack, 3);
-    if (lb_check_dtype_code(dt, "dtype", c.err) || lb_call_qweight(&c, t, stack + 3, K, &f, &N) ||
-        lb_check_not_blocks(&f, "dequantize", c.err))
+    if (lb_check_dtype_code(dt, "dtype", c.err) || lb_call_qweight(&c, t, stack + 3, K, &f, &N))
         goto fail;
     {
         const int64_t osz[2] = {N, K};
