@@ -109,8 +109,9 @@ def test_block_rows_reach_every_op(fmt, gen):
         "dequantize": lambda: torch.ops.lowbit.dequantize(
             torch.zeros(4, f.row_bytes(w.shape[1], f.bits[0]), dtype=torch.uint8),
             torch.zeros(4, 0), torch.zeros(4, 0, dtype=torch.uint8), *args, w.shape[1], 0),
-        "clip_search": lambda: torch.ops.lowbit.clip_search(
-            w, torch.zeros(2, f.block, f.block), *args, 10, 4, 0),
+        "clip_search": lambda: torch.ops.lowbit.clip_search(  # per sub-block
+            w, torch.eye(f.sub_block).expand(w.shape[1] // f.sub_block, -1, -1).contiguous(),
+            *args, 10, 4, 0),
         "quant_linear": lambda: torch.ops.lowbit.quant_linear(
             torch.randn(2, w.shape[1]), torch.zeros(4, f.row_bytes(w.shape[1], f.bits[0]),
                                                     dtype=torch.uint8),
@@ -131,11 +132,16 @@ def test_block_rows_reach_every_op(fmt, gen):
     assert torch.equal(qw.codes, RG.pack(RG.params_and_codes(w, fmt), fmt))
     assert torch.equal(calls["dequantize"](), torch.zeros_like(w))
     assert RG.same_bits(lowbit.dequantize(qw), RG.fake_quant(w, fmt))
+    lo, hi = calls["clip_search"]()  # tests/test_clip_search.py: against a brute force
+    ws = w.reshape(4, -1, f.sub_block)
+    shrunk = torch.tensor([1 - i / 10 for i in range(4)]).reshape(4, 1, 1, 1)
+    assert lo.shape == hi.shape == ws.shape[:2]
+    assert ((ws.amin(-1) * shrunk == lo).any(0)).all() and ((ws.amax(-1) * shrunk == hi).any(0)).all()
 
 
 # ops without a path for the block rows yet (each refuses them by name); quant_linear: by
 # ggmlkern (csrc/cpu/qlinear_ggml*)
-NOT_YET = ("clip_search", "quant_linear")
+NOT_YET = ("quant_linear",)
 
 
 @pytest.mark.parametrize("fmt,bits,sym", SPECS, ids=IDS)

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._walk import Swap, check_model, matches, swap_modules_
-from .clip_search import group_gram, search_clip
+from .clip_search import clip_group, group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
 from .qlinear import QuantLinear, check_act
 from .spec import QuantSpec, check_spec
@@ -275,7 +275,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         return fn
 
     for name, m in layers:
-        hooks.append(m.register_forward_pre_hook(hook(name, m.spec.group_for(m.in_features))))
+        hooks.append(m.register_forward_pre_hook(hook(name, clip_group(m.spec, m.in_features))))
     was_training = model.training
     model.eval()
     try:
@@ -301,7 +301,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         lo, hi = search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
                               max_shrink=max_shrink)
         n, k = m.weight.shape
-        g = m.spec.group_for(k)
+        g = clip_group(m.spec, k)  # the group, or a block type's sub-block
         wg = m.weight.detach().float().reshape(n, k // g, g)
         clipped = torch.minimum(torch.maximum(wg, lo.to(wg.device)), hi.to(wg.device)).reshape(n, k)
         m.weight.copy_(clipped.to(m.weight.dtype))
