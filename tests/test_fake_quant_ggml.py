@@ -310,3 +310,32 @@ def test_quantized_weight_checks_blocks(fmt, gen):
             with pytest.raises(ValueError, match=f"^codes: block 1 of row 1 .* at byte {off}"):
                 mk(bad.reshape(3, -1), qw.scales, None, spec, w.shape, w.dtype)
     mk(qw.codes, qw.scales, None, spec, w.shape, w.dtype)  # the good parts pass
+
+
+# ---- CUDA (cuda/fake_quant.cu fq_blk_*_kernel: one thread per block, the same LB_HD code) ----
+@pytest.mark.cuda
+@pytest.mark.parametrize("fmt", TYPES)
+def test_cuda_block_types_equal_the_cpu(fmt, gen):
+    """On a GPU: fake_quant forward, quantize's block bytes and dequantize equal the CPU's bit
+    for bit, for float32 / bfloat16 / float16 inputs; the backward (both STEs) equals the
+    CPU's within float32 round-off; NaN blocks give NaN and quantize refuses them."""
+    w = _weights(gen)
+    spec = lowbit.QuantSpec(fmt)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        wd = (w * (1e-4 if dt == torch.float16 else 1.0)).to(dt)
+        assert RG.same_bits(lowbit.fake_quantize(wd.cuda(), spec).cpu().float(),
+                            lowbit.fake_quantize(wd, spec).float())
+        qc, qh = lowbit.quantize(wd.cuda(), spec), lowbit.quantize(wd, spec)
+        assert torch.equal(qc.codes.cpu(), qh.codes)
+        assert RG.same_bits(lowbit.dequantize(qc).cpu().float(), lowbit.dequantize(qh).float())
+    up = torch.randn(w.shape, generator=gen)
+    for ste in ("bitdistiller", "identity"):
+        xc, xh = w.cuda().requires_grad_(True), w.clone().requires_grad_(True)
+        lowbit.fake_quantize(xc, spec, ste=ste).backward(up.cuda())
+        lowbit.fake_quantize(xh, spec, ste=ste).backward(up)
+        torch.testing.assert_close(xc.grad.cpu(), xh.grad, rtol=1e-6, atol=1e-7)
+    bad = w.clone()
+    bad[1, 5] = float("nan")
+    assert torch.isnan(lowbit.fake_quantize(bad.cuda(), spec)[1, :spec.group_size]).all()
+    with pytest.raises(ValueError, match="^w: contains NaN or Inf"):
+        lowbit.quantize(bad.cuda(), spec)
