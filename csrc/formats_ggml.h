@@ -602,6 +602,41 @@ LB_HD float lb_blk_value_at(const lb_fmt* f, const uint8_t* in, int i) {
     return lb_blk_value_sm(f, S, M, lb_blk_code_at(f, in, i));
 }
 
+/* ---- the int8 mode of the linear kernels (FORMATS.md 4): one 32-block of x at a time ---- */
+/* The 32 elements i0 .. i0+31 of the block at in as value = S[h] * q[i] + C[h], h = the
+ * sub-block among them (0, or 1 for the second half where sub-blocks are 16 wide): q the code
+ * minus the zero code (G_SYM), C the value of q = 0 (m for G_ASYM, -M_j for G_ASYMK, else 0).
+ * Returns the number of sub-blocks covered (1 or 2). */
+LB_HD int lb_blk_codes32(const lb_fmt* f, const uint8_t* in, int i0, int* q, float* S,
+                         float* C) {
+    const int nh = f->sub_block == 16 ? 2 : 1, j0 = f->nsub > 1 ? i0 / f->sub_block : 0;
+    const int z = f->kind == LB_KIND_G_SYM ? f->zero : 0;
+    const float cs = f->kind == LB_KIND_G_ASYM ? 1.0f : f->kind == LB_KIND_G_ASYMK ? -1.0f : 0.0f;
+    for (int h = 0; h < nh; ++h) {
+        float M;
+        lb_blk_sub_at(f, in, j0 + h, &S[h], &M);
+        C[h] = cs * M;
+    }
+    for (int i = 0; i < 32; ++i) q[i] = lb_blk_code_at(f, in, i0 + i) - z;
+    return nh;
+}
+
+/* sum_i value_i * x8_i over the 32 elements of lb_blk_codes32, as integer sums per sub-block
+ * and a float32 epilogue: sum_h S[h] * sum q x8 + C[h] * sum x8 (exact integer sums). */
+LB_HD float lb_blk_dot32(const int* q, const float* S, const float* C, int nh, const int8_t* x8) {
+    float r = 0.0f;
+    for (int h = 0; h < nh; ++h) {
+        const int n = 32 / nh;
+        int dot = 0, xs = 0;
+        for (int i = h * n; i < (h + 1) * n; ++i) {
+            dot += q[i] * (int)x8[i];
+            xs += (int)x8[i];
+        }
+        r += S[h] * (float)dot + C[h] * (float)xs;
+    }
+    return r;
+}
+
 /* Quantizes the block at x into f->type_size bytes at out; returns 1 (bytes unspecified) where
  * it holds NaN/Inf. */
 LB_HD int lb_blk_quantize(const lb_fmt* f, const float* x, uint8_t* out) {

@@ -197,50 +197,32 @@ qlc_blk_int8_kernel(const T* x, QlcBlocks wsrc, const T* bias, T* y, int64_t M, 
         }
         if (!fin || am > 0x1p64f || (am != 0.0f && am < 0x1p-100f)) bad |= 1u << m;
     }
-    /* value = S_j * (q - z) + C_j: the integer part and the constant of sub-block j */
-    const int z = f.kind == LB_KIND_G_SYM ? f.zero : 0;
-    const float csign = f.kind == LB_KIND_G_ASYM ? 1.0f : f.kind == LB_KIND_G_ASYMK ? -1.0f : 0.0f;
-    const int two = f.sub_block == 16; /* two sub-blocks per 32-block of x */
     float acc[QLC_MT];
 #pragma unroll
     for (int m = 0; m < QLC_MT; ++m) acc[m] = 0.0f;
     for (int64_t kb = lane; kb < K / 32; kb += 32) {
         const int64_t k0 = kb * 32;
-        const uint8_t* blk = wsrc.block(&f, n, k0, K);
-        const int i0 = (int)(k0 % f.block);
-        const int j0 = f.nsub > 1 ? i0 / f.sub_block : 0;
-        float S[2], Mj[2], C[2];
+        float S[2], C[2];
         int q[32];
-        for (int h = 0; h <= two; ++h) {
-            lb_blk_sub_at(&f, blk, j0 + h, &S[h], &Mj[h]);
-            C[h] = csign * Mj[h];
-        }
-        for (int i = 0; i < 32; ++i) q[i] = lb_blk_code_at(&f, blk, i0 + i) - z;
+        int8_t x8[32];
+        /* the block's 32 codes are decoded once for every row of x */
+        const int nh = lb_blk_codes32(&f, wsrc.block(&f, n, k0, K), (int)(k0 % f.block), q, S, C);
 #pragma unroll
         for (int m = 0; m < QLC_MT; ++m) {
             if (m >= mc) continue;
             const int64_t xo = (m0 + m) * K + k0;
-            if (bad & (1u << m)) { /* the float products (the exact values of W) */
-                for (int i = 0; i < 32; ++i) {
-                    const int h = two ? i / 16 : 0;
-                    acc[m] += lb_blk_value_sm(&f, S[h], Mj[h], q[i] + z) * lb_ld(x, xo + i);
-                }
+            if (bad & (1u << m)) { /* the float products of the exact values of W */
+                for (int i = 0; i < 32; ++i)
+                    acc[m] += (S[nh == 2 ? i / 16 : 0] * (float)q[i] + C[nh == 2 ? i / 16 : 0]) *
+                              lb_ld(x, xo + i);
                 continue;
             }
             float am = 0.0f;
             for (int i = 0; i < 32; ++i) am = fmaxf(am, fabsf(lb_ld(x, xo + i)));
             if (am == 0.0f) continue;
             const float d = am / 127.0f;
-            int dot[2] = {0, 0}, xs[2] = {0, 0};
-            for (int i = 0; i < 32; ++i) {
-                const int h = two ? i / 16 : 0;
-                const int x8 = (int)rintf(lb_ld(x, xo + i) / d);
-                dot[h] += q[i] * x8;
-                xs[h] += x8;
-            }
-            float part = S[0] * (float)dot[0] + C[0] * (float)xs[0];
-            if (two) part += S[1] * (float)dot[1] + C[1] * (float)xs[1];
-            acc[m] += d * part;
+            for (int i = 0; i < 32; ++i) x8[i] = (int8_t)rintf(lb_ld(x, xo + i) / d);
+            acc[m] += d * lb_blk_dot32(q, S, C, nh, x8);
         }
     }
 #pragma unroll

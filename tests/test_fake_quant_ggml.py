@@ -377,3 +377,25 @@ def test_cuda_block_types_equal_the_cpu(fmt, gen):
     assert torch.isnan(lowbit.fake_quantize(bad.cuda(), spec)[1, :spec.group_size]).all()
     with pytest.raises(ValueError, match="^w: contains NaN or Inf"):
         lowbit.quantize(bad.cuda(), spec)
+
+
+@pytest.mark.cuda
+def test_cuda_sanitizer_ggml_fake_quant(gen):
+    """Small shapes through every block-type CUDA kernel of the fake_quant family (forward,
+    backward, quantize, dequantize; device_check.sh runs this under compute-sanitizer): one
+    block per row, an odd row count, 16-bit inputs, a grid of fewer blocks than threads."""
+    for fmt, shape, dt in [("q8_0", (3, 32), torch.float32), ("q5_1", (5, 64), torch.bfloat16),
+                           ("q3_k", (1, 256), torch.float16), ("q4_k", (3, 512), torch.float32),
+                           ("q6_k", (2, 256), torch.bfloat16), ("q2_k", (1, 256), torch.float32)]:
+        spec = lowbit.QuantSpec(fmt)
+        w = (torch.randn(shape, generator=gen) * 0.05).to(dt)
+        up = torch.randn(shape, generator=gen).to(dt)
+        xc, xh = w.cuda().requires_grad_(True), w.clone().requires_grad_(True)
+        qc, qh = lowbit.fake_quantize(xc, spec), lowbit.fake_quantize(xh, spec)
+        qc.backward(up.cuda())
+        qh.backward(up)
+        assert RG.same_bits(qc.detach().cpu().float(), qh.detach().float()), fmt
+        torch.testing.assert_close(xc.grad.cpu().float(), xh.grad.float(), rtol=1e-2, atol=1e-3)
+        wc = lowbit.quantize(w.cuda(), spec)
+        assert torch.equal(wc.codes.cpu(), lowbit.quantize(w, spec).codes), fmt
+        assert RG.same_bits(lowbit.dequantize(wc).cpu().float(), qh.detach().float()), fmt

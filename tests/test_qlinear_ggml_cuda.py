@@ -1,7 +1,7 @@
 """tests/test_qlinear_ggml_cuda.py: the CUDA linear kernels of llama.cpp's block types
-(cuda/qlinear.cu qlc_*<QlcBlocks>, launcher lb_ql_forward_blk_cuda): the element decoder they
-run (formats_ggml.h lb_blk_value_at, compiled here in plain C and checked against gguf-py on
-random block bytes), and, on a GPU, quant_linear on CUDA against float64 F.linear of the
+(cuda/qlinear.cu qlc_*<QlcBlocks>, qlc_blk_int8_kernel; launcher lb_ql_forward_blk_cuda): the
+block code they run (formats_ggml.h lb_blk_value_at and the int8 mode's lb_blk_codes32 /
+lb_blk_dot32, compiled here in plain C and checked against gguf-py on random block bytes), and, on a GPU, quant_linear on CUDA against float64 F.linear of the
 dequantized weight (FORMATS.md 4's error bounds)."""
 import os
 import shutil
@@ -48,24 +48,35 @@ def blocks_at(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", TYPES)
 def test_element_decoder_equals_gguf(fmt, gen, tmp_path, blocks_at):
-    """lb_blk_value_at(block, i) for every element of random blocks is bit for bit gguf-py's
-    gguf.quants.dequantize of the same bytes, and lb_blk_dequantize's (the reader the CPU and the
-    CUDA dequantize use)."""
+    """On random blocks: lb_blk_value_at(block, i) for every element is bit for bit gguf-py's
+    gguf.quants.dequantize of the same bytes, and lb_blk_dequantize's (the reader the CPU and
+    the CUDA dequantize use); the int8 mode's per-32-block sum (lb_blk_codes32 + lb_blk_dot32:
+    integer sums per sub-block, float epilogue) equals sum_i W_i * x8_i in float64 of those
+    values within float32 rounding."""
     gguf = pytest.importorskip("gguf")
     f = C.FORMATS[fmt]
     nb = 64
     raw = _random_blocks(fmt, nb, gen)
+    x8 = torch.randint(-127, 128, (nb * f.block,), generator=gen, dtype=torch.int8)
+    x8[:64] = 127  # one sign throughout: the sums of x8 the mins multiply are largest
     fcode, bits, _, sym = lowbit.QuantSpec(fmt).op_args(f.block)
-    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    src, xs, dst = tmp_path / "in.bin", tmp_path / "x8.bin", tmp_path / "out.bin"
     src.write_bytes(raw.numpy().tobytes())
+    xs.write_bytes(x8.numpy().tobytes())
     r = subprocess.run([blocks_at, str(fcode), str(bits), str(int(sym)), str(nb), str(src),
-                        str(dst)], capture_output=True, text=True, timeout=60)
+                        str(xs), str(dst)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    out = torch.from_numpy(np.fromfile(dst, dtype=np.float32).copy()).reshape(2, nb, f.block)
+    out = torch.from_numpy(np.fromfile(dst, dtype=np.float32).copy())
+    ne = nb * f.block
     ref = torch.from_numpy(gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[
-        fmt.upper()]).astype(np.float32)).reshape(nb, f.block)
-    assert RG.same_bits(out[0], ref)
-    assert RG.same_bits(out[1], ref)
+        fmt.upper()]).astype(np.float32)).reshape(-1)
+    assert RG.same_bits(out[:ne], ref)
+    assert RG.same_bits(out[ne:2 * ne], ref)
+    prod = ref.double() * x8.double()
+    want = prod.reshape(-1, 32).sum(1)
+    scale = prod.abs().reshape(-1, 32).sum(1)
+    err = (out[2 * ne:].double() - want).abs()
+    assert (err <= 1e-6 * scale + 1e-30).all(), float((err / scale.clamp_min(1e-30)).max())
 
 
 def _acts(kind, M, K, gen):
@@ -119,3 +130,24 @@ def test_cuda_quant_linear_block_types(fmt, gen):
     for act in ("float", "int8"):
         y = lowbit.quant_linear(x.cuda(), qc, act=act).cpu()
         assert torch.isfinite(y[[0, 2]]).all() and not torch.isfinite(y[1]).any(), act
+
+
+@pytest.mark.cuda
+def test_cuda_sanitizer_ggml_qlinear(gen):
+    """Small shapes through the block-type linear kernels (device_check.sh runs this under
+    compute-sanitizer): the GEMV (M = 1, 3: a partial warp group of outputs, N = 5), the int8
+    kernel (K = one 32-block: lanes without a block), and the WMMA kernel (16-bit x, M = 17,
+    partial 64 x 64 tiles), each against float64 F.linear of the dequantized weight."""
+    for fmt, K in [("q4_0", 32), ("q5_1", 96), ("q4_k", 256), ("q6_k", 512)]:
+        spec = lowbit.QuantSpec(fmt)
+        qw = lowbit.quantize(torch.randn(5, K, generator=gen) * 0.05, spec)
+        W = lowbit.dequantize(qw).double()
+        qc = qw.to("cuda")
+        for M, dt, act, tol in [(1, torch.float32, "float", 1e-5), (3, torch.float32, "int8", 2e-2),
+                                (17, torch.float16, "float", 1e-3),
+                                (3, torch.bfloat16, "int8", 2e-2)]:
+            x = torch.randn(M, K, generator=gen).to(dt)
+            ref = torch.nn.functional.linear(x.double(), W.to(dt).double() if M > 16 else W)
+            y = lowbit.quant_linear(x.cuda(), qc, act=act).cpu()
+            assert y.dtype == dt and _rel(y, ref) <= tol + (8e-3 if dt == torch.bfloat16 else 0), \
+                (fmt, M, dt, act)
