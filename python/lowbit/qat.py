@@ -201,7 +201,7 @@ def convert_(model, act="auto"):
     equal the QAT model's up to float32 rounding with ``act="float"``, within 1e-4 (relative) with
     the default ``"auto"``; ``act`` is the layers' accuracy mode (lowbit.quant_linear)."""
     check_act(act)
-    for name, m in model.named_modules():
+    for name, m in (model.named_modules() if isinstance(model, nn.Module) else ()):
         if isinstance(m, QATLinear) and m.spec.is_block_type:
             # QuantLinear of the block types is the ggmlkern kernels' (csrc/cpu/qlinear_ggml*)
             raise NotImplementedError(f"{name}: format {m.spec.format} (llama.cpp's block type, "
