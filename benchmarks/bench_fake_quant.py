@@ -8,11 +8,21 @@ Prints a markdown table. "extra MB" is peak memory above the inputs (w, upstream
 two outputs every implementation must produce (Q(w) and dL/dw): the temporaries. "f16-scale ms"
 is lowbit with QuantSpec(scale_dtype="float16") (scales rounded to float16, FORMATS.md 1.6) and
 "f16/f32" its time over the float32 spec's.
+
+A second table times llama.cpp's block types (FORMATS.md 1.8) on a 4096 x 4096 weight: fused
+forward+backward against the plain-PyTorch reference of tests/reference_ggml.py (the same 1.8
+rules as autograd expressions), and lowbit.quantize (the GGUF blocks) / lowbit.dequantize.
 """
+import os
+import sys
+
 import torch
 
 import _harness as H
 import lowbit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import reference_ggml as RG  # noqa: E402  (the plain-PyTorch 1.8 baseline)
 
 LEVELS = {
     ("nf", 3): [-1, -0.5350227355957031, -0.2469314038753510, 0, 0.1833375245332718,
@@ -63,6 +73,42 @@ def step(impl, w, up, fmt, bits, g):
     return q
 
 
+GGML_TYPES = list(RG.TYPES)
+
+
+def step_ggml(impl, w, up, spec):
+    w.grad = None
+    q = lowbit.fake_quantize(w, spec) if impl == "lowbit" else RG.fake_quant(w, spec.format)
+    q.backward(up)
+    return q
+
+
+def ggml_table(rep, a, min_run):
+    """The block types: fwd+bwd vs the reference, quantize and dequantize (4096 x 4096)."""
+    t = rep.table([("type", "{}"), ("baseline ms", "{:.1f}"), ("lowbit ms", "{:.2f}"),
+                   ("speedup", "{:.1f}x"), ("quantize ms", "{:.2f}"), ("dequantize ms", "{:.2f}"),
+                   ("dequantize GB/s", "{:.0f}")], name="ggml")
+    n = k = 4096
+    torch.manual_seed(0)
+    w = (torch.randn(n, k, device=a.device) * 0.02).requires_grad_(True)
+    up = torch.randn(n, k, device=a.device)
+    for fmt in GGML_TYPES:
+        spec = lowbit.QuantSpec(fmt)
+        try:
+            tb = H.median_time(lambda: step_ggml("baseline", w, up, spec), a.device, min_run)
+        except Exception as e:  # noqa: BLE001 - the reference is a test helper: report, go on
+            tb = None
+            rep.note(f"<!-- {fmt}: reference baseline failed on {a.device}: {e} -->")
+        tl = H.median_time(lambda: step_ggml("lowbit", w, up, spec), a.device, min_run)
+        wd = w.detach()
+        tq = H.median_time(lambda: lowbit.quantize(wd, spec), a.device, min_run)
+        qw = lowbit.quantize(wd, spec)
+        td = H.median_time(lambda: lowbit.dequantize(qw), a.device, min_run)
+        moved = qw.codes.numel() + 4 * n * k  # blocks read, float32 written
+        t.row(fmt, None if tb is None else tb * 1e3, tl * 1e3, None if tb is None else tb / tl,
+              tq * 1e3, td * 1e3, moved / td / 1e9)
+
+
 def _mem_case(impl, n, k, fmt, bits, g, device="cpu"):
     """Builds the inputs of one step; returns the step (for the peak-memory measurement)."""
     torch.manual_seed(0)
@@ -102,6 +148,7 @@ def main():
                           for impl in ("baseline", "lowbit"))
             t.row(f"{n}x{k}", f"{fmt}{bits}-g{g}", tb * 1e3, tl * 1e3, tb / tl, th * 1e3, th / tl,
                   mb_b, mb_l, H.mb(n * k * 4))
+    ggml_table(rep, a, 0.2 if a.quick else min_run)
     rep.save()
 
 

@@ -162,14 +162,21 @@ LB_HD int lb_blk_code(const lb_fmt* f, const lb_bparams* p, int j, float x) {
     }
 }
 
+/* The value of code q in a sub-block of scale S and min M, as ggml's dequantize_row_*
+ * computes it (the one formula lb_blk_value and lb_blk_value_at share). */
+LB_HD float lb_blk_value_sm(const lb_fmt* f, float S, float M, int q) {
+    switch (f->kind) {
+    case LB_KIND_G_SYM: return S * (float)(q - f->zero);
+    case LB_KIND_G_ASYM: return S * (float)q + M;
+    case LB_KIND_G_ASYMK: return S * (float)q - M;
+    default: return S * (float)q;
+    }
+}
+
 /* The value of code q in sub-block j, as ggml's dequantize_row_* computes it. */
 LB_HD float lb_blk_value(const lb_fmt* f, const lb_bparams* p, int j, int q) {
-    switch (f->kind) {
-    case LB_KIND_G_SYM: return p->S[0] * (float)(q - f->zero);
-    case LB_KIND_G_ASYM: return p->S[0] * (float)q + p->M[0];
-    case LB_KIND_G_ASYMK: return p->S[j] * (float)q - p->M[j];
-    default: return p->S[j] * (float)q;
-    }
+    const int s = f->kind == LB_KIND_G_SYM || f->kind == LB_KIND_G_ASYM ? 0 : j;
+    return lb_blk_value_sm(f, p->S[s], p->M[s], q);
 }
 
 /* Statistics and parameters of the block at x; 0, or 1 where it holds NaN/Inf. */
@@ -514,6 +521,120 @@ LB_HD void lb_blk_unpack(const lb_fmt* f, const uint8_t* in, lb_bparams* p, int*
     default:
         break;
     }
+}
+
+/* ---- one element of a stored block, without unpacking the block (the linear kernels) ---- */
+/* S_j and M_j of sub-block j of the block at in, as lb_blk_unpack computes them (the 32-blocks:
+ * j = 0, S = d, M = m or 0). */
+LB_HD void lb_blk_sub_at(const lb_fmt* f, const uint8_t* in, int j, float* S, float* M) {
+    *M = 0.0f;
+    switch (f->layout) {
+    case LB_BLK_Q4_1:
+    case LB_BLK_Q5_1: *M = lb_get_half(in + 2); /* fall through */
+    case LB_BLK_Q8_0:
+    case LB_BLK_Q4_0:
+    case LB_BLK_Q5_0: *S = lb_get_half(in); break;
+    case LB_BLK_Q2_K:
+        *S = lb_get_half(in + 80) * (float)(in[j] & 15);
+        *M = lb_get_half(in + 82) * (float)(in[j] >> 4);
+        break;
+    case LB_BLK_Q3_K: {
+        const uint8_t* sc = in + 96;
+        const int low = j < 8 ? (sc[j] & 15) : (sc[j - 8] >> 4);
+        const int high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *S = lb_get_half(in + 108) * (float)((low | (high << 4)) - 32);
+        break;
+    }
+    case LB_BLK_Q4_K:
+    case LB_BLK_Q5_K: {
+        const uint8_t* s = in + 4;
+        const int sc = j < 4 ? (s[j] & 63) : ((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
+        const int mc = j < 4 ? (s[j + 4] & 63) : ((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+        *S = lb_get_half(in) * (float)sc;
+        *M = lb_get_half(in + 2) * (float)mc;
+        break;
+    }
+    case LB_BLK_Q6_K: *S = lb_get_half(in + 208) * (float)(int)(int8_t)in[192 + j]; break;
+    default: *S = 0.0f; break;
+    }
+}
+
+/* Code i (1.8's q) of the block at in, as lb_blk_unpack reads it. */
+LB_HD int lb_blk_code_at(const lb_fmt* f, const uint8_t* in, int i) {
+    switch (f->layout) {
+    case LB_BLK_Q8_0: return (int)(int8_t)in[2 + i];
+    case LB_BLK_Q4_0:
+    case LB_BLK_Q4_1:
+    case LB_BLK_Q5_0:
+    case LB_BLK_Q5_1: {
+        const int has_m = f->layout == LB_BLK_Q4_1 || f->layout == LB_BLK_Q5_1;
+        const int five = f->layout == LB_BLK_Q5_0 || f->layout == LB_BLK_Q5_1;
+        const uint8_t* qh = in + (has_m ? 4 : 2);
+        const uint8_t* qs = qh + (five ? 4 : 0);
+        int q = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
+        if (five) q |= ((qh[i / 8] >> (i % 8)) & 1) << 4;
+        return q;
+    }
+    case LB_BLK_Q2_K: return lb_get_crumb256(in + 16, i);
+    case LB_BLK_Q3_K:
+        return lb_get_crumb256(in + 32, i) - (((in[i % 32] >> (i / 32)) & 1) ? 0 : 4);
+    case LB_BLK_Q4_K:
+    case LB_BLK_Q5_K: {
+        const int c = i / 64, hi = (i % 64) / 32, l = i % 32;
+        const uint8_t b = in[(f->layout == LB_BLK_Q5_K ? 48 : 16) + 32 * c + l];
+        int q = hi ? (b >> 4) : (b & 15);
+        if (f->layout == LB_BLK_Q5_K) q |= ((in[16 + l] >> (2 * c + hi)) & 1) << 4;
+        return q;
+    }
+    case LB_BLK_Q6_K: {
+        const int h = i / 128, part = (i % 128) / 32, l = i % 32;
+        const uint8_t b = in[64 * h + 32 * (part & 1) + l], hb = in[128 + 32 * h + l];
+        return (((part & 2) ? (b >> 4) : (b & 15)) | (((hb >> (2 * part)) & 3) << 4)) - 32;
+    }
+    default: return 0;
+    }
+}
+
+/* Value i of the block at in: lb_blk_dequantize's y[i], bit for bit. */
+LB_HD float lb_blk_value_at(const lb_fmt* f, const uint8_t* in, int i) {
+    float S, M;
+    lb_blk_sub_at(f, in, f->nsub > 1 ? i / f->sub_block : 0, &S, &M);
+    return lb_blk_value_sm(f, S, M, lb_blk_code_at(f, in, i));
+}
+
+/* ---- the int8 mode of the linear kernels (FORMATS.md 4): one 32-block of x at a time ---- */
+/* The 32 elements i0 .. i0+31 of the block at in as value = S[h] * q[i] + C[h], h = the
+ * sub-block among them (0, or 1 for the second half where sub-blocks are 16 wide): q the code
+ * minus the zero code (G_SYM), C the value of q = 0 (m for G_ASYM, -M_j for G_ASYMK, else 0).
+ * Returns the number of sub-blocks covered (1 or 2). */
+LB_HD int lb_blk_codes32(const lb_fmt* f, const uint8_t* in, int i0, int* q, float* S,
+                         float* C) {
+    const int nh = f->sub_block == 16 ? 2 : 1, j0 = f->nsub > 1 ? i0 / f->sub_block : 0;
+    const int z = f->kind == LB_KIND_G_SYM ? f->zero : 0;
+    const float cs = f->kind == LB_KIND_G_ASYM ? 1.0f : f->kind == LB_KIND_G_ASYMK ? -1.0f : 0.0f;
+    for (int h = 0; h < nh; ++h) {
+        float M;
+        lb_blk_sub_at(f, in, j0 + h, &S[h], &M);
+        C[h] = cs * M;
+    }
+    for (int i = 0; i < 32; ++i) q[i] = lb_blk_code_at(f, in, i0 + i) - z;
+    return nh;
+}
+
+/* sum_i value_i * x8_i over the 32 elements of lb_blk_codes32, as integer sums per sub-block
+ * and a float32 epilogue: sum_h S[h] * sum q x8 + C[h] * sum x8 (exact integer sums). */
+LB_HD float lb_blk_dot32(const int* q, const float* S, const float* C, int nh, const int8_t* x8) {
+    float r = 0.0f;
+    for (int h = 0; h < nh; ++h) {
+        const int n = 32 / nh;
+        int dot = 0, xs = 0;
+        for (int i = h * n; i < (h + 1) * n; ++i) {
+            dot += q[i] * (int)x8[i];
+            xs += (int)x8[i];
+        }
+        r += S[h] * (float)dot + C[h] * (float)xs;
+    }
+    return r;
 }
 
 /* Quantizes the block at x into f->type_size bytes at out; returns 1 (bytes unspecified) where

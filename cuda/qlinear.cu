@@ -13,6 +13,17 @@
  *     x's dtype (the weights are rounded to bf16/f16 there, as a 16-bit F.linear would hold
  *     them), then each warp runs 2 x 2 x 2 MMAs. The float accumulators go through shared memory
  *     to add bias and round to x's dtype with bounds checks.
+ * Both kernels read W through a weight source (QlcCodes: the canonical codes; QlcBlocks:
+ * llama.cpp's block types, FORMATS.md 1.8, whose GGUF blocks hold their fp16 scales and are
+ * decoded element by element with formats_ggml.h's lb_blk_value_at, bit-identical to
+ * dequantize). The block types have their own launcher, lb_ql_forward_blk_cuda, which adds:
+ *   qlc_blk_int8_kernel (act="int8", M <= 16): FORMATS.md 4's int8 mode. One warp per output
+ *     row n and up to QLC_MT rows of x; lane l takes the 32-blocks kb = l, l+32, ... of K: it
+ *     decodes the block's 32 codes once, quantizes each x row's 32-block (d = max|x|/127,
+ *     round half to even), and adds d * (S_j * sum q x8 + C_j * sum x8) per sub-block j
+ *     (integer sums, float epilogue; C_j the value of code 0 relative to S_j: m, -M_j, 0).
+ *     A row that is non-finite, has max|x| > 2^64, or a nonzero max|x| < 2^-100 takes the float
+ *     products instead (the CPU's fallback rule).
  * All indices are int64. The (host) lb_fmt is copied into shared memory so lb_decode's level
  * table is indexed cheaply. Built for sm_80 / sm_90 (bf16 WMMA needs sm_80). */
 #include <cuda_runtime.h>
@@ -36,19 +47,38 @@ __device__ __forceinline__ __nv_bfloat16 qlc_cvt(float v, __nv_bfloat16*) {
     return __float2bfloat16_rn(v);
 }
 
-/* The exact float32 value of W[n, k] (lb_decode, as dequantize computes it). */
-__device__ __forceinline__ float qlc_weight(const lb_fmt* f, const uint8_t* codes,
-                                            const float* scales, const uint8_t* zeros, int64_t n,
-                                            int64_t k, int64_t K, int64_t g) {
-    const uint8_t* row = codes + n * lb_row_bytes(K, f->bits);
-    const int64_t G = K / g, gi = k / g;
-    return lb_decode(f, lb_load_gparams(f, scales, zeros, n * G + gi), lb_get_code(row, k, f->bits));
-}
+/* Weight sources: w(f, n, k, K) is the exact float32 value of W[n, k], as dequantize computes
+ * it. QlcCodes: the canonical codes (lb_decode); QlcBlocks: the GGUF blocks of a block type. */
+struct QlcCodes {
+    const uint8_t* codes;
+    const float* scales;
+    const uint8_t* zeros;
+    int64_t g;
+    __device__ __forceinline__ float operator()(const lb_fmt* f, int64_t n, int64_t k,
+                                                int64_t K) const {
+        const uint8_t* row = codes + n * lb_row_bytes(K, f->bits);
+        const int64_t G = K / g, gi = k / g;
+        return lb_decode(f, lb_load_gparams(f, scales, zeros, n * G + gi),
+                         lb_get_code(row, k, f->bits));
+    }
+};
 
-template <typename T>
+struct QlcBlocks {
+    const uint8_t* blocks; /* (N, K / block * type_size) */
+    __device__ __forceinline__ const uint8_t* block(const lb_fmt* f, int64_t n, int64_t k,
+                                                    int64_t K) const {
+        return blocks + (n * (K / f->block) + k / f->block) * f->type_size;
+    }
+    __device__ __forceinline__ float operator()(const lb_fmt* f, int64_t n, int64_t k,
+                                                int64_t K) const {
+        return lb_blk_value_at(f, block(f, n, k, K), (int)(k % f->block));
+    }
+};
+
+template <typename T, typename W>
 __global__ void __launch_bounds__(QLC_WARPS * 32)
-qlc_gemv_kernel(const T* x, const uint8_t* codes, const float* scales, const uint8_t* zeros,
-                const T* bias, T* y, int64_t M, int64_t N, int64_t K, int64_t g, lb_fmt fmt) {
+qlc_gemv_kernel(const T* x, W wsrc, const T* bias, T* y, int64_t M, int64_t N, int64_t K,
+                lb_fmt fmt) {
     __shared__ lb_fmt f;
     if (threadIdx.x == 0) f = fmt;
     __syncthreads();
@@ -61,7 +91,7 @@ qlc_gemv_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
 #pragma unroll
     for (int m = 0; m < QLC_MT; ++m) acc[m] = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
-        const float w = qlc_weight(&f, codes, scales, zeros, n, k, K, g);
+        const float w = wsrc(&f, n, k, K);
 #pragma unroll
         for (int m = 0; m < QLC_MT; ++m)
             if (m < mc) acc[m] += w * lb_ld(x, (m0 + m) * K + k);
@@ -76,10 +106,10 @@ qlc_gemv_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
     }
 }
 
-template <typename T>
+template <typename T, typename W>
 __global__ void __launch_bounds__(128)
-qlc_wmma_kernel(const T* x, const uint8_t* codes, const float* scales, const uint8_t* zeros,
-                const T* bias, T* y, int64_t M, int64_t N, int64_t K, int64_t g, lb_fmt fmt) {
+qlc_wmma_kernel(const T* x, W wsrc, const T* bias, T* y, int64_t M, int64_t N, int64_t K,
+                lb_fmt fmt) {
     using namespace nvcuda;
     __shared__ lb_fmt f;
     __shared__ __align__(32) T As[QLC_BM][QLC_BK + QLC_PAD];
@@ -100,9 +130,7 @@ qlc_wmma_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
             const int r = idx / QLC_BK, kk = idx % QLC_BK;
             const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
             As[r][kk] = (m < M && k < K) ? x[m * K + k] : qlc_cvt(0.0f, (T*)0);
-            Bs[r][kk] = qlc_cvt((n < N && k < K) ? qlc_weight(&f, codes, scales, zeros, n, k, K, g)
-                                                 : 0.0f,
-                                (T*)0);
+            Bs[r][kk] = qlc_cvt((n < N && k < K) ? wsrc(&f, n, k, K) : 0.0f, (T*)0);
         }
         __syncthreads();
 #pragma unroll
@@ -140,27 +168,127 @@ qlc_wmma_kernel(const T* x, const uint8_t* codes, const float* scales, const uin
     }
 }
 
+/* act="int8" on the block types (see the header comment). */
 template <typename T>
-static int qlc_forward_t(const void* x, int64_t M, int64_t N, int64_t K, int64_t g,
-                         const lb_fmt* f, const uint8_t* codes, const float* scales,
-                         const uint8_t* zeros, const void* bias, void* y, cudaStream_t s,
-                         bool tensor_cores) {
+__global__ void __launch_bounds__(QLC_WARPS * 32)
+qlc_blk_int8_kernel(const T* x, QlcBlocks wsrc, const T* bias, T* y, int64_t M, int64_t N,
+                    int64_t K, lb_fmt fmt) {
+    __shared__ lb_fmt f;
+    if (threadIdx.x == 0) f = fmt;
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int64_t n = (int64_t)blockIdx.x * QLC_WARPS + (threadIdx.x >> 5);
+    const int64_t m0 = (int64_t)blockIdx.y * QLC_MT;
+    const int mc = (int)(M - m0 < QLC_MT ? M - m0 : QLC_MT);
+    if (n >= N) return; /* warp-uniform */
+    /* each row's fallback flag (the warp reads the row once; x is small next to W here) */
+    unsigned bad = 0;
+    for (int m = 0; m < mc; ++m) {
+        float am = 0.0f;
+        int fin = 1;
+        for (int64_t k = lane; k < K; k += 32) {
+            const float v = fabsf(lb_ld(x, (m0 + m) * K + k));
+            fin &= v <= 3.4028235e38f; /* false for inf and nan */
+            am = v > am ? v : am;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            am = fmaxf(am, __shfl_xor_sync(LB_FULL_MASK, am, o));
+            fin &= __shfl_xor_sync(LB_FULL_MASK, fin, o);
+        }
+        if (!fin || am > 0x1p64f || (am != 0.0f && am < 0x1p-100f)) bad |= 1u << m;
+    }
+    float acc[QLC_MT];
+#pragma unroll
+    for (int m = 0; m < QLC_MT; ++m) acc[m] = 0.0f;
+    for (int64_t kb = lane; kb < K / 32; kb += 32) {
+        const int64_t k0 = kb * 32;
+        float S[2], C[2];
+        int q[32];
+        int8_t x8[32];
+        /* the block's 32 codes are decoded once for every row of x */
+        const int nh = lb_blk_codes32(&f, wsrc.block(&f, n, k0, K), (int)(k0 % f.block), q, S, C);
+#pragma unroll
+        for (int m = 0; m < QLC_MT; ++m) {
+            if (m >= mc) continue;
+            const int64_t xo = (m0 + m) * K + k0;
+            if (bad & (1u << m)) { /* the float products of the exact values of W */
+                for (int i = 0; i < 32; ++i)
+                    acc[m] += (S[nh == 2 ? i / 16 : 0] * (float)q[i] + C[nh == 2 ? i / 16 : 0]) *
+                              lb_ld(x, xo + i);
+                continue;
+            }
+            float am = 0.0f;
+            for (int i = 0; i < 32; ++i) am = fmaxf(am, fabsf(lb_ld(x, xo + i)));
+            if (am == 0.0f) continue;
+            const float d = am / 127.0f;
+            for (int i = 0; i < 32; ++i) x8[i] = (int8_t)rintf(lb_ld(x, xo + i) / d);
+            acc[m] += d * lb_blk_dot32(q, S, C, nh, x8);
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < QLC_MT; ++m) {
+        float v = lb_warp_sum(acc[m]);
+        if (lane == 0 && m < mc) {
+            if (bias) v += lb_ld(bias, n);
+            lb_st(y, (m0 + m) * N + n, v);
+        }
+    }
+}
+
+template <typename T, typename W>
+static int qlc_launch(const void* x, int64_t M, int64_t N, int64_t K, const lb_fmt* f, W w,
+                      const void* bias, void* y, cudaStream_t s, bool tensor_cores) {
     if (M <= 0 || N <= 0) return 0;
     if constexpr (!std::is_same<T, float>::value) {
         if (tensor_cores) {
             dim3 grid((unsigned)((N + QLC_BN - 1) / QLC_BN),
                       (unsigned)((M + QLC_BM - 1) / QLC_BM));
-            qlc_wmma_kernel<T><<<grid, 128, 0, s>>>((const T*)x, codes, scales, zeros,
-                                                    (const T*)bias, (T*)y, M, N, K, g, *f);
+            qlc_wmma_kernel<T, W><<<grid, 128, 0, s>>>((const T*)x, w, (const T*)bias, (T*)y, M,
+                                                       N, K, *f);
             return (int)cudaGetLastError();
         }
     }
     {
         dim3 grid((unsigned)((N + QLC_WARPS - 1) / QLC_WARPS), (unsigned)((M + QLC_MT - 1) / QLC_MT));
-        qlc_gemv_kernel<T><<<grid, QLC_WARPS * 32, 0, s>>>((const T*)x, codes, scales, zeros,
-                                                           (const T*)bias, (T*)y, M, N, K, g, *f);
+        qlc_gemv_kernel<T, W><<<grid, QLC_WARPS * 32, 0, s>>>((const T*)x, w, (const T*)bias,
+                                                              (T*)y, M, N, K, *f);
     }
     return (int)cudaGetLastError();
+}
+
+template <typename T>
+static int qlc_forward_t(const void* x, int64_t M, int64_t N, int64_t K, int64_t g,
+                         const lb_fmt* f, const uint8_t* codes, const float* scales,
+                         const uint8_t* zeros, const void* bias, void* y, cudaStream_t s,
+                         bool tensor_cores) {
+    return qlc_launch<T>(x, M, N, K, f, QlcCodes{codes, scales, zeros, g}, bias, y, s,
+                         tensor_cores);
+}
+
+template <typename T>
+static int qlc_forward_blk_t(const void* x, int64_t M, int64_t N, int64_t K, const lb_fmt* f,
+                             const uint8_t* blocks, const void* bias, int act, void* y,
+                             cudaStream_t s) {
+    if (M <= 0 || N <= 0) return 0;
+    if (act == LB_ACT_INT8 && M <= 16) {
+        dim3 grid((unsigned)((N + QLC_WARPS - 1) / QLC_WARPS), (unsigned)((M + QLC_MT - 1) / QLC_MT));
+        qlc_blk_int8_kernel<T><<<grid, QLC_WARPS * 32, 0, s>>>(
+            (const T*)x, QlcBlocks{blocks}, (const T*)bias, (T*)y, M, N, K, *f);
+        return (int)cudaGetLastError();
+    }
+    return qlc_launch<T>(x, M, N, K, f, QlcBlocks{blocks}, bias, y, s, M > 16);
+}
+
+extern "C" int lb_ql_forward_blk_cuda(const void* x, int dt, int64_t M, int64_t N, int64_t K,
+                                      const lb_fmt* f, const uint8_t* blocks, const void* bias,
+                                      int act, void* y, void* stream) {
+    cudaStream_t s = (cudaStream_t)stream;
+    switch (dt) {
+    case LB_DT_F32: return qlc_forward_blk_t<float>(x, M, N, K, f, blocks, bias, act, y, s);
+    case LB_DT_BF16:
+        return qlc_forward_blk_t<__nv_bfloat16>(x, M, N, K, f, blocks, bias, act, y, s);
+    default: return qlc_forward_blk_t<__half>(x, M, N, K, f, blocks, bias, act, y, s);
+    }
 }
 
 extern "C" int lb_ql_forward_cuda(const void* x, int dt, int64_t M, int64_t N, int64_t K,

@@ -76,6 +76,44 @@ def test_convert_refuses_block_types_by_name():
     with pytest.raises(NotImplementedError, match="^0: format q4_k"):
         lowbit.convert_(model)
     assert isinstance(model[0], lowbit.nn.QATLinear)
+    assert type(model[1]) is torch.nn.Linear  # nothing converted, not even the other layers
+
+
+@pytest.mark.parametrize("fmt", TYPES)
+def test_convert_names_every_block_type(fmt):
+    """Every block type, in a model that also holds a convertible int layer: the error names the
+    block-type layer and its format, and no layer is converted (the check runs before the swap).
+    Remove together with the refusal in qat.convert_ once ggmlkern's QuantLinear lands."""
+    gen = torch.Generator().manual_seed(19)
+    K = lowbit.QuantSpec(fmt).group_size
+    model = torch.nn.Sequential(torch.nn.Linear(128, K), torch.nn.Linear(K, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("int", 4, 128),
+                                             overrides={"1": lowbit.QuantSpec(fmt)}))
+    x = torch.randn(2, 128, generator=gen)
+    y = model(x)
+    with pytest.raises(NotImplementedError, match=f"^1: format {fmt} .*no QuantLinear"):
+        lowbit.convert_(model)
+    assert all(type(m) is lowbit.nn.QATLinear for m in model)
+    assert torch.equal(model(x), y)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_quant_linear_op_refuses_block_types_by_name(device):
+    """The quant_linear op (its C glue on the CPU, its fake on meta) refuses a block type by
+    format name rather than reading GGUF blocks as lowbit codes."""
+    spec = lowbit.QuantSpec("q4_k")
+    qw = lowbit.quantize(torch.randn(8, 256, generator=torch.Generator().manual_seed(3)), spec)
+    fmt, bits, g, sym = spec.op_args(256)
+    x = torch.randn(2, 256, device=device)
+    with pytest.raises(RuntimeError, match="format q4_k: quant_linear does not take"):
+        torch.ops.lowbit.quant_linear(
+            x, qw.codes.to(device), qw.scales.to(device),
+            torch.empty((8, 0), dtype=torch.uint8, device=device),
+            torch.empty((0, 0), dtype=torch.int32, device=device),
+            torch.empty((0,), device=device), fmt, bits, g, sym, 0)
 
 
 # ---- weights: one row per kind of block content ----
@@ -339,3 +377,25 @@ def test_cuda_block_types_equal_the_cpu(fmt, gen):
     assert torch.isnan(lowbit.fake_quantize(bad.cuda(), spec)[1, :spec.group_size]).all()
     with pytest.raises(ValueError, match="^w: contains NaN or Inf"):
         lowbit.quantize(bad.cuda(), spec)
+
+
+@pytest.mark.cuda
+def test_cuda_sanitizer_ggml_fake_quant(gen):
+    """Small shapes through every block-type CUDA kernel of the fake_quant family (forward,
+    backward, quantize, dequantize; device_check.sh runs this under compute-sanitizer): one
+    block per row, an odd row count, 16-bit inputs, a grid of fewer blocks than threads."""
+    for fmt, shape, dt in [("q8_0", (3, 32), torch.float32), ("q5_1", (5, 64), torch.bfloat16),
+                           ("q3_k", (1, 256), torch.float16), ("q4_k", (3, 512), torch.float32),
+                           ("q6_k", (2, 256), torch.bfloat16), ("q2_k", (1, 256), torch.float32)]:
+        spec = lowbit.QuantSpec(fmt)
+        w = (torch.randn(shape, generator=gen) * 0.05).to(dt)
+        up = torch.randn(shape, generator=gen).to(dt)
+        xc, xh = w.cuda().requires_grad_(True), w.clone().requires_grad_(True)
+        qc, qh = lowbit.fake_quantize(xc, spec), lowbit.fake_quantize(xh, spec)
+        qc.backward(up.cuda())
+        qh.backward(up)
+        assert RG.same_bits(qc.detach().cpu().float(), qh.detach().float()), fmt
+        torch.testing.assert_close(xc.grad.cpu().float(), xh.grad.float(), rtol=1e-2, atol=1e-3)
+        wc = lowbit.quantize(w.cuda(), spec)
+        assert torch.equal(wc.codes.cpu(), lowbit.quantize(w, spec).codes), fmt
+        assert RG.same_bits(lowbit.dequantize(wc).cpu().float(), qh.detach().float()), fmt

@@ -23,7 +23,10 @@ finite value (all -inf, all but one -inf, -inf in the student only) for the loss
 +-inf and 1e38 activations for every linear op, against float64 references (NaN and inf where
 the reference has them). PUBLIC holds the same for the public functions (kl_div_loss with every
 kind and reduction, fused_linear_kl_loss, sparse24_linear with float and int4 kept values,
-quant_linear in every accuracy mode), run the same way.
+quant_linear in every accuracy mode), run the same way. llama.cpp's block types (FORMATS.md 1.8)
+are PUBLIC entries too (fake_quantize forward and both STEs' backward, quantize, dequantize of
+arbitrary blocks: non-contiguous and 16-bit weights, fp16-clamped and vanishing scales, NaN/Inf
+blocks) against tests/reference_ggml.py and gguf-py, plus test_block_types_edges for every type.
 
 Short profile: the suite (derandomized, 60 examples per op). Long: ``-m slow`` (500 per op;
 HYPOTHESIS_PROFILE=lowbit-long draws new ones), also under scripts/sanitize.sh."""
@@ -877,6 +880,227 @@ PUBLIC = {
 }
 
 
+
+# ---- llama.cpp's block types (FORMATS.md 1.8) through the public functions: the type's own
+# bits / group / symmetric (sometimes another value: a ValueError naming it), K a multiple of the
+# block (sometimes not), non-contiguous weights (transposed, strided), magnitudes from 1e-30 to
+# 1e37 (d and dmin at fp16's 65504 clamp, or rounding to 0), and a NaN / +-inf element: Q and both
+# STEs' gradients against tests/reference_ggml.py (bit for bit, NaN across a non-finite block),
+# quantize's GGUF bytes against reference_ggml.pack and its refusal of non-finite blocks, and
+# dequantize of arbitrary block bytes against gguf-py ----
+BLOCK_TYPES = ["q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+W_SPECIALS = st.sampled_from(["none", "none", "none", "nan", "inf", "-inf"])
+_BLK = dict(t=st.sampled_from(BLOCK_TYPES), sv=_mix(["type"], ["bits", "group", "sym"]),
+            n=dims(3, 1, 4, 0), kb=dims(1, 2, 3), koff=_mix([0], [16, -16]),
+            dt=_mix(DTYPES, ["float64", "int32"]), layout=st.sampled_from(LAYOUTS),
+            mag=st.sampled_from([1.0, 0.02, 1e3, 1e6, 1e9, 1e37, 1e-6, 1e-30]))
+
+
+def _blk_spec(p):
+    """The QuantSpec arguments p draws: the type's own values, or one other value (p["sv"]);
+    the functions build the QuantSpec, so its ValueError is a case's outcome."""
+    from lowbit import _constants as C
+
+    f = C.FORMATS[p["t"]]
+    bits, g, sym = f.bits[0], f.block, f.symmetric
+    if p["sv"] == "bits":
+        bits += 1
+    elif p["sv"] == "group":
+        g = g // 2
+    elif p["sv"] == "sym":
+        sym = not sym
+    return (p["t"], bits, g, sym)
+
+
+def _qspec(sa):
+    import lowbit
+
+    return lowbit.QuantSpec(*sa)
+
+
+def _blk_w(p, gen, specials="none"):
+    """The (n, K) weight of p: Gaussian times p's magnitude (capped so a 16-bit weight stays
+    finite), in p's dtype and layout, with one hostile element (specials)."""
+    from lowbit import _constants as C
+
+    block = C.FORMATS[p["t"]].block
+    k = max(1, block * p["kb"] + p["koff"])
+
+    def fill(sh, dt):
+        if not dt.is_floating_point:
+            return torch.randint(-3, 4, sh, generator=gen).to(dt)
+        mag = min(p["mag"], torch.finfo(dt).max / 8)
+        return (torch.randn(sh, generator=gen, dtype=torch.float64) * mag).to(dt)
+    w = make(tensor((p["n"], k), p["dt"], p["layout"]), gen, fill=fill)
+    if specials != "none" and w.numel() and w.dtype.is_floating_point:
+        r = int(torch.randint(0, w.shape[0], (1,), generator=gen))
+        c = int(torch.randint(0, w.shape[1], (1,), generator=gen))
+        w[r, c] = X_SPECIALS[specials]
+    p["_bad"] = specials != "none"
+    return w
+
+
+def _blk_bad_mask(w, block):
+    """Elements whose block holds NaN / Inf."""
+    n, k = w.shape
+    bad = ~torch.isfinite(w.float()).reshape(n, k // block, block)
+    return bad.any(-1, keepdim=True).expand(n, k // block, block).reshape(n, k)
+
+
+def _pub_blk_fq_build(p, gen):
+    w = _blk_w(p, gen, p["ws"])
+    up = (torch.randn(w.shape, generator=gen) if w.dtype.is_floating_point else
+          torch.randn(w.shape, generator=gen)).to(w.dtype if w.dtype.is_floating_point
+                                                   else torch.float32)
+    return w, up, _blk_spec(p), p["ste"]
+
+
+def _pub_blk_fq(w, up, sa, ste):
+    import lowbit
+
+    x = w.detach()
+    if x.dtype.is_floating_point:
+        x.requires_grad_(True)
+    q = lowbit.fake_quantize(x, _qspec(sa), ste=ste)
+    q.backward(up)
+    return q, x.grad
+
+
+def _blk_same(got, ref, what):
+    """Bit equality treating -0.0 and +0.0 alike (a code has no sign of zero) and NaN as NaN."""
+    g, r = got.float(), ref.float()
+    same = (g == r) | (torch.isnan(g) & torch.isnan(r))
+    assert bool(same.all()), f"{what}: {int((~same).sum())} values differ, first at " \
+        f"{(~same).nonzero()[0].tolist()}: {g[~same][0].item()!r} vs {r[~same][0].item()!r}"
+
+
+def _pub_blk_fq_ref(p, args, out):
+    import reference_ggml as RG
+
+    w, up, sa, ste = args
+    spec = _qspec(sa)
+    q, gx = out
+    if not w.numel():
+        return
+    bad = _blk_bad_mask(w, spec.group_size)
+    assert q.dtype == w.dtype and gx.dtype == w.dtype, "fake_quantize: dtype"
+    assert bool(torch.isnan(q[bad]).all()), "fake_quantize: a non-finite block must give NaN"
+    if ste == "identity":  # dQ/dw = 1 everywhere, non-finite blocks included (as other formats)
+        assert torch.equal(gx, up.to(gx.dtype)), "fake_quantize identity: grad is not up"
+    else:
+        assert bool(torch.isnan(gx[bad]).all()), "fake_quantize: a non-finite block's grad: NaN"
+    ok = w.detach().clone()
+    ok[bad] = 0.5
+    xr = ok.requires_grad_(True)
+    ref = RG.fake_quant(xr, spec.format, ste)
+    _blk_same(q[~bad], ref.detach()[~bad], f"fake_quantize {spec.format} Q")
+    ref.backward(up)
+    gr = xr.grad.float()[~bad]
+    g = gx.float()[~bad]
+    if g.numel():
+        tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3}.get(w.dtype, 1e-5)
+        scale = float(gr.abs().max().clamp(min=1e-30))
+        torch.testing.assert_close(g, gr, rtol=tol, atol=tol * scale, equal_nan=True,
+                                   msg=lambda m: f"fake_quantize {spec.format} {ste} grad: {m}")
+
+
+def _pub_blk_q_build(p, gen):
+    return _blk_w(p, gen, "none"), _blk_spec(p)
+
+
+def _pub_blk_q(w, sa):
+    import lowbit
+
+    qw = lowbit.quantize(w, _qspec(sa))
+    return qw.codes, qw.scales, lowbit.dequantize(qw)
+
+
+def _pub_blk_q_ref(p, args, out):
+    import reference_ggml as RG
+
+    w, sa = args
+    spec = _qspec(sa)
+    codes, scales, deq = out
+    if not w.numel():
+        return
+    wf = w.float()
+    assert torch.equal(codes, RG.pack(RG.params_and_codes(wf, spec.format), spec.format)), \
+        f"quantize {spec.format}: the blocks differ from reference_ggml.pack's"
+    assert scales.shape == (w.shape[0], 0) and scales.dtype == torch.float32
+    assert deq.dtype == w.dtype, "dequantize(quantize): the weight's dtype"
+    _blk_same(deq, RG.fake_quant(wf, spec.format).to(w.dtype),
+              f"dequantize(quantize) {spec.format}")
+
+
+def _pub_blk_q_bad(w, sa):
+    """quantize of a weight with a non-finite block: must be the ValueError naming w (any
+    other outcome is an AssertionError, which the harness counts as a failure)."""
+    import lowbit
+
+    try:
+        lowbit.quantize(w, _qspec(sa))
+    except ValueError as e:
+        if str(e).startswith("w: contains NaN or Inf"):
+            return torch.zeros(0),
+        raise AssertionError(f"quantize {sa[0]}: {e}") from e
+    raise AssertionError(f"quantize {sa[0]}: accepted a weight holding NaN / Inf")
+
+
+def _pub_blk_dq_build(p, gen):
+    """A QuantizedWeight over random block bytes (every code and scale-code byte random, the
+    fp16 scales finite and of either sign, magnitudes p["mag"] capped at 65504)."""
+    import lowbit
+    from lowbit import _constants as C
+
+    f = C.FORMATS[p["t"]]
+    n, nb = max(p["n"], 1), p["kb"]
+    raw = torch.randint(0, 256, (n, nb, f.type_size), generator=gen, dtype=torch.uint8)
+    for off in f.half_at:
+        v = torch.randn(n, nb, 1, generator=gen, dtype=torch.float64) * min(p["mag"], 6e4)
+        raw[..., off:off + 2] = v.clamp(-65504, 65504).half().view(torch.uint8).reshape(n, nb, 2)
+    raw = raw.reshape(n, nb * f.type_size)
+    p["_raw"] = raw.clone()
+    return lowbit.QuantizedWeight(raw, torch.zeros(n, 0), None, lowbit.QuantSpec(p["t"]),
+                                  (n, nb * f.block), getattr(torch, p["odt"])),
+
+
+def _pub_blk_dq(qw):
+    import lowbit
+
+    return lowbit.dequantize(qw)
+
+
+def _pub_blk_dq_ref(p, args, out):
+    import gguf
+    import numpy as np
+
+    raw = p["_raw"]
+    ref = gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[p["t"].upper()])
+    ref = torch.from_numpy(ref.astype(np.float32)).to(out[0].dtype)
+    assert out[0].dtype == getattr(torch, p["odt"])
+    _blk_same(out[0], ref, f"dequantize {p['t']} of random blocks")
+
+
+PUBLIC.update({
+    "lowbit.fake_quantize.blocks": Entry(
+        st.fixed_dictionaries({**_BLK, "ws": W_SPECIALS,
+                               "ste": st.sampled_from(["bitdistiller", "identity"])}),
+        _pub_blk_fq_build, _pub_blk_fq_ref, fn=_pub_blk_fq),
+    "lowbit.quantize.blocks": Entry(
+        st.fixed_dictionaries(_BLK), _pub_blk_q_build, _pub_blk_q_ref, fn=_pub_blk_q),
+    # a fake kernel cannot see values: the refusal of a non-finite block is the real one's
+    "lowbit.quantize.blocks_nonfinite": Entry(
+        st.fixed_dictionaries({**_BLK, "ws": st.sampled_from(["nan", "inf", "-inf"]),
+                               "dt": fdtypes(), "koff": st.just(0), "sv": st.just("type"),
+                               "n": dims(3, 1)}),
+        lambda p, gen: (_blk_w(p, gen, p["ws"]), _blk_spec(p)), fn=_pub_blk_q_bad, fake=False),
+    "lowbit.dequantize.blocks": Entry(
+        st.fixed_dictionaries({"t": st.sampled_from(BLOCK_TYPES), "n": dims(3, 1, 4),
+                               "kb": dims(1, 2, 3), "odt": fdtypes(),
+                               "mag": st.sampled_from([0.01, 1.0, 1e3, 6e4, 1e-7])}),
+        _pub_blk_dq_build, _pub_blk_dq_ref, fn=_pub_blk_dq),
+})
+
 # ---------------------------------------------------------------------------------------------
 # the child
 # ---------------------------------------------------------------------------------------------
@@ -1044,6 +1268,26 @@ def test_fuzz_op(child, name, data):
 def test_fuzz_op_long(child, name, data):
     check(child, name, data.draw(entry_of(name).params, label="p"))
 
+
+@pytest.mark.parametrize("t", BLOCK_TYPES)
+def test_block_types_edges(child, t):
+    """Every block type, beside the random draws: the fp16 clamp of d / dmin (float32 weights
+    of 1e9 and 1e37) and scales rounding to 0 (1e-30), transposed and strided weights, 16-bit
+    weights, a NaN / +-inf element (NaN block, quantize's ValueError), a wrong spec value and K
+    not a multiple of the block, each on cpu, meta and FakeTensors against the reference."""
+    base = dict(t=t, sv="type", n=3, kb=2, koff=0, dt="float32", layout="contig", mag=1.0)
+    cases = [dict(mag=1e9), dict(mag=1e37), dict(mag=1e-30), dict(layout="t"),
+             dict(layout="step", dt="bfloat16"), dict(dt="float16", mag=1e3), dict(sv="group"),
+             dict(koff=16)]
+    for c in cases:
+        for ste in ("bitdistiller", "identity"):
+            check(child, "lowbit.fake_quantize.blocks", {**base, **c, "ws": "none", "ste": ste})
+        check(child, "lowbit.quantize.blocks", {**base, **c})
+    for ws in ("nan", "inf", "-inf"):
+        check(child, "lowbit.fake_quantize.blocks", {**base, "ws": ws, "ste": "bitdistiller"})
+        check(child, "lowbit.quantize.blocks_nonfinite", {**base, "ws": ws})
+    for mag in (6e4, 1e-7):
+        check(child, "lowbit.dequantize.blocks", dict(t=t, n=3, kb=2, odt="float32", mag=mag))
 
 # Found by the long run: these fakes divided by group_size before checking it
 # (ZeroDivisionError where the real op raises a RuntimeError naming group_size).
