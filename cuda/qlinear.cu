@@ -1,6 +1,7 @@
 /* cuda/qlinear.cu: CUDA kernels of the qlinear family: y = x W^T (+ bias) with W packed (the
- * canonical per-row bitstream of csrc/formats.h: codes, scales, zeros), behind the extern "C"
- * launcher of cuda/qlinear.cuh. Every format of FORMATS.md section 1; x float32 / bf16 / f16.
+ * canonical per-row bitstream of csrc/formats.h: codes, scales, zeros; or the GGUF blocks of
+ * llama.cpp's block types), behind the extern "C" launchers of cuda/qlinear.cuh. Every format
+ * of FORMATS.md section 1; x float32 / bf16 / f16.
  *
  *   qlc_gemv_kernel (M <= 16, and every M for float32 x): one warp per output row n and up to
  *     QLC_MT rows of x per block (grid.y covers the rest). Lane l decodes codes k = l, l+32, ...
@@ -19,9 +20,9 @@
  * dequantize). The block types have their own launcher, lb_ql_forward_blk_cuda, which adds:
  *   qlc_blk_int8_kernel (act="int8", M <= 16): FORMATS.md 4's int8 mode. One warp per output
  *     row n and up to QLC_MT rows of x; lane l takes the 32-blocks kb = l, l+32, ... of K: it
- *     decodes the block's 32 codes once, quantizes each x row's 32-block (d = max|x|/127,
- *     round half to even), and adds d * (S_j * sum q x8 + C_j * sum x8) per sub-block j
- *     (integer sums, float epilogue; C_j the value of code 0 relative to S_j: m, -M_j, 0).
+ *     decodes the block's 32 codes once (lb_blk_codes32), quantizes each x row's 32-block
+ *     (d = max|x|/127, round half to even), and adds d * (S_j * sum q x8 + C_j * sum x8) per sub-block j
+ *     (lb_blk_dot32: integer sums, float epilogue; C_j the value of code 0: m, -M_j, 0).
  *     A row that is non-finite, has max|x| > 2^64, or a nonzero max|x| < 2^-100 takes the float
  *     products instead (the CPU's fallback rule).
  * All indices are int64. The (host) lb_fmt is copied into shared memory so lb_decode's level

@@ -77,6 +77,11 @@ def test_convert_refuses_block_types_by_name():
         lowbit.convert_(model)
     assert isinstance(model[0], lowbit.nn.QATLinear)
     assert type(model[1]) is torch.nn.Linear  # nothing converted, not even the other layers
+    # a bare QATLinear, and not a module at all: the verbs' own errors, as for any format
+    with pytest.raises(ValueError, match="^model: is itself a QATLinear"):
+        lowbit.convert_(model[0])
+    with pytest.raises(TypeError, match="^model: expected an nn.Module"):
+        lowbit.convert_(5)
 
 
 @pytest.mark.parametrize("fmt", TYPES)

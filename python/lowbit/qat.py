@@ -202,7 +202,8 @@ def convert_(model, act="auto"):
     the default ``"auto"``; ``act`` is the layers' accuracy mode (lowbit.quant_linear)."""
     check_act(act)
     for name, m in (model.named_modules() if isinstance(model, nn.Module) else ()):
-        if isinstance(m, QATLinear) and m.spec.is_block_type:
+        # name "": the model is itself a QATLinear, swap_modules_'s error (use from_qat)
+        if name and isinstance(m, QATLinear) and m.spec.is_block_type:
             # QuantLinear of the block types is the ggmlkern kernels' (csrc/cpu/qlinear_ggml*)
             raise NotImplementedError(f"{name}: format {m.spec.format} (llama.cpp's block type, "
                                       f"FORMATS.md 1.8) has no QuantLinear yet, so convert_ "
