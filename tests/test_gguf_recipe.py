@@ -193,6 +193,52 @@ def test_bad_arguments():
             lg.tensor_types(transformers.GPT2LMHeadModel(gpt2), "Q4_K_M")
 
 
+def _spec_types(model):
+    """{module name: format} of every QAT layer of a quantize_'d model (None: left as it was)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            out[name] = m.spec.format if hasattr(m, "spec") else None
+    return out
+
+
+RECIPE_SHAPES = {
+    "multiple-of-256 untied": dict(layers=16),
+    "multiple-of-256 tied": dict(layers=8, tied=True),
+    "smollm2": dict(layers=30, hidden=576, inter=1536, heads=9, kv=3, tied=True, vocab=49152),
+    "f16 fallback": dict(layers=2, hidden=80, inter=256, heads=2, kv=1, tied=True),
+}
+
+
+@pytest.mark.parametrize("shape", list(RECIPE_SHAPES))
+def test_recipe_specs_equal_tensor_types(shape):
+    """lowbit.gguf.recipe(model, ftype): after quantize_ every linear layer and the embedding
+    carry exactly tensor_types' type (a tied head: its embedding's), the f16 / f32 ones stay
+    full-precision modules, and the config and model remember the ftype — every ftype."""
+    for ft in lg.FTYPES:
+        m = _llama(**RECIPE_SHAPES[shape])
+        tt = lg.tensor_types(m, ft)
+        cfg = lg.recipe(m, ft)
+        assert cfg.ftype == ft and cfg.embeddings
+        want = {}
+        for name, t in tt.items():
+            if t.quantized:
+                want[name] = None if t.type in ("f16", "f32") else t.type
+                assert (cfg.spec_for(name) and cfg.spec_for(name).format) == want[name]
+        lowbit.quantize_(m, cfg)
+        assert _spec_types(m) == want, (shape, ft)
+        assert m.lowbit_gguf_ftype == ft
+        if m.config.tie_word_embeddings:
+            assert m.lm_head.weight is m.model.embed_tokens.weight
+            if want["model.embed_tokens"] is not None:
+                assert isinstance(m.model.embed_tokens, lowbit.nn.QATEmbedding)
+                assert m.lm_head.spec == m.model.embed_tokens.spec
+    assert lg.recipe(_llama(layers=16), "Q4_0", imatrix=True).spec_for(
+        "model.layers.0.mlp.down_proj").format == "q4_1"
+    with pytest.raises(ValueError, match="ftype"):
+        lg.recipe(_llama(layers=2), "Q4_K")
+
+
 # ---------------------------------------------------------------------------------------------
 # slow: llama-quantize itself
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from . import hf  # registers the "lowbit" quantizer with transformers when it i
 from ._constants import ISA_CODES as _ISA_CODES
 from ._version import __version__
 from . import export  # a callable module: lowbit.export(model, out, format, ...)
+from . import gguf  # lowbit.gguf.recipe / tensor_types: llama-quantize's per-tensor types
 from .fake_quant import dequantize, fake_quantize, quantize
 from .kl_loss import GammaEstimator, estimate_gamma, fused_linear_kl_loss, kl_div_loss
 from .qat import QATConfig, cache_quantized_weights, calibrate_clip_, convert_, quantize_

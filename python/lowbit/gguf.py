@@ -19,7 +19,8 @@ What llama-quantize does, in lowbit's words:
     Q5_0; Q5_K -> Q5_1; Q6_K -> Q8_0), and to F16 when even 32 does not divide it.
 
 Types are lowbit format names (FORMATS.md 1.8: "q4_k", ...; "f16" / "f32" for unquantized), so
-``QuantSpec(t.type)`` is the spec of a tensor once those formats exist.
+``QuantSpec(t.type)`` is the spec of a tensor. recipe(model, ftype) turns the table into the
+QATConfig that trains every tensor on the type llama-quantize would give it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ["FTYPES", "TensorType", "tensor_types", "file_type", "base_type", "BLOCK"]
+__all__ = ["FTYPES", "TensorType", "tensor_types", "file_type", "base_type", "BLOCK", "recipe"]
 
 # llama.h's enum llama_ftype: the value llama-quantize writes as general.file_type
 _FILE_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11,
@@ -226,3 +227,24 @@ def tensor_types(model, ftype, *, imatrix=False) -> Dict[str, TensorType]:
         out[module] = TensorType(module, pname, src.gguf_name, src.shape, src.type, src.wanted,
                                  src.quantized, tied_to=src.module)
     return out
+
+
+def recipe(model, ftype, *, imatrix=False, ste="bitdistiller"):
+    """The QATConfig that trains ``model`` on the types ``llama-quantize <ftype>`` gives its
+    tensors (tensor_types): one override per module by its exact name, the token embedding and
+    a tied or untied head included (``embeddings=True``); the tensors llama-quantize leaves
+    unquantized (norms) and its "f16" fallbacks (rows not a multiple of 32) are left in full
+    precision (lowbit.export writes those 2-D tensors as F16 in the GGUF, as llama-quantize does);
+    every other module is left alone. ``config.ftype`` remembers the ftype (general.file_type of
+    the export). ``imatrix`` as in tensor_types."""
+    from .qat import QATConfig
+    from .spec import QuantSpec
+
+    f = _ftype(ftype)
+    overrides = {}
+    for module, t in tensor_types(model, f, imatrix=imatrix).items():
+        quantized = t.quantized and t.type not in ("f16", "f32")
+        overrides[module] = QuantSpec(t.type) if quantized else None
+    overrides["*"] = None  # a module llama-quantize has no tensor for stays as it is
+    return QATConfig(spec=QuantSpec(base_type(f)), skip=(), overrides=overrides, ste=ste,
+                     embeddings=True, ftype=f)

@@ -1,5 +1,6 @@
 """python/lowbit/qat.py: the QAT model verbs — QATLinear (full-precision weight, fused
-fake-quant in forward), QATConfig, quantize_ (nn.Linear -> QATLinear in place), convert_
+fake-quant in forward), QATEmbedding (the same for a token embedding, tied heads kept tied),
+QATConfig, quantize_ (nn.Linear -> QATLinear in place), convert_
 (QATLinear -> packed QuantLinear) and calibrate_clip_ (BitDistiller's asymmetric clipping
 initialisation, searched by lowbit.clip_search on a per-group Gram matrix of calibration
 activations)."""
@@ -79,6 +80,60 @@ class QATLinear(nn.Linear):
                 f"bias={self.bias is not None}, spec={self.spec.name}, ste={self.ste}")
 
 
+class QATEmbedding(nn.Embedding):
+    """nn.Embedding whose weight is fake-quantized to ``spec`` in every forward (each row is one
+    weight row of groups / blocks along embedding_dim, as a linear layer's). The weight stays the
+    same full-precision Parameter, so a head tied to it (lm_head.weight is embed_tokens.weight,
+    quantize_ makes that head a QATLinear of the same spec) keeps sharing it, and both uses
+    read the same fake-quantized values. Only the looked-up rows are fake-quantized: rows are
+    quantized independently, so that equals F.embedding(ids, fake_quantize(weight)) exactly."""
+
+    _made_by = "quantize_"
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, spec=None,
+                 ste="bitdistiller", device=None, dtype=None, **kwargs):
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx, device=device,
+                         dtype=dtype, **kwargs)
+        self.spec = check_spec(spec if spec is not None else QuantSpec())
+        if ste not in STE_CODES:
+            raise ValueError(f"ste: must be one of {sorted(STE_CODES)}, got {ste!r}")
+        if self.max_norm is not None:
+            raise ValueError("max_norm: an embedding that renormalizes its rows in forward "
+                             "has no fixed quantized weight; QATEmbedding needs max_norm=None")
+        self.ste = ste
+        self.spec.group_for(embedding_dim)
+
+    @classmethod
+    def from_embedding(cls, emb, spec, ste="bitdistiller"):
+        """A QATEmbedding holding ``emb``'s own weight Parameter (ties are kept)."""
+        if not isinstance(emb, nn.Embedding):
+            raise TypeError(f"emb: expected an nn.Embedding, got {type(emb).__name__}")
+        check_spec(spec)
+        if emb.max_norm is not None:
+            raise ValueError("emb: max_norm is set; QATEmbedding needs max_norm=None")
+        with torch.device("meta"):
+            m = cls(emb.num_embeddings, emb.embedding_dim, padding_idx=emb.padding_idx,
+                    spec=spec, ste=ste, dtype=emb.weight.dtype,
+                    scale_grad_by_freq=emb.scale_grad_by_freq, sparse=emb.sparse)
+        m.weight = emb.weight
+        return m
+
+    def quantized_weight(self):
+        """Q(weight), the whole table (what a tied head multiplies with)."""
+        return fake_quantize(self.weight, self.spec, ste=self.ste)
+
+    def forward(self, ids):
+        rows = F.embedding(ids, self.weight, self.padding_idx, None, 2.0,
+                           self.scale_grad_by_freq, self.sparse)
+        flat = rows.reshape(-1, self.embedding_dim)
+        if flat.shape[0] == 0:
+            return rows
+        return fake_quantize(flat, self.spec, ste=self.ste).reshape(rows.shape)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, spec={self.spec.name}, ste={self.ste}"
+
+
 @contextlib.contextmanager
 def cache_quantized_weights(model):
     """Evaluation helper: inside ``with lowbit.cache_quantized_weights(model):`` each QATLinear
@@ -110,13 +165,18 @@ class QATConfig:
     of ``skip``; ``overrides`` maps name patterns (fnmatch, e.g. "*.mlp.down_proj") to their own
     QuantSpec (first match wins; a value of None skips the layer). ``indivisible``: what to do
     with a layer whose in_features the group size does not divide — "error" (default) or "gcd"
-    (use group size gcd(in_features, group_size) for that layer, e.g. 64 for K=576 at g128)."""
+    (use group size gcd(in_features, group_size) for that layer, e.g. 64 for K=576 at g128).
+    ``embeddings``: also swap nn.Embedding modules (QATEmbedding; same name rules; off by
+    default). ``ftype``: the llama.cpp ftype this config is the recipe of (lowbit.gguf.recipe
+    sets it; quantize_ records it on the model for the GGUF export's general.file_type)."""
 
     spec: QuantSpec = field(default_factory=QuantSpec)
     skip: tuple = ("lm_head",)
     overrides: dict = field(default_factory=dict)
     ste: str = "bitdistiller"
     indivisible: str = "error"
+    embeddings: bool = False
+    ftype: str = None
 
     def __post_init__(self):
         # every field is checked here, so a bad config fails where it is written, not later
@@ -141,6 +201,11 @@ class QATConfig:
             raise ValueError(f"ste: must be one of {sorted(STE_CODES)}, got {self.ste!r}")
         if not isinstance(self.indivisible, str) or self.indivisible not in ("error", "gcd"):
             raise ValueError(f"indivisible: must be 'error' or 'gcd', got {self.indivisible!r}")
+        if not isinstance(self.embeddings, bool):
+            raise TypeError(f"embeddings: expected a bool, got {type(self.embeddings).__name__}")
+        if self.ftype is not None and not isinstance(self.ftype, str):
+            raise TypeError(f"ftype: expected a llama.cpp ftype name or None, got "
+                            f"{type(self.ftype).__name__}")
 
     def spec_for(self, name):
         """The spec for the layer called ``name``, or None to leave it alone."""
@@ -181,7 +246,7 @@ def quantize_(model, config):
     if not isinstance(config, QATConfig):
         raise TypeError(f"config: expected a lowbit.QATConfig, got {type(config).__name__}")
     for name, mod in model.named_modules():
-        if isinstance(mod, (QATLinear, QuantLinear)):
+        if isinstance(mod, (QATLinear, QATEmbedding, QuantLinear)):
             raise ValueError(f"model: already quantized ({name or 'model'} is a "
                              f"{type(mod).__name__}); quantize_ applies once")
     swap_modules_(model, Swap(
@@ -192,7 +257,32 @@ def quantize_(model, config):
         why="QAT of a 2:4 layer is not supported: add it to QATConfig(skip=...), or quantize its "
             "kept values with sparsify_(..., mode='inference', spec=...) / "
             "SparseLinear24.to_inference(spec)"))
+    _quantize_embeddings_(model, config)
     return model
+
+
+def _embedding_spec(config, name, mod):
+    """The spec quantize_ gives the nn.Embedding ``mod`` called ``name`` (None: left alone)."""
+    spec = config.spec_for(name)
+    if spec is not None:
+        try:
+            spec.group_for(mod.embedding_dim)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return spec
+
+
+def _quantize_embeddings_(model, config):
+    """quantize_'s part for config.embeddings (nn.Embedding -> QATEmbedding, the Parameter
+    kept, so a tied head stays tied) and config.ftype (recorded as model.lowbit_gguf_ftype)."""
+    if config.embeddings:
+        swap_modules_(model, Swap(
+            verb="quantize_", target=lambda m: type(m) is nn.Embedding,
+            choose=lambda name, m: _embedding_spec(config, name, m),
+            build=lambda m, spec: QATEmbedding.from_embedding(m, spec, ste=config.ste),
+            bare_hint="lowbit.nn.QATEmbedding.from_embedding(embedding, spec)"))
+    if config.ftype is not None:
+        model.lowbit_gguf_ftype = config.ftype
 
 
 def convert_(model, act="auto"):
@@ -309,5 +399,5 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     return model
 
 
-__all__ = ["QATLinear", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
+__all__ = ["QATLinear", "QATEmbedding", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
            "cache_quantized_weights"]

@@ -1,6 +1,6 @@
 """python/lowbit/export/_common.py: what every export target shares — the quantized layers of a
-model as integer codes (QATLinear: its current weight quantized with lowbit.quantize;
-QuantLinear: its own codes), the rounding of scales to the target's storage dtype (refusing 0,
+model as integer codes, or GGUF blocks for llama.cpp's block types (QATLinear / QATEmbedding:
+the current weight quantized with lowbit.quantize; QuantLinear: its own codes), the rounding of scales to the target's storage dtype (refusing 0,
 inf and more than REL_ROUNDING relative), the unquantized tensors of the state dict, and the
 plan and writer of the Hugging Face directory targets (compressed-tensors, gptq)."""
 import dataclasses
@@ -13,7 +13,7 @@ import torch.nn as nn
 from .. import checkpoint
 from .._version import __version__
 from ..fake_quant import quantize
-from ..qat import QATLinear
+from ..qat import QATEmbedding, QATLinear
 from ..qlinear import QuantLinear
 from ..sparse import SparseLinear24
 
@@ -24,7 +24,11 @@ HF_FILES = ("config.json", "generation_config.json", "lowbit_config.json")
 class Layer:
     """One quantized linear layer: ``q`` the unsigned codes (N, K) int32 as lowbit stores them
     (INT asym: q; INT sym: q + 2^(b-1); NF/FP: level index), ``scales`` float32 (N, G) (or
-    (N, G, 2) for two-scale formats), ``zeros`` int32 (N, G) or None, ``bias`` or None."""
+    (N, G, 2) for two-scale formats), ``zeros`` int32 (N, G) or None, ``bias`` or None.
+    A llama.cpp block type (FORMATS.md 1.8) has ``blocks``, the (N, K/block * type_size) uint8
+    GGUF blocks lowbit.quantize packed, instead (q None, scales (N, 0)). ``kind``: "linear" or
+    "embedding" (a QATEmbedding: N = vocabulary, K = embedding_dim); ``weight_id``: which
+    Parameter the weight is (a tied head and its embedding share one)."""
     name: str
     spec: object
     q: torch.Tensor
@@ -32,9 +36,15 @@ class Layer:
     zeros: object
     bias: object
     group: int
+    blocks: object = None
+    kind: str = "linear"
+    in_features: int = None
+    weight_id: int = None
 
     @property
     def shape(self):
+        if self.q is None:
+            return (self.blocks.shape[0], self.in_features)
         return tuple(self.q.shape)
 
     def used_groups(self):
@@ -88,21 +98,30 @@ def collect(model):
         if isinstance(m, SparseLinear24):
             raise ValueError(f"{name}: a 2:4-sparse layer; no export format carries lowbit's "
                              f"2:4 layout")
+        kind, wid = "linear", None
         if isinstance(m, QuantLinear):
             codes, scales, zeros = m.codes, m.scales, m.zeros
             spec, (N, K) = m.spec, (m.out_features, m.in_features)
-        elif isinstance(m, QATLinear):
+        elif isinstance(m, (QATLinear, QATEmbedding)):
             with torch.no_grad():
                 qw = quantize(m.weight.detach(), m.spec)
             codes, scales, zeros, spec = qw.codes, qw.scales, qw.zeros, qw.spec
             N, K = qw.shape
+            kind = "embedding" if isinstance(m, QATEmbedding) else "linear"
+            wid = id(m.weight)
         else:
             continue
         g = spec.group_for(K)
+        bias = None if getattr(m, "bias", None) is None else m.bias.detach().cpu()
+        if spec.is_block_type:  # the GGUF blocks themselves: nothing to unpack
+            layers.append(Layer(name, spec, None, torch.empty((N, 0)), None, bias, g,
+                                blocks=codes.detach().cpu().contiguous(), kind=kind,
+                                in_features=K, weight_id=wid))
+            continue
         q = unpack_codes(codes.detach().cpu(), spec.bits, K)
         z = None if zeros is None else zeros.detach().cpu().to(torch.int32)
-        bias = None if m.bias is None else m.bias.detach().cpu()
-        layers.append(Layer(name, spec, q, scales.detach().cpu().float(), z, bias, g))
+        layers.append(Layer(name, spec, q, scales.detach().cpu().float(), z, bias, g,
+                            kind=kind, in_features=K, weight_id=wid))
         assert q.shape == (N, K)
     if not layers:
         raise ValueError("model: holds no QATLinear or QuantLinear layers (run lowbit.quantize_ "
@@ -185,7 +204,15 @@ def other_tensors(model, layers, dtype):
 
 
 def refuse_non_int(layers, target):
+    """ValueError naming the first layer ``target`` (an INT-only checkpoint format) cannot carry:
+    a quantized embedding, a llama.cpp block type (only GGUF carries those), a NF/FP spec."""
     for L in layers:
+        if L.kind == "embedding":
+            raise ValueError(f"{L.name}: a quantized embedding (QATEmbedding); {target} carries "
+                             f"quantized linear layers only (format 'gguf' carries it)")
+        if L.spec.is_block_type:
+            raise ValueError(f"{L.name}: spec {L.spec.name} is llama.cpp's block type "
+                             f"(FORMATS.md 1.8); {target} cannot carry it (format 'gguf' does)")
         if L.spec.format != "int":
             raise ValueError(f"{L.name}: spec {L.spec.name} is a level format (NF/FP); {target} "
                              f"carries only integer grids")

@@ -1,7 +1,16 @@
 """python/lowbit/export/gguf.py: the GGUF writer for llama.cpp (one .gguf file, Llama architecture:
 SmolLM2, TinyLlama, Llama 2/3), through gguf-py's GGUFWriter, tensor-name map and vocab readers.
 
-Block types (ggml, 32 weights per block along in_features, fp16 block scales):
+llama.cpp's own block types (FORMATS.md 1.8: specs "q4_k", ..., trained by QAT, e.g. on a
+lowbit.gguf.recipe): the GGUF blocks lowbit.quantize packed are written as they are (no
+requantization), the token embedding (QATEmbedding) included; a head tied to it (the same
+Parameter) is not written again (no output.weight, as llama-quantize does). When the model's
+types are exactly those llama-quantize gives it for an ftype (lowbit.gguf.tensor_types: the
+ftype its recipe recorded first, then every ftype), general.file_type is that ftype and the
+unquantized matrices (its "f16" fallbacks) are F16, so the file is the size llama-quantize
+writes for that ftype.
+
+INT specs map to block types (ggml, 32 weights per block along in_features, fp16 block scales):
 - INT asym b in {2, 3, 4} -> Q4_1: d, m, 16 bytes qs[j] = q[j] | q[j+16] << 4; value d*q + m.
   d = s, m = -z*s (rounded to fp16). 2/3-bit codes are stored losslessly in 4-bit blocks: GGUF
   has no 2/3-bit block type with a plain scale and min (Q2_K/Q3_K quantize their sub-block
@@ -22,7 +31,8 @@ import tempfile
 import numpy as np
 import torch
 
-from ._common import refuse_non_int, round_scales
+from .. import gguf as _lg
+from ._common import round_scales
 
 NAME = "gguf"
 ARCHS = ("LlamaForCausalLM",)
@@ -45,6 +55,8 @@ def block_type(L):
     ValueError naming the layer. The one place a spec is mapped to a block type."""
     s = L.spec
     T = _gguf().GGMLQuantizationType
+    if s.is_block_type:  # the type itself (K is a multiple of its block: lowbit.quantize checked)
+        return T[s.format.upper()]
     if s.format != "int":
         raise ValueError(f"{L.name}: spec {s.name} is a level format (NF/FP); GGUF has no block "
                          f"type with lowbit's level tables and scales")
@@ -270,6 +282,37 @@ def _namer(gguf, cfg):
     return gname
 
 
+# the LlamaFileType of a file whose most weights are of one type (no recipe's ftype)
+_MOSTLY = {"Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0",
+           "Q5_1": "MOSTLY_Q5_1", "Q8_0": "MOSTLY_Q8_0", "Q2_K": "MOSTLY_Q2_K",
+           "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M", "Q5_K": "MOSTLY_Q5_K_M",
+           "Q6_K": "MOSTLY_Q6_K", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "F32": "ALL_F32"}
+
+
+def _recipe_ftype(model, written, others, gname):
+    """The llama.cpp ftype whose llama-quantize types (lowbit.gguf.tensor_types, with and
+    without an importance matrix) are exactly this file's: {GGUF name: type} of the quantized
+    layers, "f16" for the other matrices, "f32" for 1-D tensors. The ftype the model's recipe
+    recorded (model.lowbit_gguf_ftype) is tried first; None when none matches."""
+    have = {gname(L.name + ".weight"): L.spec.format for L in written}
+    for L in written:
+        if L.bias is not None:
+            have[gname(L.name + ".bias")] = "f32"
+    for key, t in others:
+        have[gname(key)] = "f32" if t.dim() == 1 else "f16"
+    if not any(L.spec.is_block_type for L in written):
+        return None  # INT specs: the old Q4_0 / Q4_1 / Q8_0 carriers, no llama-quantize ftype
+    recorded = getattr(model, "lowbit_gguf_ftype", None)
+    order = ([recorded] if recorded in _lg.FTYPES else []) + list(_lg.FTYPES)
+    for ft in order:
+        for imatrix in (False, True):
+            want = {t.gguf_name: t.type for t in _lg.tensor_types(model, ft,
+                                                                   imatrix=imatrix).values()}
+            if want == have:
+                return ft
+    return None
+
+
 def check(model, layers, dtype=torch.float16):
     """What this target can carry (ValueError naming the layer or tensor otherwise; ImportError
     without gguf-py): a Llama causal LM of a rope type llama.cpp reads, every quantized layer
@@ -277,9 +320,9 @@ def check(model, layers, dtype=torch.float16):
     GGUF name for every tensor. ``dtype`` (of the unquantized tensors) does not matter here."""
     gguf = _gguf()
     cfg = _hparams(model)[0]
-    refuse_non_int(layers, "GGUF")
     for L in layers:
-        _block_scales(L, block_type(L))
+        if not L.spec.is_block_type:
+            _block_scales(L, block_type(L))
     gname = _namer(gguf, cfg)
     qlayers = {L.name: L for L in layers}
     for L in layers:
@@ -309,19 +352,34 @@ def plan(model, layers, dtype, tokenizer):
             return _rope_perm(rows, n_kv)
         return None
 
+    embedded = {L.weight_id for L in layers if L.kind == "embedding"}
+    written = []  # the layers written: a head tied to a quantized embedding is not
     for L in layers:
+        if L.kind == "linear" and L.weight_id is not None and L.weight_id in embedded:
+            continue  # llama.cpp reads a tied head from token_embd (no output.weight)
+        written.append(L)
+    others = list(_other_tensors(model, qlayers, cfg))
+    ftype_name = _recipe_ftype(model, written, others, gname)
+    if ftype_name is not None:
+        float_type = T.F16  # llama-quantize's unquantized matrices (its "f16" fallbacks)
+    for L in written:
         btype = block_type(L)
-        d, m = _block_scales(L, btype)
-        q, perm = L.q, permute_for(L.name, L.shape[0])
-        if perm is not None:
-            q, d = q[perm], d[perm]
-            m = None if m is None else m[perm]
-        entries.append((gname(L.name + ".weight"), _blocks(L, btype, q, d, m), btype))
-        counts[btype] = counts.get(btype, 0) + L.q.numel()
+        perm = permute_for(L.name, L.shape[0])
+        if L.spec.is_block_type:  # the bytes lowbit packed; rows are independent blocks
+            arr = L.blocks if perm is None else L.blocks[perm]
+            entries.append((gname(L.name + ".weight"), arr.numpy(), btype))
+        else:
+            d, m = _block_scales(L, btype)
+            q = L.q
+            if perm is not None:
+                q, d = q[perm], d[perm]
+                m = None if m is None else m[perm]
+            entries.append((gname(L.name + ".weight"), _blocks(L, btype, q, d, m), btype))
+        counts[btype] = counts.get(btype, 0) + L.shape[0] * L.shape[1]
         if L.bias is not None:
             b = L.bias.float() if perm is None else L.bias.float()[perm]
             entries.append((gname(L.name + ".bias"), b.numpy(), None))
-    for key, t in _other_tensors(model, qlayers, cfg):
+    for key, t in others:
         perm = permute_for(key.rpartition(".")[0], t.shape[0])
         t = t.detach().cpu().float()
         if perm is not None:
@@ -338,10 +396,11 @@ def plan(model, layers, dtype, tokenizer):
         entries.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
                         _llama3_rope_factors(rope, head_dim, theta), None))
     write_vocab = _vocab(gguf, tokenizer, cfg.vocab_size)
-    main = max(counts, key=counts.get)
-    ftype = {T.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1, T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
-             T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, T.F16: gguf.LlamaFileType.MOSTLY_F16,
-             T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.F32: gguf.LlamaFileType.ALL_F32}[main]
+    if ftype_name is not None:
+        ftype = gguf.LlamaFileType(_lg.file_type(ftype_name))
+    else:  # not a llama-quantize mixture: the type holding most weights
+        main = max(counts, key=counts.get)
+        ftype = getattr(gguf.LlamaFileType, _MOSTLY[main.name])
 
     def write_to(path):
         w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
