@@ -13,7 +13,7 @@ def main(out):
         with open(path) as f:
             r = json.load(f)
         def ppl(pred, default=None):
-            return next((v for name, v, _ in r["rows"] if pred(name)), default)
+            return next((v for name, v, *_ in r["rows"] if pred(name)), default)
 
         fp = ppl(lambda n: n.startswith("full precision"))
         rtn = ppl(lambda n: n.startswith("RTN") and "clipping" not in n)

@@ -80,7 +80,9 @@ def blockwise_init(student, teacher, batches, steps=20, lr=1e-4, clip_lr=5e-3, p
     own input (the output of its already-trained blocks 0..i-1, so later blocks learn to correct
     the earlier blocks' error). Inputs are captured once at the first block and then carried
     block to block (no full forward per step). ``student`` and ``teacher`` must have the same
-    block structure (distill.prepare's pair). Returns [{"block", "loss_first", "loss_last",
+    block structure (distill.prepare's pair). Memory: three (batch, sequence, hidden) float32
+    tensors per batch (the student's and the teacher's block inputs, the teacher's outputs), so
+    pass a few batches, not a whole corpus. Returns [{"block", "loss_first", "loss_last",
     "time_s"}]."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: must be an int >= 1, got {steps!r}")
