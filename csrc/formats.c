@@ -35,7 +35,22 @@ const lb_kind lb_kinds[LB_KIND_COUNT] = {
     [LB_KIND_INT_SYM] = {"int_sym",   1,    0,    0}, /* 1.2: s */
     [LB_KIND_LVL2] = {"levels_two",   2,    0,    1}, /* 1.3: [s+, s-] */
     [LB_KIND_LVL1] = {"levels_one",   1,    0,    1}, /* 1.4: s */
+    /* FORMATS.md 1.8: every parameter lives inside the GGUF block (formats_ggml.h) */
+    [LB_KIND_G_Q8] = {"ggml_q8",      0,    0,    0}, /* d from max|x| */
+    [LB_KIND_G_SYM] = {"ggml_sym",    0,    0,    0}, /* d from amax-signed, offset codes */
+    [LB_KIND_G_ASYM] = {"ggml_asym",  0,    0,    0}, /* d, m */
+    [LB_KIND_G_ASYMK] = {"ggml_asym_k", 0,  0,    0}, /* d, dmin, sub-block scale/min codes */
+    [LB_KIND_G_SYMK] = {"ggml_sym_k", 0,    0,    0}, /* d, signed sub-block scale codes */
 };
+
+/* llama.cpp's block types (FORMATS.md 1.8): bits of the codes, block and sub-block sizes,
+ * ggml-common.h's block bytes (type_size), the fixed `symmetric` and the kind, the bits of the
+ * sub-block scale codes (k types) and the byte layout. symmetric says whether the type has a
+ * zero offset / min (0) or not (1). */
+#define LB_GGML_ROW(nm, b, blk, sub, ts, sym, knd, sbits, lay, h0, h1)                          \
+    {.name = nm, .bits = LB_BITS1(b), .storage = LB_STORE_BLOCKS, .block = blk,                \
+     .sub_block = sub, .type_size = ts, .scale_bits = sbits, .layout = lay,                    \
+     .half_at = {h0, h1}, .symmetric = sym, .kind = {(sym) ? -1 : (knd), (sym) ? (knd) : -1}}
 
 const lb_format lb_formats[LB_FMT_COUNT] = {
     [LB_FMT_INT] = {.name = "int",
@@ -57,7 +72,26 @@ const lb_format lb_formats[LB_FMT_COUNT] = {
                    .kind = {LB_KIND_LVL2, LB_KIND_LVL1},
                    .levels = {[3] = lb_fp3, [4] = lb_fp4},
                    .nlev = {[3] = LB_NLEV(lb_fp3), [4] = LB_NLEV(lb_fp4)}},
+    /* name, bits, block, sub-block, bytes, symmetric, kind, scale-code bits, layout, and the
+     * byte offsets of the block's fp16 scales (d; dmin or m; -1: none) */
+    [LB_FMT_Q8_0] = LB_GGML_ROW("q8_0", 8, 32,  32, 34,  1, LB_KIND_G_Q8,    0, LB_BLK_Q8_0, 0, -1),
+    [LB_FMT_Q4_0] = LB_GGML_ROW("q4_0", 4, 32,  32, 18,  1, LB_KIND_G_SYM,   0, LB_BLK_Q4_0, 0, -1),
+    [LB_FMT_Q5_0] = LB_GGML_ROW("q5_0", 5, 32,  32, 22,  1, LB_KIND_G_SYM,   0, LB_BLK_Q5_0, 0, -1),
+    [LB_FMT_Q4_1] = LB_GGML_ROW("q4_1", 4, 32,  32, 20,  0, LB_KIND_G_ASYM,  0, LB_BLK_Q4_1, 0, 2),
+    [LB_FMT_Q5_1] = LB_GGML_ROW("q5_1", 5, 32,  32, 24,  0, LB_KIND_G_ASYM,  0, LB_BLK_Q5_1, 0, 2),
+    [LB_FMT_Q2_K] = LB_GGML_ROW("q2_k", 2, 256, 16, 84,  0, LB_KIND_G_ASYMK, 4, LB_BLK_Q2_K, 80, 82),
+    [LB_FMT_Q3_K] = LB_GGML_ROW("q3_k", 3, 256, 16, 110, 1, LB_KIND_G_SYMK,  6, LB_BLK_Q3_K, 108, -1),
+    [LB_FMT_Q4_K] = LB_GGML_ROW("q4_k", 4, 256, 32, 144, 0, LB_KIND_G_ASYMK, 6, LB_BLK_Q4_K, 0, 2),
+    [LB_FMT_Q5_K] = LB_GGML_ROW("q5_k", 5, 256, 32, 176, 0, LB_KIND_G_ASYMK, 6, LB_BLK_Q5_K, 0, 2),
+    [LB_FMT_Q6_K] = LB_GGML_ROW("q6_k", 6, 256, 16, 210, 1, LB_KIND_G_SYMK,  8, LB_BLK_Q6_K, 208, -1),
 };
+/* ggml-common.h's static asserts, restated: the block bytes of each type. */
+LB_STATIC_ASSERT(34 == 2 + 32 && 18 == 2 + 16 && 22 == 2 + 4 + 16 && 20 == 2 + 2 + 16 &&
+                     24 == 2 + 2 + 4 + 16, "block_q8_0 .. block_q5_1");
+LB_STATIC_ASSERT(84 == 16 + 64 + 2 + 2 && 110 == 32 + 64 + 12 + 2 && 144 == 2 + 2 + 12 + 128 &&
+                     176 == 2 + 2 + 12 + 32 + 128 && 210 == 128 + 64 + 16 + 2,
+                 "block_q2_K .. block_q6_K");
+LB_STATIC_ASSERT(LB_QK_MAX == 256 && LB_NSUB_MAX == 16, "the largest block and sub-block count");
 
 int lb_fmt_init(lb_fmt* f, int64_t fmt, int64_t bits, int symmetric) {
     const lb_format* r;
@@ -96,6 +130,30 @@ int lb_fmt_init(lb_fmt* f, int64_t fmt, int64_t bits, int symmetric) {
         f->qmin = -(float)(1 << (bits - 1));
     } else {
         f->qmax = (float)((1 << bits) - 1);
+    }
+    if (r->storage == LB_STORE_BLOCKS) {
+        /* the code ranges of FORMATS.md 1.8 from the kind, the width and the scale-code bits */
+        f->layout = r->layout;
+        f->nsub = r->block / r->sub_block;
+        switch (kind) {
+        case LB_KIND_G_Q8:  /* q in [-127, 127] */
+            f->qmin = -(float)((1 << (bits - 1)) - 1);
+            f->qmax = (float)((1 << (bits - 1)) - 1);
+            break;
+        case LB_KIND_G_SYM: /* stored q in [0, 2^b - 1], value q - 2^(b-1) */
+            f->zero = 1 << (bits - 1);
+            break;
+        case LB_KIND_G_ASYMK: /* q in [0, 2^b - 1]; codes in [0, 2^sb - 1] */
+            f->cmax = (1 << r->scale_bits) - 1;
+            break;
+        case LB_KIND_G_SYMK: /* q in [-2^(b-1), 2^(b-1) - 1]; codes in [-2^(sb-1), 2^(sb-1) - 1] */
+            f->qmin = -(float)(1 << (bits - 1));
+            f->qmax = (float)((1 << (bits - 1)) - 1);
+            f->cmax = 1 << (r->scale_bits - 1);
+            break;
+        default: /* G_ASYM: q in [0, 2^b - 1] */
+            break;
+        }
     }
     return 0;
 }

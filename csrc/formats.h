@@ -36,7 +36,9 @@
  *                    (the GGUF block bytes of FORMATS.md 1.8: fp16 d/dmin, packed sub-block scale
  *                    codes and the packed quants); group_size is the block, fixed by the format;
  *                    the kind stores no scales or zero points outside the blocks (lb_kinds
- *                    scales = 0, zeros = 0). No row has this storage yet.
+ *                    scales = 0, zeros = 0). The rows of llama.cpp's block types (FORMATS.md
+ *                    1.8, q8_0 .. q6_k) have this storage; their byte layout is the row's
+ *                    `layout` and their block math the kind's (csrc/formats_ggml.h).
  *
  * Adding a format (the ten llama.cpp block types of FORMATS.md 1.8 are rows of this table):
  *   1. formats.h: its code LB_FMT_<NAME> before LB_FMT_COUNT; if its group math is none of the
@@ -51,10 +53,32 @@
  *   The qlinear CPU kernels run any row whose codes the packed layout holds (csrc/layouts.h:
  *   widths LB_QL_WIDTHS, level tables of at most 16 entries) on their instantiations per code
  *   width and decode kind (csrc/cpu/qlinear_impl.h); other rows take their canonical-code path. */
-enum { LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2, LB_FMT_COUNT = 3 };
+enum {
+    LB_FMT_INT = 0, LB_FMT_NF = 1, LB_FMT_FP = 2,
+    /* llama.cpp's block types (FORMATS.md 1.8), storage LB_STORE_BLOCKS */
+    LB_FMT_Q8_0 = 3, LB_FMT_Q4_0 = 4, LB_FMT_Q5_0 = 5, LB_FMT_Q4_1 = 6, LB_FMT_Q5_1 = 7,
+    LB_FMT_Q2_K = 8, LB_FMT_Q3_K = 9, LB_FMT_Q4_K = 10, LB_FMT_Q5_K = 11, LB_FMT_Q6_K = 12,
+    LB_FMT_COUNT = 13
+};
 #define LB_MAX_BITS 8
-/* Format kinds: the group math (format, symmetric) resolves to; every kernel dispatches on these. */
-enum { LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3, LB_KIND_COUNT = 4 };
+/* Format kinds: the group math (format, symmetric) resolves to; every kernel dispatches on these.
+ * The LB_KIND_G_* kinds are the block math of FORMATS.md 1.8 (csrc/formats_ggml.h):
+ *   G_Q8    q8_0:        d = fp16(max|x| / qmax), q in [-qmax, qmax]
+ *   G_SYM   q4_0, q5_0:  d = fp16(amax-signed(x) / -zero), q - zero in [-zero, zero - 1]
+ *   G_ASYM  q4_1, q5_1:  d = fp16((max - min) / qmax), m = fp16(min), q in [0, qmax]
+ *   G_ASYMK q2_k, q4_k, q5_k: super-block d, dmin; sub-block scale and min codes
+ *   G_SYMK  q3_k, q6_k:  super-block d; signed sub-block scale codes */
+enum {
+    LB_KIND_INT_ASYM = 0, LB_KIND_INT_SYM = 1, LB_KIND_LVL2 = 2, LB_KIND_LVL1 = 3,
+    LB_KIND_G_Q8 = 4, LB_KIND_G_SYM = 5, LB_KIND_G_ASYM = 6, LB_KIND_G_ASYMK = 7,
+    LB_KIND_G_SYMK = 8, LB_KIND_COUNT = 9
+};
+/* Byte layouts of one block (lb_format.layout, LB_STORE_BLOCKS rows): ggml-common.h's
+ * block_<type> of each type, packed / read by lb_blk_pack / lb_blk_unpack (formats_ggml.h). */
+enum {
+    LB_BLK_NONE = 0, LB_BLK_Q8_0, LB_BLK_Q4_0, LB_BLK_Q5_0, LB_BLK_Q4_1, LB_BLK_Q5_1,
+    LB_BLK_Q2_K, LB_BLK_Q3_K, LB_BLK_Q4_K, LB_BLK_Q5_K, LB_BLK_Q6_K
+};
 /* Storage kinds (lb_format.storage, see above). */
 enum { LB_STORE_CODES = 0, LB_STORE_BLOCKS = 1 };
 /* Float dtypes as lowbit numbers them at the op boundary (the `dtype` int of dequantize). */
@@ -68,6 +92,9 @@ enum { LB_KL_FORWARD = 0, LB_KL_REVERSE = 1, LB_KL_CAKLD = 2, LB_KL_JSD = 3 };
 #define LB_INT_EPS 1e-5f
 #define LB_LVL_EPS 1e-8f
 #define LB_MAX_LEVELS 16
+/* Block rows: the largest block (ggml's QK_K) and the most sub-blocks in one block. */
+#define LB_QK_MAX 256
+#define LB_NSUB_MAX 16
 
 /* One row of the format table. */
 typedef struct {
@@ -77,6 +104,10 @@ typedef struct {
     int block;           /* LB_STORE_BLOCKS: elements per block (the fixed group); 0: any group */
     int sub_block;       /* elements per sub-block inside a block (0: none) */
     int type_size;       /* LB_STORE_BLOCKS: bytes per block */
+    int scale_bits;      /* LB_STORE_BLOCKS with sub-blocks: bits of a sub-block scale code */
+    int layout;          /* LB_STORE_BLOCKS: the block's byte layout (LB_BLK_*) */
+    int half_at[2];      /* LB_STORE_BLOCKS: byte offsets of the block's fp16 d and dmin / m
+                          * (-1: none), for checks of stored blocks */
     int symmetric;       /* -1: either value; 0 or 1: only that one */
     int kind[2];         /* the LB_KIND_* of symmetric = 0 / 1 (-1: not offered) */
     const float* levels[LB_MAX_BITS + 1]; /* level table per width (NULL: integer codes) */
@@ -107,11 +138,15 @@ typedef struct {
     int kind;        /* LB_KIND_* */
     int bits;        /* bits per code */
     int storage, block, sub_block, type_size; /* the row's storage */
+    int layout;      /* LB_BLK_* (block rows) */
+    int nsub;        /* block rows: sub-blocks per block (block / sub_block) */
+    int zero;        /* G_SYM: the code of value 0 (2^(b-1)); q - zero is the value */
+    int cmax;        /* k kinds: G_ASYMK scale/min codes in [0, cmax], G_SYMK in [-cmax, cmax-1] */
     int nscales;     /* the kind's float32 scales per group (0, 1 or 2) */
     int zeros;       /* the kind stores uint8 zero points */
     int nlev;        /* level-table size (level kinds) */
-    float qmax;      /* int asym: 2^b-1; int sym: 2^(b-1)-1 */
-    float qmin;      /* int sym: -2^(b-1) */
+    float qmax;      /* int asym: 2^b-1; int sym: 2^(b-1)-1; block kinds: the largest code q */
+    float qmin;      /* int sym: -2^(b-1); block kinds: the smallest code q (FORMATS.md 1.8) */
     int scale_dt;    /* LB_DT_*: the dtype every scale is rounded to (FORMATS.md 1.6) */
     float lev[LB_MAX_LEVELS];      /* level table (level kinds) */
     float mid[LB_MAX_LEVELS];      /* decision thresholds, see lb_fmt_init */
@@ -490,5 +525,8 @@ typedef struct {
     int32_t* overflow;
 } lb_kl_args;
 #define LB_KL_SAFE 2.1267647932558654e37f /* 2^124 */
+
+/* ---- llama.cpp's block types (FORMATS.md 1.8): the LB_KIND_G_* block math and byte layouts ---- */
+#include "formats_ggml.h"
 
 #endif /* LOWBIT_FORMATS_H */

@@ -334,11 +334,14 @@ static PyObject* lb_py_formats(PyObject* self, PyObject* noargs) {
         kinds = Py_BuildValue("(ii)", r->kind[0], r->kind[1]);
         if (bits && levels && kinds)
             row = Py_BuildValue(
-                "{s:s,s:i,s:N,s:s,s:i,s:i,s:i,s:i,s:O,s:O}", "name", r->name, "code", i, "bits",
-                PyList_AsTuple(bits), "storage",
+                "{s:s,s:i,s:N,s:s,s:i,s:i,s:i,s:i,s:i,s:(ii),s:i,s:O,s:O}", "name", r->name,
+                "code", i,
+                "bits", PyList_AsTuple(bits), "storage",
                 r->storage == LB_STORE_BLOCKS ? "blocks" : "codes", "block", r->block,
-                "sub_block", r->sub_block, "type_size", r->type_size, "symmetric", r->symmetric,
-                "kinds", kinds, "levels", levels);
+                "sub_block", r->sub_block, "type_size", r->type_size, "scale_bits",
+                r->scale_bits, "layout", r->layout, "half_at", r->half_at[0], r->half_at[1],
+                "symmetric", r->symmetric, "kinds", kinds,
+                "levels", levels);
         Py_XDECREF(bits);
         Py_XDECREF(levels);
         Py_XDECREF(kinds);

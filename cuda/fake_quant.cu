@@ -18,6 +18,7 @@
  *     Later passes re-read the group from global memory (it is hot in L1/L2).
  *   fq_pack_kernel: one thread per byte of the packed codes (see the layout note there).
  *   fq_dequant_kernel: one thread per element.
+ *   fq_blk_*_kernel (llama.cpp's block types, FORMATS.md 1.8): one thread per block.
  * All indices are int64. Kernels copy the (host) lb_fmt, passed by value, into shared memory so
  * the formats.h helpers index its level/threshold tables with dynamic indices cheaply. */
 #include <cuda_runtime.h>
@@ -269,6 +270,64 @@ fq_dequant_kernel(const uint8_t* codes, const float* scales, const uint8_t* zero
     }
 }
 
+/* ---- llama.cpp's block types (FORMATS.md 1.8, the LB_STORE_BLOCKS rows): one thread per
+ * block, running the LB_HD block functions of csrc/formats_ggml.h that the CPU kernels run (so
+ * values, codes and block bytes are bit-identical to the CPU's; the backward's sums are the
+ * same sequential float32 sums too). The block is staged in the thread's local memory. Block b
+ * of the contiguous (N, K) tensor holds elements [b * block, (b + 1) * block). ---- */
+#define FQ_FOR_EACH_BLOCK(b)                                                              \
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nblocks;         \
+         b += (int64_t)gridDim.x * blockDim.x)
+
+template <typename T>
+__global__ void __launch_bounds__(FQ_THREADS)
+fq_blk_fwd_kernel(const T* w, T* out, int64_t nblocks, lb_fmt f) {
+    FQ_FOR_EACH_BLOCK(b) {
+        float x[LB_QK_MAX], q[LB_QK_MAX];
+        const int64_t base = b * f.block;
+        for (int i = 0; i < f.block; ++i) x[i] = lb_ld(w, base + i);
+        lb_blk_fake_quant(&f, x, q);
+        for (int i = 0; i < f.block; ++i) lb_st(out, base + i, q[i]);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(FQ_THREADS)
+fq_blk_bwd_kernel(const T* grad, const T* w, T* gw, int64_t nblocks, lb_fmt f) {
+    FQ_FOR_EACH_BLOCK(b) {
+        float x[LB_QK_MAX], g[LB_QK_MAX], gx[LB_QK_MAX];
+        const int64_t base = b * f.block;
+        for (int i = 0; i < f.block; ++i) {
+            x[i] = lb_ld(w, base + i);
+            g[i] = lb_ld(grad, base + i);
+        }
+        lb_blk_grad(&f, x, g, gx);
+        for (int i = 0; i < f.block; ++i) lb_st(gw, base + i, gx[i]);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(FQ_THREADS)
+fq_blk_quant_kernel(const T* w, uint8_t* codes, int64_t nblocks, lb_fmt f, int32_t* bad) {
+    FQ_FOR_EACH_BLOCK(b) {
+        float x[LB_QK_MAX];
+        const int64_t base = b * f.block;
+        for (int i = 0; i < f.block; ++i) x[i] = lb_ld(w, base + i);
+        if (lb_blk_quantize(&f, x, codes + b * f.type_size) && bad) atomicAdd(bad, 1);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(FQ_THREADS)
+fq_blk_dequant_kernel(const uint8_t* codes, T* out, int64_t nblocks, lb_fmt f) {
+    FQ_FOR_EACH_BLOCK(b) {
+        float y[LB_QK_MAX];
+        const int64_t base = b * f.block;
+        lb_blk_dequantize(&f, codes + b * f.type_size, y);
+        for (int i = 0; i < f.block; ++i) lb_st(out, base + i, y[i]);
+    }
+}
+
 /* ---- launch helpers ---- */
 static int fq_grid(int64_t work, int64_t per_block) {
     int64_t b = (work + per_block - 1) / per_block;
@@ -280,7 +339,11 @@ static int fq_grid(int64_t work, int64_t per_block) {
  * row (lb_fmt_init) of the codes storage these kernels pack. */
 static bool fq_args_ok(int64_t N, int64_t K, int64_t g, const lb_fmt* f) {
     if (!f || N < 0 || K <= 0 || g <= 0 || K % g != 0) return false;
-    if (f->bits < 1 || f->bits > LB_MAX_BITS || f->storage != LB_STORE_CODES) return false;
+    if (f->bits < 1 || f->bits > LB_MAX_BITS) return false;
+    if (f->storage == LB_STORE_BLOCKS)
+        return g == f->block && f->block > 0 && f->block <= LB_QK_MAX && f->sub_block > 0 &&
+               f->nsub * f->sub_block == f->block && f->nsub <= LB_NSUB_MAX;
+    if (f->storage != LB_STORE_CODES) return false;
     if (f->scale_dt < 0 || f->scale_dt >= LB_DT_COUNT) return false;
     return f->kind >= 0 && f->kind < LB_KIND_COUNT;
 }
@@ -298,6 +361,11 @@ template <typename T>
 static int fq_forward_t(const void* w, void* out, int64_t ngroups, int64_t g, const lb_fmt* f,
                         cudaStream_t s) {
     const int grid = fq_grid(ngroups, FQ_WARPS);
+    if (f->storage == LB_STORE_BLOCKS) { /* ngroups = the blocks */
+        fq_blk_fwd_kernel<T><<<fq_grid(ngroups, FQ_THREADS), FQ_THREADS, 0, s>>>(
+            (const T*)w, (T*)out, ngroups, *f);
+        return (int)cudaGetLastError();
+    }
 #define FQ_LAUNCH(KIND) \
     fq_fwd_kernel<T, KIND><<<grid, FQ_THREADS, 0, s>>>((const T*)w, (T*)out, ngroups, g, *f)
     FQ_BY_KIND(f->kind, FQ_LAUNCH)
@@ -309,6 +377,11 @@ template <typename T>
 static int fq_backward_t(const void* grad, const void* w, void* gw, int64_t ngroups, int64_t g,
                          const lb_fmt* f, cudaStream_t s) {
     const int grid = fq_grid(ngroups, FQ_WARPS);
+    if (f->storage == LB_STORE_BLOCKS) {
+        fq_blk_bwd_kernel<T><<<fq_grid(ngroups, FQ_THREADS), FQ_THREADS, 0, s>>>(
+            (const T*)grad, (const T*)w, (T*)gw, ngroups, *f);
+        return (int)cudaGetLastError();
+    }
 #define FQ_LAUNCH(KIND)                                                                      \
     fq_bwd_kernel<T, KIND><<<grid, FQ_THREADS, 0, s>>>((const T*)grad, (const T*)w, (T*)gw, \
                                                        ngroups, g, *f)
@@ -324,6 +397,11 @@ static int fq_quantize_t(const void* w, int64_t N, int64_t K, int64_t g, const l
     const int64_t ngroups = N * (K / g);
     const int64_t nbytes = N * lb_row_bytes(K, f->bits);
     cudaError_t e;
+    if (f->storage == LB_STORE_BLOCKS) { /* the GGUF blocks; no scales outside them */
+        fq_blk_quant_kernel<T><<<fq_grid(ngroups, FQ_THREADS), FQ_THREADS, 0, s>>>(
+            (const T*)w, codes, ngroups, *f, bad_groups);
+        return (int)cudaGetLastError();
+    }
     fq_qstats_kernel<T><<<fq_grid(ngroups, FQ_WARPS), FQ_THREADS, 0, s>>>(
         (const T*)w, ngroups, g, *f, scales, zeros, bad_groups);
     if ((e = cudaGetLastError()) != cudaSuccess) return (int)e;
@@ -337,6 +415,12 @@ template <typename T>
 static int fq_dequantize_t(const uint8_t* codes, const float* scales, const uint8_t* zeros,
                            void* out, int64_t N, int64_t K, int64_t g, const lb_fmt* f,
                            cudaStream_t s) {
+    if (f->storage == LB_STORE_BLOCKS) {
+        const int64_t nblocks = N * (K / g);
+        fq_blk_dequant_kernel<T><<<fq_grid(nblocks, FQ_THREADS), FQ_THREADS, 0, s>>>(
+            codes, (T*)out, nblocks, *f);
+        return (int)cudaGetLastError();
+    }
     fq_dequant_kernel<T><<<fq_grid(N * K, FQ_THREADS), FQ_THREADS, 0, s>>>(
         codes, scales, zeros, (T*)out, N, K, g, *f);
     return (int)cudaGetLastError();
@@ -380,7 +464,8 @@ int lb_fq_backward_cuda(const void* grad, const void* w, void* gw, int dt, int64
 int lb_quantize_cuda(const void* w, int dt, int64_t N, int64_t K, int64_t g, const lb_fmt* f,
                      uint8_t* codes, float* scales, uint8_t* zeros, int32_t* bad_groups,
                      void* stream) {
-    if (!fq_args_ok(N, K, g, f) || !codes || !scales) return (int)cudaErrorInvalidValue;
+    if (!fq_args_ok(N, K, g, f) || !codes) return (int)cudaErrorInvalidValue;
+    if (f->storage == LB_STORE_CODES && !scales) return (int)cudaErrorInvalidValue;
     if (f->kind == LB_KIND_INT_ASYM && !zeros) return (int)cudaErrorInvalidValue;
     if (N == 0) return 0;
     cudaStream_t s = (cudaStream_t)stream;
@@ -397,7 +482,8 @@ int lb_quantize_cuda(const void* w, int dt, int64_t N, int64_t K, int64_t g, con
 
 int lb_dequantize_cuda(const uint8_t* codes, const float* scales, const uint8_t* zeros, void* out,
                        int dt, int64_t N, int64_t K, int64_t g, const lb_fmt* f, void* stream) {
-    if (!fq_args_ok(N, K, g, f) || !codes || !scales) return (int)cudaErrorInvalidValue;
+    if (!fq_args_ok(N, K, g, f) || !codes) return (int)cudaErrorInvalidValue;
+    if (f->storage == LB_STORE_CODES && !scales) return (int)cudaErrorInvalidValue;
     if (N == 0) return 0;
     cudaStream_t s = (cudaStream_t)stream;
     switch (dt) {

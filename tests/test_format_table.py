@@ -6,10 +6,14 @@ canonical codes, M on the GEMV, integer and GEMM paths) and its backward, each c
 tests/reference.py (written from FORMATS.md); the CUDA kernels of those ops are registered when
 the build has CUDA (and run on a GPU in tests/test_*'s cuda tests). A new row of the table is
 picked up here by itself: it fails until tests/reference.py has its reference and every op
-takes it."""
+takes it. The block rows (llama.cpp's types, FORMATS.md 1.8) are checked against
+tests/reference_ggml.py here; their QuantLinear is the ggmlkern engineer's (csrc/cpu/qlinear_ggml*):
+until it lands, quant_linear refuses them with a clear error, which test_block_rows_reach_every_op
+asserts ("linear: by ggmlkern")."""
 import pytest
 import torch
 
+import reference_ggml as RG
 from _testutil import make_weight, unpack_codes
 from reference import ALL_SPECS, LEVELS, ref_codes, ref_fake_quant, ref_params
 
@@ -20,9 +24,12 @@ _X = lowbit._ops._C
 ROWS = _X.formats()
 KINDS = _X.kinds()
 # every (format, bits, symmetric) the table offers
-SPECS = [(r["name"], b, s) for r in ROWS for b in r["bits"] for s in (False, True)
-         if r["kinds"][s] >= 0 and r["symmetric"] in (-1, int(s))]
+SPECS_ALL = [(r["name"], b, s) for r in ROWS for b in r["bits"] for s in (False, True)
+             if r["kinds"][s] >= 0 and r["symmetric"] in (-1, int(s))]
+# the rows stored as codes + scales (FORMATS.md 1.1-1.4), and the block rows (1.8)
+SPECS = [t for t in SPECS_ALL if C.FORMATS[t[0]].storage == "codes"]
 IDS = [f"{f}{b}{'sym' if s else 'asym'}" for f, b, s in SPECS]
+BLOCK_ROWS = [r["name"] for r in ROWS if r["storage"] == "blocks"]
 
 
 def qspec(fmt, bits, g, sym, sd="float32"):
@@ -38,6 +45,7 @@ def test_table_rows_are_the_reference_specs():
     formats, widths and symmetric choices; the level tables are FORMATS.md's, bit for bit."""
     assert [r["code"] for r in ROWS] == list(range(len(ROWS)))
     assert sorted(SPECS) == sorted(ALL_SPECS), set(SPECS) ^ set(ALL_SPECS)
+    assert sorted(BLOCK_ROWS) == sorted(RG.TYPES)
     for r in ROWS:
         for b, lev in r["levels"].items():
             assert torch.equal(torch.tensor(lev, dtype=torch.float32), LEVELS[(r["name"], b)])
@@ -60,10 +68,80 @@ def test_python_reads_the_table():
             k = KINDS[r["kinds"][sym]]
             assert (kind.code, kind.scales, kind.zeros, kind.levels) == \
                 (k["code"], k["scales"], k["zeros"], k["levels"])
-        for b in f.bits:
-            lowbit.QuantSpec(f.name, b, 32)  # the spec takes every width of the row
+        for b in f.bits:  # the spec takes every width of the row
+            lowbit.QuantSpec(f.name, b, f.block or 32)
     with pytest.raises(ValueError, match="format"):
         lowbit.QuantSpec("no-such-format", 4, 32)
+
+
+def _type_bits(t):
+    """The code width of a reference type: the bits its code range needs."""
+    return (t.qhi - t.qlo).bit_length()
+
+
+@pytest.mark.parametrize("fmt", BLOCK_ROWS)
+def test_block_rows_are_the_reference_types(fmt):
+    """A block row's width, block, sub-block, bytes per block and symmetric are ggml's type
+    (tests/reference_ggml.py, itself checked against gguf-py's GGML_QUANT_SIZES), and QuantSpec
+    fills them in from the row."""
+    f, t = C.FORMATS[fmt], RG.TYPES[fmt]
+    assert f.bits == (_type_bits(t),) and f.block == t.block and f.type_size == t.type_size
+    assert f.sub_block == t.sub and f.symmetric == (t.kind in ("sym0", "symk"))
+    assert f.scale_bits == {"sym0": 0, "asym1": 0, "asymk": (t.cmax + 1).bit_length() - 1,
+                            "symk": t.cmax.bit_length()}[t.kind]
+    spec = lowbit.QuantSpec(fmt)
+    assert (spec.bits, spec.group_size, spec.symmetric) == (f.bits[0], f.block, f.symmetric)
+    assert f.bits_per_weight(*f.bits, f.block, f.symmetric) == RG.bits_per_weight(fmt)
+    assert f.row_bytes(2 * t.block, f.bits[0]) == 2 * t.type_size
+
+
+@pytest.mark.parametrize("fmt", BLOCK_ROWS)
+def test_block_rows_reach_every_op(fmt, gen):
+    """Every op takes a block row or refuses it with an error naming the format (none crashes
+    or returns a wrong result): not yet built here are marked in NOT_YET."""
+    f = C.FORMATS[fmt]
+    spec = lowbit.QuantSpec(fmt)
+    w = torch.randn(4, 2 * f.block, generator=gen) * 0.05
+    args = f.code, f.bits[0], f.block, f.symmetric
+    calls = {
+        "fake_quant": lambda: lowbit.fake_quantize(w, spec),
+        "quantize": lambda: lowbit.quantize(w, spec),
+        "dequantize": lambda: torch.ops.lowbit.dequantize(
+            torch.zeros(4, f.row_bytes(w.shape[1], f.bits[0]), dtype=torch.uint8),
+            torch.zeros(4, 0), torch.zeros(4, 0, dtype=torch.uint8), *args, w.shape[1], 0),
+        "clip_search": lambda: torch.ops.lowbit.clip_search(  # per sub-block
+            w, torch.eye(f.sub_block).expand(w.shape[1] // f.sub_block, -1, -1).contiguous(),
+            *args, 10, 4, 0),
+        "quant_linear": lambda: torch.ops.lowbit.quant_linear(
+            torch.randn(2, w.shape[1]), torch.zeros(4, f.row_bytes(w.shape[1], f.bits[0]),
+                                                    dtype=torch.uint8),
+            torch.zeros(4, 0), torch.zeros(4, 0, dtype=torch.uint8),
+            torch.empty(0, 0, dtype=torch.int32), torch.zeros(4), *args, C.QL_ACT_CODES["float"]),
+    }
+    for op in NOT_YET:
+        with pytest.raises(RuntimeError, match=f"format {fmt}: .*does not take llama.cpp block "
+                                               f"types yet"):
+            calls[op]()
+    # the others compute the reference's results (tests/test_fake_quant_ggml.py in depth)
+    assert RG.same_bits(calls["fake_quant"](), RG.fake_quant(w, fmt))
+    x, xr = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    lowbit.fake_quantize(x, spec).backward(torch.ones_like(w))
+    RG.fake_quant(xr, fmt).backward(torch.ones_like(w))
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5 * float(xr.grad.abs().max()))
+    qw = calls["quantize"]()
+    assert torch.equal(qw.codes, RG.pack(RG.params_and_codes(w, fmt), fmt))
+    assert torch.equal(calls["dequantize"](), torch.zeros_like(w))
+    assert RG.same_bits(lowbit.dequantize(qw), RG.fake_quant(w, fmt))
+    lo, hi = calls["clip_search"]()  # tests/test_clip_search.py: against a brute force
+    ws = w.reshape(4, -1, f.sub_block)
+    shrunk = torch.tensor([1 - i / 10 for i in range(4)]).reshape(4, 1, 1, 1)
+    assert lo.shape == hi.shape == ws.shape[:2]
+    assert ((ws.amin(-1) * shrunk == lo).any(0)).all() and ((ws.amax(-1) * shrunk == hi).any(0)).all()
+
+
+# ops without a path for the block rows yet (each refuses them by name); quant_linear: by
+# ggmlkern (csrc/cpu/qlinear_ggml*)
+NOT_YET = ("quant_linear",)
 
 
 @pytest.mark.parametrize("fmt,bits,sym", SPECS, ids=IDS)

@@ -3,12 +3,15 @@
 relative ones resolved, must form an acyclic graph (a failure prints the cycle); and no core
 module imports transformers or lowbit.hf when it is imported."""
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
 PKG = "lowbit"
+# the lowbit this interpreter imports (found without running it): the source tree built in
+# place, or the installed copy CI tests, which alone holds the compiled lowbit._C
+ROOT = os.path.dirname(list(importlib.util.find_spec(PKG).submodule_search_locations)[0])
 # the package root re-exports everything and registers the transformers quantizer; lowbit.hf is
 # that registration: neither is a core module
 NOT_CORE = {PKG, f"{PKG}.hf"}

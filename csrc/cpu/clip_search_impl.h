@@ -60,9 +60,65 @@ LB_INLINE double quad_form(const float* H, const float* d, float* hd, int64_t g)
     return e;
 }
 
+/* Block rows (FORMATS.md 1.8): the search per sub-block. For sub-block j of a block, candidate
+ * (i, i') clamps that sub-block alone to [min_j (1 - i'/n_grid), max_j (1 - i/n_grid)] (the
+ * block's other sub-blocks keep their values), the whole block is quantized by 1.8's rules (so a
+ * candidate that lowers the block's d or dmin moves every sub-block's grid), and the score is the
+ * block's output error, the sum over its sub-blocks k of d_k^T H_k d_k with the sub-block Gram
+ * matrices (g = sub_block here). Each sub-block is searched on its own against the original
+ * block; lo / hi are (N, K / sub_block). */
+LB_INLINE void blk_clip_rows(clip_ctx* c, int64_t r0, int64_t r1) {
+    const lb_fmt* f = c->f;
+    const int64_t K = c->K, B = f->block, sub = f->sub_block, nsub = f->nsub, S = K / sub;
+    float cl[LB_QK_MAX], q[LB_QK_MAX], d[LB_QK_MAX], hd[LB_QK_MAX];
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t b = 0; b < K / B; ++b) {
+            const float* x = c->w + r * K + b * B;
+            const float* H = c->gram + b * nsub * sub * sub;
+            for (int64_t j = 0; j < nsub; ++j) {
+                const float* xj = x + j * sub;
+                float mx = xj[0], mn = xj[0];
+                for (int64_t k = 1; k < sub; ++k) {
+                    mx = xj[k] > mx ? xj[k] : mx;
+                    mn = xj[k] < mn ? xj[k] : mn;
+                }
+                double best = INFINITY;
+                float best_lo = mn, best_hi = mx;
+                for (int i = 0; i < c->shrink; ++i) {
+                    const float hi = mx * (1.0f - (float)i / (float)c->n_grid);
+                    for (int i2 = 0; i2 < c->shrink; ++i2) {
+                        const float lo = mn * (1.0f - (float)i2 / (float)c->n_grid);
+                        double e = 0.0;
+                        memcpy(cl, x, (size_t)B * sizeof(float));
+                        for (int64_t k = j * sub; k < (j + 1) * sub; ++k) {
+                            const float v = cl[k] < lo ? lo : cl[k];
+                            cl[k] = v > hi ? hi : v;
+                        }
+                        lb_blk_fake_quant(f, cl, q);
+                        for (int64_t k = 0; k < B; ++k) d[k] = q[k] - x[k];
+                        for (int64_t k = 0; k < nsub; ++k)
+                            e += quad_form(H + k * sub * sub, d + k * sub, hd, sub);
+                        if (e < best) {
+                            best = e;
+                            best_lo = lo;
+                            best_hi = hi;
+                        }
+                    }
+                }
+                c->lo[r * S + b * nsub + j] = best_lo;
+                c->hi[r * S + b * nsub + j] = best_hi;
+            }
+        }
+}
+
 LB_INLINE void clip_rows(clip_ctx* c, int64_t r0, int64_t r1) {
     const int64_t K = c->K, g = c->g, G = K / g;
-    float* buf = (float*)malloc((size_t)(4 * g) * sizeof(float));
+    float* buf;
+    if (c->f->storage == LB_STORE_BLOCKS) {
+        blk_clip_rows(c, r0, r1);
+        return;
+    }
+    buf = (float*)malloc((size_t)(4 * g) * sizeof(float));
     if (!buf) { c->oom = 1; return; }
     float *cl = buf, *q = buf + g, *d = buf + 2 * g, *hd = buf + 3 * g;
     for (int64_t r = r0; r < r1; ++r) {

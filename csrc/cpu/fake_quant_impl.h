@@ -81,7 +81,12 @@ LB_INLINE lb_gstats group_stats(const float* x, int64_t g) {
 
 /* ---- per-kind element loops (explicit so each vectorises without a switch inside) ---- */
 LB_INLINE void fwd_group(const lb_fmt* f, const float* x, float* q, int64_t g) {
-    lb_gstats st = group_stats(x, g);
+    lb_gstats st;
+    if (f->storage == LB_STORE_BLOCKS) { /* g is the block (FORMATS.md 1.8) */
+        lb_blk_fake_quant(f, x, q);
+        return;
+    }
+    st = group_stats(x, g);
     lb_gparams p;
     if (st.bad) {
         for (int64_t i = 0; i < g; ++i) q[i] = NAN;
@@ -109,8 +114,13 @@ LB_INLINE void add_to_ties(const float* x, float* gx, int64_t g, float target, f
 /* Backward of one group for ste="bitdistiller" (FORMATS.md 1.5); c1/c2 are scratch. */
 LB_INLINE void bwd_group(const lb_fmt* f, const float* x, const float* gq, float* gx, float* c1,
                          float* c2, int64_t g) {
-    lb_gstats st = group_stats(x, g);
+    lb_gstats st;
     lb_gparams p;
+    if (f->storage == LB_STORE_BLOCKS) {
+        lb_blk_grad(f, x, gq, gx);
+        return;
+    }
+    st = group_stats(x, g);
     if (st.bad) {
         for (int64_t i = 0; i < g; ++i) gx[i] = NAN;
         return;
@@ -165,10 +175,40 @@ LB_INLINE void bwd_rows(fq_ctx* c, int64_t r0, int64_t r1) {
     free(buf);
 }
 
+/* Block rows (FORMATS.md 1.8): each row is K / block GGUF blocks of type_size bytes. */
+LB_INLINE void blk_quant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
+    const lb_fmt* f = c->f;
+    const int64_t K = c->K, nb = K / f->block, rb = nb * f->type_size;
+    float buf[LB_QK_MAX];
+    for (int64_t r = r0; r < r1; ++r) {
+        int64_t bad = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+            lb_load_row(c->w, c->dt, r * K + b * f->block, f->block, 1.0f, buf);
+            bad += lb_blk_quantize(f, buf, c->codes + r * rb + b * f->type_size);
+        }
+        c->bad_per_row[r] = bad;
+    }
+}
+
+LB_INLINE void blk_dequant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
+    const lb_fmt* f = c->f;
+    const int64_t K = c->K, nb = K / f->block, rb = nb * f->type_size;
+    float buf[LB_QK_MAX];
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t b = 0; b < nb; ++b) {
+            lb_blk_dequantize(f, c->codes + r * rb + b * f->type_size, buf);
+            lb_store_row(c->out, c->dt, r * K + b * f->block, f->block, buf);
+        }
+}
+
 LB_INLINE void quant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
     const int64_t K = c->K, g = c->g, G = K / g;
     const lb_fmt* f = c->f;
     const int64_t rb = lb_row_bytes(K, f->bits);
+    if (f->storage == LB_STORE_BLOCKS) {
+        blk_quant_rows(c, r0, r1);
+        return;
+    }
     /* one block: g floats of the group, then its g codes */
     float* buf = (float*)malloc((size_t)g * (sizeof(float) + sizeof(int32_t)));
     int32_t* code = (int32_t*)(buf + g);
@@ -199,7 +239,12 @@ LB_INLINE void dequant_rows(fq_ctx* c, int64_t r0, int64_t r1) {
     const int64_t K = c->K, g = c->g, G = K / g;
     const lb_fmt* f = c->f;
     const int64_t rb = lb_row_bytes(K, f->bits);
-    float* buf = (float*)malloc((size_t)g * sizeof(float));
+    float* buf;
+    if (f->storage == LB_STORE_BLOCKS) {
+        blk_dequant_rows(c, r0, r1);
+        return;
+    }
+    buf = (float*)malloc((size_t)g * sizeof(float));
     if (!buf) { c->oom = 1; return; }
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = c->codes + r * rb;

@@ -9,12 +9,15 @@
 
 /* clip_search(Tensor w, Tensor gram, int fmt, int bits, int group_size, bool symmetric,
  *             int n_grid, int shrink, int scale_dtype=0) -> (Tensor lo, Tensor hi)
- * Candidates are scored on the grid fake_quant(scale_dtype) trains on (FORMATS.md 1.6). */
+ * Candidates are scored on the grid fake_quant(scale_dtype) trains on (FORMATS.md 1.6). A block
+ * row (FORMATS.md 1.8) searches per sub-block: gram (K / sub_block, sub_block, sub_block), lo and
+ * hi (N, K / sub_block). */
 LB_BOXED(lb_boxed_clip_search) {
     lb_call c;
     lb_tensor w, gm;
     lb_fmt f;
-    const int64_t g = lb_iv_int(stack[4]), n_grid = lb_iv_int(stack[6]), shrink = lb_iv_int(stack[7]);
+    const int64_t n_grid = lb_iv_int(stack[6]), shrink = lb_iv_int(stack[7]);
+    int64_t g = lb_iv_int(stack[4]);
     const int64_t sdt = lb_iv_int(stack[8]);
     void *plo = NULL, *phi = NULL;
     lb_call_begin(&c, "lowbit::clip_search", stack, 2);
@@ -23,6 +26,8 @@ LB_BOXED(lb_boxed_clip_search) {
         lb_check_spec(lb_iv_int(stack[2]), lb_iv_int(stack[3]), g, lb_iv_bool(stack[5]),
                       w.sizes[1], &f, c.err))
         goto fail;
+    /* block rows search per sub-block: the gram and the bounds are per sub-block */
+    if (f.storage == LB_STORE_BLOCKS) g = f.sub_block;
     if (w.dtype != lb_t.dt_f32 || w.device_type != lb_t.dev_cpu) {
         lb_fail(c.err, "w: clip_search takes a float32 CPU tensor");
         goto fail;

@@ -153,6 +153,12 @@ int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_
     return 0;
 }
 
+int lb_check_not_blocks(const lb_fmt* f, const char* op, char* err) {
+    if (f->storage != LB_STORE_BLOCKS) return 0;
+    return lb_fail(err, "format %s: %s does not take llama.cpp block types yet",
+                   lb_formats[f->fmt].name, op);
+}
+
 /* ---- tensors ---- */
 int lb_check_float(const lb_tensor* t, const char* name, char* err) {
     const int dt = lb_float_dtype(t->dtype);

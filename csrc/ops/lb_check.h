@@ -67,6 +67,9 @@ int lb_check_dtype_code(int64_t dt, const char* name, char* err);
 /* (fmt, bits, group_size, symmetric) against K (> 0) columns, resolving *f. */
 int lb_check_spec(int64_t fmt, int64_t bits, int64_t g, bool sym, int64_t K, lb_fmt* f,
                   char* err);
+/* An op without a path for block rows (LB_STORE_BLOCKS, FORMATS.md 1.8) yet: -1 with
+ * "format <name>: <op> does not take llama.cpp block types yet" for such a row, else 0. */
+int lb_check_not_blocks(const lb_fmt* f, const char* op, char* err);
 /* A 2-D, non-empty, contiguous float32/bf16/f16 tensor. */
 int lb_check_weight(const lb_tensor* t, const char* name, char* err);
 /* A float32/bf16/f16 tensor: its LB_DT_* code, or -1 with err. */

@@ -168,6 +168,7 @@ LB_BOXED(lb_boxed_quant_linear) {
     }
     if (lb_check_spec(lb_iv_int(stack[QLL_FMT]), lb_iv_int(stack[QLL_BITS]), g,
                       lb_iv_bool(stack[QLL_SYMMETRIC]), K, &f, c.err) ||
+        lb_check_not_blocks(&f, "quant_linear", c.err) ||
         lb_check_int(act, "act", 0, LB_ACT_COUNT - 1, c.err))
         goto fail;
     use_packed = pk->numel != 0;
@@ -258,6 +259,7 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
     }
     if (lb_check_spec(lb_iv_int(stack[QLD_FMT]), lb_iv_int(stack[QLD_BITS]), g,
                       lb_iv_bool(stack[QLD_SYMMETRIC]), K, &f, c.err) ||
+        lb_check_not_blocks(&f, "qlinear_dequant_t", c.err) ||
         lb_check_int(kb0, "kb0", 0, lb_ql_kblocks(K) - 1, c.err) ||
         lb_check_int(kb1, "kb1", kb0 + 1, lb_ql_kblocks(K), c.err))
         goto fail;

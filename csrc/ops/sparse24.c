@@ -122,6 +122,7 @@ LB_BOXED(lb_boxed_sparse24_qlinear) {
     }
     if (lb_check_spec(lb_iv_int(stack[6]), lb_iv_int(stack[7]), g, lb_iv_bool(stack[9]), K / 2,
                       &f, c.err) ||
+        lb_check_not_blocks(&f, "sparse24_qlinear", c.err) ||
         lb_check_qweight(&t[0], &t[1], &t[2], names, &f, K / 2, g, &N, c.err) ||
         lb_check_same_device(&t[0], "codes", &x, "x", c.err) ||
         check_meta(&m, &x, "x", N, K, c.err) || (hb = lb_check_bias(&b, &x, N, c.err)) < 0)

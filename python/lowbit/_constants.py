@@ -36,6 +36,8 @@ class Format:
     block: int                 # "blocks": elements per block, the fixed group; else 0
     sub_block: int             # elements per sub-block (0: none)
     type_size: int             # "blocks": bytes per block
+    scale_bits: int            # "blocks" with sub-blocks (k types): bits of a sub-block scale code
+    half_at: tuple             # "blocks": byte offsets of the fp16 scales (d, dmin / m) in a block
     symmetric: Optional[bool]  # None: either value; else the only one it takes
     kinds: dict                # {symmetric: Kind} for the values it takes
     levels: dict               # {bits: level table (tuple of floats)} of the level kinds
@@ -71,7 +73,9 @@ def _format(d):
     kinds = {s: KINDS[k] for s, k in ((False, d["kinds"][0]), (True, d["kinds"][1]))
              if k >= 0 and (sym is None or s == sym)}
     return Format(d["name"], d["code"], tuple(d["bits"]), d["storage"], d["block"],
-                  d["sub_block"], d["type_size"], sym, kinds, dict(d["levels"]))
+                  d["sub_block"], d["type_size"], d["scale_bits"],
+                  tuple(o for o in d["half_at"] if o >= 0) if d["storage"] == "blocks" else (),
+                  sym, kinds, dict(d["levels"]))
 
 
 FORMATS = {f.name: f for f in map(_format, _X.formats())}

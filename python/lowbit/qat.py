@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ._constants import FORMATS
 from ._walk import Swap, check_model, matches, swap_modules_
-from .clip_search import group_gram, search_clip
+from .clip_search import clip_group, group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
 from .qlinear import QuantLinear, check_act
 from .spec import QuantSpec, check_spec
@@ -304,6 +304,11 @@ def _layer_spec(config, name, mod):
     if spec is None:
         return None
     k = mod.in_features
+    if spec.is_block_type and k % spec.group_size:
+        raise ValueError(f"in_features: {k} of {name} is not a multiple of the block of "
+                         f"{spec.format} ({spec.group_size}, FORMATS.md 1.8); give that layer "
+                         f"another type in QATConfig(overrides=...) (llama-quantize falls back "
+                         f"to q4_0 / q5_0 / q5_1 / q8_0 there, see lowbit.gguf.recipe)")
     if spec.group_size != -1 and k % spec.group_size:
         if config.indivisible != "gcd":
             raise ValueError(f"group_size: {spec.group_size} does not divide in_features {k} of "
@@ -347,6 +352,12 @@ def convert_(model, act="auto"):
     equal the QAT model's up to float32 rounding with ``act="float"``, within 1e-4 (relative) with
     the default ``"auto"``; ``act`` is the layers' accuracy mode (lowbit.quant_linear)."""
     check_act(act)
+    for name, m in (model.named_modules() if isinstance(model, nn.Module) else ()):
+        if isinstance(m, QATLinear) and m.spec.is_block_type:
+            # QuantLinear of the block types is the ggmlkern kernels' (csrc/cpu/qlinear_ggml*)
+            raise NotImplementedError(f"{name}: format {m.spec.format} (llama.cpp's block type, "
+                                      f"FORMATS.md 1.8) has no QuantLinear yet, so convert_ "
+                                      f"cannot pack it; lowbit.quantize gives its GGUF blocks")
     n = swap_modules_(model, Swap(
         verb="convert_", target=lambda m: isinstance(m, QATLinear), choose=lambda name, m: True,
         build=lambda m, _: QuantLinear.from_qat(m, act=act),
@@ -415,7 +426,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         return fn
 
     for name, m in layers:
-        hooks.append(m.register_forward_pre_hook(hook(name, m.spec.group_for(m.in_features))))
+        hooks.append(m.register_forward_pre_hook(hook(name, clip_group(m.spec, m.in_features))))
     was_training = model.training
     model.eval()
     try:
@@ -447,7 +458,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         lo, hi = search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
                               max_shrink=max_shrink)
         n, k = m.weight.shape
-        g = m.spec.group_for(k)
+        g = clip_group(m.spec, k)  # the group, or a block type's sub-block
         wg = m.weight.detach().float().reshape(n, k // g, g)
         clipped = torch.minimum(torch.maximum(wg, lo.to(wg.device)), hi.to(wg.device)).reshape(n, k)
         m.weight.copy_(clipped.to(m.weight.dtype))

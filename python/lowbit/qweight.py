@@ -104,7 +104,9 @@ def _parts_layout(spec, shape):
 
 def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
     """The parts of a packed (N, K) = ``shape`` weight of ``spec`` (FORMATS.md 1.7; the layout
-    lowbit.quantize writes): codes uint8 (N, ceil(K * bits / 8)); scales float32 (N, G), or
+    lowbit.quantize writes): codes uint8 (N, ceil(K * bits / 8)), for a llama.cpp block type
+    (FORMATS.md 1.8) the GGUF blocks (N, K / block * type_size) whose fp16 scales are finite, with
+    scales float32 (N, 0) and zeros None; scales float32 (N, G), or
     (N, G, 2) = [s+, s-] for two-scale NF/FP, every one finite, > 0 (each scale of FORMATS.md
     1.1-1.4 is floored above 0) and exact in spec.scale_dtype (1.6); zeros uint8 (N, G) with
     values <= qmax = 2^bits - 1 for asymmetric INT, else None; all contiguous, on one device;
@@ -116,7 +118,7 @@ def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype: must be float32, bfloat16 or float16, got {dtype}")
     fmt, bits, _, sym = spec.op_args(k)
-    want = {"codes": (torch.uint8, (n, C.codes_bytes(k, bits))),
+    want = {"codes": (torch.uint8, (n, C.format_of(fmt).row_bytes(k, bits))),
             "scales": (torch.float32, C.scales_shape(n, groups, fmt, sym)),
             "zeros": (torch.uint8, (n, groups)) if C.has_zeros(fmt, sym) else None}
     parts = {"codes": codes, "scales": scales, "zeros": zeros}
@@ -140,7 +142,27 @@ def check_packed(codes, scales, zeros, spec, shape, dtype, names=None):
         if t.device != codes.device:
             raise ValueError(f"{name}: is on {t.device} but {names['codes']} is on "
                              f"{codes.device}")
-    check_packed_values(scales, zeros, spec, names)
+    if spec.is_block_type:
+        check_block_scales(codes, spec, names["codes"])
+    else:
+        check_packed_values(scales, zeros, spec, names)
+
+
+def check_block_scales(codes, spec, name="codes"):
+    """The fp16 scales inside the GGUF blocks of a block type (FORMATS.md 1.8: d, and dmin or
+    m) are finite (fp16() clamps every scale lowbit computes to +-65504): ValueError naming the
+    block otherwise. The block bytes come from the format's row (lowbit._C)."""
+    row = C.FORMATS[spec.format]
+    if torch.compiler.is_compiling() or not _has_values(codes):
+        return
+    blocks = codes.reshape(codes.shape[0], -1, row.type_size)
+    for off in row.half_at:
+        h = blocks[..., off:off + 2].contiguous().view(torch.float16)[..., 0]
+        bad = ~torch.isfinite(h)
+        if bool(bad.any()):
+            r, b = bad.nonzero()[0].tolist()
+            raise ValueError(f"{name}: block {b} of row {r} holds the fp16 scale {h[r, b].item()} "
+                             f"at byte {off} (every scale of {spec.format} is finite)")
 
 
 def _has_values(t):

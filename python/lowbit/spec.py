@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _ops
-from ._constants import FORMAT_BITS, FORMAT_CODES
+from ._constants import FORMAT_BITS, FORMAT_CODES, FORMATS
 
 # scale_dtype name -> (the LB_DT_* code the ops take, read from lowbit._C; torch dtype; the
 # suffix it adds to QuantSpec.name)
@@ -33,17 +33,31 @@ class QuantSpec:
     float16 (GPTQ, GGUF, compressed-tensors in float16) or bfloat16 scales holds, so
     ``lowbit.export`` of such a model is bit-identical to the trained weights. The rounding has
     identity gradient. Packed weights still store float32 scales (exact in the dtype).
+
+    llama.cpp's block types (FORMATS.md 1.8; the rows of the format table with block storage):
+    ``QuantSpec("q4_k")`` and likewise "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k",
+    "q5_k", "q6_k". The type fixes bits, group_size (its block: 32, or 256 for the k types),
+    symmetric and the scales (float16 inside the block): left out they take the type's values,
+    any other value is a ValueError. in_features must be a multiple of the block.
+    Unset (None) fields of the other formats take the defaults bits=4, group_size=128,
+    symmetric=False.
     """
 
     format: str = "int"
-    bits: int = 4
-    group_size: int = 128
-    symmetric: bool = False
+    bits: int = None
+    group_size: int = None
+    symmetric: bool = None
     scale_dtype: str = "float32"
 
     def __post_init__(self):
         if not isinstance(self.format, str) or self.format not in FORMAT_BITS:
             raise ValueError(f"format: must be one of {sorted(FORMAT_BITS)}, got {self.format!r}")
+        row = FORMATS[self.format]
+        if row.storage == "blocks":
+            self._fixed_by_type(row)
+        for name, default in (("bits", 4), ("group_size", 128), ("symmetric", False)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise TypeError(f"bits: must be an int, got {type(self.bits).__name__}")
         if self.bits not in FORMAT_BITS[self.format]:
@@ -67,10 +81,35 @@ class QuantSpec:
         elif sd not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype: must be one of {list(SCALE_DTYPES)}, got {sd!r}")
 
+    def _fixed_by_type(self, row):
+        """A block type's bits, group_size and symmetric are the type's (None: filled in)."""
+        fixed = {"bits": row.bits[0], "group_size": row.block, "symmetric": row.symmetric}
+        for name, want in fixed.items():
+            got = getattr(self, name)
+            if got is None:
+                object.__setattr__(self, name, want)
+            elif isinstance(got, bool) != isinstance(want, bool) or got != want:
+                raise ValueError(f"{name}: format {self.format!r} is llama.cpp's block type with "
+                                 f"{name}={want!r} (FORMATS.md 1.8), got {got!r}; leave it out")
+            else:
+                object.__setattr__(self, name, want)
+        if self.scale_dtype not in ("float32", torch.float32):
+            raise ValueError(f"scale_dtype: format {self.format!r} stores its own float16 block "
+                             f"scales (FORMATS.md 1.8); leave scale_dtype at its default, got "
+                             f"{self.scale_dtype!r}")
+
+    @property
+    def is_block_type(self):
+        """Whether the format is one of llama.cpp's block types (FORMATS.md 1.8)."""
+        return FORMATS[self.format].storage == "blocks"
+
     @property
     def name(self):
         """Short name, e.g. 'int4-g128-asym', 'nf3-g64', 'fp4-gK-sym'; a scale_dtype other than
-        float32 adds '-f16scale' or '-bf16scale' ('int4-g128-asym-f16scale')."""
+        float32 adds '-f16scale' or '-bf16scale' ('int4-g128-asym-f16scale'); a llama.cpp block
+        type is its type name ('q4_k')."""
+        if self.is_block_type:
+            return self.format
         g = "K" if self.group_size == -1 else str(self.group_size)
         tail = "-sym" if self.symmetric else ("-asym" if self.format == "int" else "")
         return f"{self.format}{self.bits}-g{g}{tail}{SCALE_DTYPES[self.scale_dtype][2]}"
@@ -89,6 +128,9 @@ class QuantSpec:
         """The group length for a weight with K input features (raises if it does not divide)."""
         g = K if self.group_size == -1 else self.group_size
         if K % g != 0:
+            if self.is_block_type:
+                raise ValueError(f"in_features: K = {K} is not a multiple of the block of "
+                                 f"{self.format} ({g}, FORMATS.md 1.8)")
             raise ValueError(f"group_size: {self.group_size} does not divide in_features K = {K}")
         return g
 
