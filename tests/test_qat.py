@@ -533,15 +533,41 @@ def test_learned_clip_trainer_group_and_bad_arguments(gen):
         lowbit.qat.add_learned_clip(next(m for m in student.modules() if isinstance(m, QATLinear)))
 
 
-def test_learned_clip_block_follows_the_format_rows_sub_block(monkeypatch):
-    """A format row with sub-blocks (the llama.cpp k types of FORMATS.md 1.8) clips per
-    sub-block, so each sub-block's scale and min are learnt."""
-    import dataclasses
-    from lowbit import qat
-    spec = lowbit.QuantSpec("int", 2, 64)
-    assert qat.clip_group(spec, 128) == 64
-    rows = dict(qat.FORMATS)
-    rows["int"] = dataclasses.replace(rows["int"], sub_block=16)
-    monkeypatch.setattr(qat, "FORMATS", rows)
-    assert qat.clip_group(spec, 128) == 16
-    assert qat.LearnedClip(8, 128, spec).hi_logit.shape == (8, 8)
+@pytest.mark.parametrize("fmt,sub", [("q2_k", 16), ("q4_k", 32), ("q6_k", 16), ("q4_0", 32)])
+@pytest.mark.parametrize("ste", ["bitdistiller", "identity"])
+def test_learned_clip_on_llama_cpp_block_types(fmt, sub, ste, gen):
+    """The llama.cpp block types (FORMATS.md 1.8): one pair of clipping factors per sub-block
+    (the k types' S_j / M_j; a plain block type's block), forward and backward against the
+    independent clip rule followed by tests/reference_ggml's fake-quant; then calibrate_clip_
+    sets the factors to the per-sub-block search's bounds."""
+    import reference_ggml as RG
+    spec = lowbit.QuantSpec(fmt)
+    lin = nn.Linear(512, 8, bias=False)
+    m = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                         lowbit.QATConfig(spec, skip=(), ste=ste, learn="clip"))[0]
+    clip = lowbit.qat.learned_clip(m)
+    assert clip.block == sub and clip.hi_logit.shape == (8, 512 // sub)
+    with torch.no_grad():
+        clip.hi_logit.copy_(torch.empty(clip.hi_logit.shape).uniform_(-0.8, 2.5, generator=gen))
+        clip.lo_logit.copy_(torch.empty(clip.lo_logit.shape).uniform_(-0.8, 2.5, generator=gen))
+    w = lin.weight.detach().clone().requires_grad_(True)
+    a_hi = clip.hi_logit.detach().clone().requires_grad_(True)
+    a_lo = clip.lo_logit.detach().clone().requires_grad_(True)
+    x = torch.randn(5, 512, generator=gen)
+    y = m(x)
+    y_ref = F.linear(x, RG.fake_quant(_ref_clip(w, a_hi, a_lo, sub), fmt, ste))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn(y.shape, generator=gen)
+    y.backward(up)
+    y_ref.backward(up)
+    torch.testing.assert_close(lowbit.qat.raw_weight(m).grad, w.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(clip.hi_logit.grad, a_hi.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(clip.lo_logit.grad, a_lo.grad, rtol=1e-4, atol=1e-4)
+    # calibrate_clip_ on the learnable layer lands where it lands on the plain one
+    xc = torch.randn(128, 512, generator=gen) * torch.linspace(0.2, 3, 512)
+    plain = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)), lowbit.QATConfig(spec, skip=()))
+    learn = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                             lowbit.QATConfig(spec, skip=(), learn="clip"))
+    lowbit.calibrate_clip_(plain, [xc], progress=False, n_grid=10, max_shrink=5)
+    lowbit.calibrate_clip_(learn, [xc], progress=False, n_grid=10, max_shrink=5)
+    torch.testing.assert_close(learn[0].weight, plain[0].weight, rtol=1e-6, atol=1e-7)

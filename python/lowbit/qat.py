@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._constants import FORMATS
 from ._walk import Swap, check_model, matches, swap_modules_
 from .clip_search import clip_group, group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
@@ -21,15 +20,6 @@ from .qlinear import QuantLinear, check_act
 from .spec import QuantSpec, check_spec
 
 LEARN = (None, "clip")
-
-
-def clip_group(spec, k):
-    """Elements per clipping block of a layer with in_features ``k``: the block whose max / min
-    set a scale — the group of FORMATS.md 1.1-1.4, or the sub-block of a format-table row that
-    has one (the llama.cpp k types of FORMATS.md 1.8: clipping each sub-block moves its S_j and
-    M_j, and through max_j s_j the super-block's d and dmin)."""
-    sub = FORMATS[spec.format].sub_block
-    return sub if sub else spec.group_for(k)
 
 
 def _clip_factor(a):
@@ -452,8 +442,9 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         clip = learned_clip(m)
         if clip is not None:  # learn="clip": the search's pair becomes the factors' start
             w = raw_weight(m)
-            clip.set_factors(w, *_search_block(w, m.spec, grams[name], clip.block, n_grid,
-                                               max_shrink))
+            # per clipping block: the group, or a block type's sub-block (clip_group)
+            clip.set_factors(w, *search_clip(w, m.spec, grams[name], n_grid=n_grid,
+                                             max_shrink=max_shrink))
             continue
         lo, hi = search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
                               max_shrink=max_shrink)
@@ -463,18 +454,6 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
         clipped = torch.minimum(torch.maximum(wg, lo.to(wg.device)), hi.to(wg.device)).reshape(n, k)
         m.weight.copy_(clipped.to(m.weight.dtype))
     return model
-
-
-def _search_block(w, spec, gram, block, n_grid, max_shrink):
-    """search_clip's (lo, hi) per clipping block; a block finer than the spec's group (the
-    sub-blocks of FORMATS 1.8) needs the search per sub-block, which the C search does not do
-    yet: there the factors start at 1."""
-    g = spec.group_for(w.shape[1])
-    if block == g:
-        return search_clip(w, spec, gram, n_grid=n_grid, max_shrink=max_shrink)
-    n, k = w.shape
-    wg = w.detach().float().reshape(n, k // block, block)
-    return wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
 
 
 __all__ = ["QATLinear", "QATConfig", "LearnedClip", "add_learned_clip", "clip_parameters",
