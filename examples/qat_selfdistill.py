@@ -23,8 +23,8 @@ trained block bytes, general.file_type = the ftype) in place of pack/save/reload
 """
 import argparse
 import contextlib
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import time
