@@ -106,19 +106,22 @@ def test_convert_names_every_block_type(fmt):
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_quant_linear_op_refuses_block_types_by_name(device):
-    """The quant_linear op (its C glue on the CPU, its fake on meta) refuses a block type by
-    format name rather than reading GGUF blocks as lowbit codes."""
+def test_quant_linear_op_takes_block_types(device):
+    """The quant_linear op (its C glue on the CPU, its fake on meta) reads a block type's GGUF
+    blocks (tests/test_qlinear_ggml.py in depth): F.linear of the dequantized weight."""
     spec = lowbit.QuantSpec("q4_k")
     qw = lowbit.quantize(torch.randn(8, 256, generator=torch.Generator().manual_seed(3)), spec)
     fmt, bits, g, sym = spec.op_args(256)
-    x = torch.randn(2, 256, device=device)
-    with pytest.raises(RuntimeError, match="format q4_k: quant_linear does not take"):
-        torch.ops.lowbit.quant_linear(
-            x, qw.codes.to(device), qw.scales.to(device),
-            torch.empty((8, 0), dtype=torch.uint8, device=device),
-            torch.empty((0, 0), dtype=torch.int32, device=device),
-            torch.empty((0,), device=device), fmt, bits, g, sym, 0)
+    x = torch.randn(2, 256)
+    y = torch.ops.lowbit.quant_linear(
+        x.to(device), qw.codes.to(device), qw.scales.to(device),
+        torch.empty((8, 0), dtype=torch.uint8, device=device),
+        torch.empty((0, 0), dtype=torch.int32, device=device),
+        torch.empty((0,), device=device), fmt, bits, g, sym, 0)
+    assert y.shape == (2, 8) and y.device.type == device
+    if device == "cpu":
+        ref = torch.nn.functional.linear(x.double(), lowbit.dequantize(qw).double())
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5
 
 
 # ---- weights: one row per kind of block content ----

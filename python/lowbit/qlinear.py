@@ -42,7 +42,8 @@ def build_kernel_layout(codes, spec, K):
     """The packed CPU layout of canonical codes (csrc/layouts.h; returned on the codes' device),
     or None where the group size has none. Scales and zero points have no kernel copy."""
     fmt, bits, g, sym = spec.op_args(K)
-    if not C.ql_packable(K, g) or codes.device.type == "meta":
+    # llama.cpp's block types have none: their kernels read the GGUF blocks in place
+    if spec.is_block_type or not C.ql_packable(K, g) or codes.device.type == "meta":
         return None
     with torch.no_grad():
         packed = torch.ops.lowbit.qlinear_pack(codes.detach().cpu().contiguous(), bits, K)
