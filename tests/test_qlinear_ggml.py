@@ -229,3 +229,76 @@ def test_bad_inputs(gen):
         op(act=7)
     with pytest.raises(RuntimeError, match="group_size"):
         op(x=torch.randn(2, 48), codes=torch.zeros(16, 27, dtype=torch.uint8))
+
+
+# ---- QuantLinear on the block types: from_linear / from_qat / convert_, state, checkpoints ----
+@pytest.mark.parametrize("fmt", TYPES)
+def test_quantlinear_from_linear_and_from_qat(fmt, gen):
+    """QuantLinear.from_linear / from_qat of a block type: codes = lowbit.quantize's GGUF blocks
+    (scales (N, 0), no zeros), the forward = F.linear of gguf-py's dequantize within the mode's
+    bound, the input gradient grad_y @ W, and a state_dict round trip into a skeleton."""
+    spec = lowbit.QuantSpec(fmt)
+    K = spec.group_size * 2
+    lin = torch.nn.Linear(K, 19)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(19, K, generator=gen) * 0.05)
+    ql = lowbit.nn.QuantLinear.from_linear(lin, spec, act="float")
+    assert torch.equal(ql.codes, lowbit.quantize(lin.weight, spec).codes)
+    assert ql.scales.shape == (19, 0) and ql.zeros is None and ql.kernel_layout() is None
+    qat = lowbit.nn.QATLinear.from_linear(lin, spec)
+    assert torch.equal(lowbit.nn.QuantLinear.from_qat(qat).codes, ql.codes)
+    W = gguf_weight(ql.qweight)
+    x = torch.randn(3, K, generator=gen, requires_grad=True)
+    y = ql(x)
+    ref = F.linear(x.detach().double(), W, lin.bias.detach().double())
+    assert rel(y, ref) <= BOUND["float"]
+    g = torch.randn(3, 19, generator=gen)
+    y.backward(g)
+    gref = g.double() @ W
+    assert rel(x.grad, gref) <= 1e-5
+    skel = lowbit.nn.QuantLinear(K, 19, spec, act="float")
+    skel.load_state_dict(ql.state_dict())
+    assert torch.equal(skel(x.detach()), y.detach())
+
+
+def _recipe_llama(ftype, tied):
+    transformers = pytest.importorskip("transformers")  # noqa: F841
+    from _hfutil import tiny_llama
+
+    model = tiny_llama(19, tied=tied, hidden=256, inter=512, layers=2, heads=4, kv=2)
+    lowbit.quantize_(model, lowbit.gguf.recipe(model, ftype))
+    return model
+
+
+@pytest.mark.parametrize("ftype,tied", [("Q4_K_M", False), ("Q2_K", True), ("Q4_0", False)])
+def test_convert_of_a_recipe_model(ftype, tied, gen, tmp_path):
+    """convert_ of a tiny Llama quantized on lowbit.gguf.recipe(model, ftype): every QATLinear
+    becomes a QuantLinear whose bytes are lowbit.quantize's blocks of the trained weight; the
+    logits equal the QAT model's within the mode's bound (float, auto); save_quantized /
+    load_quantized (the layer table) give the same logits back."""
+    model = _recipe_llama(ftype, tied)
+    ids = torch.randint(0, 300, (2, 9), generator=gen)
+    with torch.no_grad():
+        ref = model(ids).logits.double()
+    qat = {n: (m.weight.detach().clone(), m.spec) for n, m in model.named_modules()
+           if isinstance(m, lowbit.nn.QATLinear)}
+    assert any(s.is_block_type for _, s in qat.values())
+    for act in ("float", "auto"):
+        conv = _recipe_llama(ftype, tied)
+        conv.load_state_dict(model.state_dict())
+        lowbit.convert_(conv, act=act)
+        qls = {n: m for n, m in conv.named_modules() if isinstance(m, lowbit.nn.QuantLinear)}
+        assert set(qls) == set(qat)
+        for n, m in qls.items():
+            w, spec = qat[n]
+            assert m.spec == spec, n
+            assert torch.equal(m.codes, lowbit.quantize(w, spec).codes), n
+        with torch.no_grad():
+            got = conv(ids).logits
+        # two decoder layers compound the per-layer bound a little
+        assert rel(got, ref) <= 2 * BOUND[act], f"{act}: {rel(got, ref):.3g}"
+    d = tmp_path / "ckpt"
+    lowbit.save_quantized(conv, str(d))
+    back = lowbit.load_quantized(str(d))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, got)
