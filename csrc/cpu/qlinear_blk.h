@@ -14,8 +14,10 @@
 int lb_qlb_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, const lb_fmt* f,
                        const uint8_t* blocks, const void* bias, int act, void* y);
 /* The scheme act runs for M rows (LB_QS_* of csrc/cpu/qlinear.h): "int8" always the int8
- * activations, "auto" int8 + int8 residual up to LB_QLB_AUTO_INT_MAX_M rows, else float. */
-#define LB_QLB_AUTO_INT_MAX_M 16
+ * activations, "auto" int8 + int8 residual up to LB_QLB_AUTO_INT_MAX_M rows, else float (the
+ * faster one there: measured with benchmarks/bench_qlinear.py --ggml, the two passes of
+ * integer dots lose to the float kernel from about 4 rows on). */
+#define LB_QLB_AUTO_INT_MAX_M 3
 int lb_qlb_scheme(int act, int64_t M);
 
 #endif /* LOWBIT_CPU_QLINEAR_BLK_H */

@@ -318,6 +318,7 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
 int lb_ops_ql_scheme(int act, int64_t fmt, int64_t bits, int symmetric, int64_t M, int packable) {
     lb_fmt f;
     if (act < 0 || act >= LB_ACT_COUNT || lb_fmt_init(&f, fmt, bits, symmetric)) return -1;
+    if (f.storage == LB_STORE_BLOCKS) return lb_qlb_scheme(act, M); /* the GGUF-block kernels */
     return lb_ql_scheme(act, &f, M, packable && lb_ql_holds(&f));
 }
 

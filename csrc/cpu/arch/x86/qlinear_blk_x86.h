@@ -9,7 +9,8 @@
  *     8-lane FMA dot products;
  *   - integer kernel: a W row's |q| and q decoded once into byte buffers, then for 4 activation
  *     rows at a time: the u8 x s8 dot of |q| with sign(x8, q) (llama.cpp's mul_sum_i8_pairs;
- *     exact, no vpmaddubsw saturation as |q|, |x8| <= 127) per 4 elements, converted and scaled
+ *     exact, no vpmaddubsw saturation as |q|, |x8| <= 127; the asymmetric types' q >= 0 dot
+ *     x8 directly) per 4 elements, converted and scaled
  *     by S_h * d per lane (lanes 0-3 are the first half of the chunk), summed in 8 float lanes;
  *     the C terms as one dot of C with d * sum(x8) per half at the end of the row.
  * Every worker is instantiated per layout (a constant inside), selected by a switch on the
@@ -113,7 +114,29 @@ LB_INLINE void qlb_dequant_row(int L, const qlb_ctx* c, int64_t n, float* w) {
     }
 }
 
-/* float kernel: W rows [a, b), 4 at a time (a row past b repeats the last one, unstored) */
+/* the R x 4 tile (x rows x W rows) of 8-lane FMA dot products over K, stored */
+LB_INLINE void qlb_ftile(int R, const qlb_ctx* c, const float* w, int64_t m0, int64_t n0, int nr) {
+    const int64_t K = c->K;
+    const float* xr[4];
+    __m256 acc[4][4];
+    for (int i = 0; i < R; ++i) {
+        xr[i] = c->xf + (m0 + i) * K;
+        for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k += 8) {
+        __m256 wv[4];
+        for (int r = 0; r < 4; ++r) wv[r] = _mm256_load_ps(w + r * K + k);
+        for (int i = 0; i < R; ++i) {
+            const __m256 xv = _mm256_loadu_ps(xr[i] + k);
+            for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+        }
+    }
+    for (int i = 0; i < R; ++i)
+        for (int r = 0; r < nr; ++r) qlb_store(c, m0 + i, n0 + r, qlb_hsum(acc[i][r]));
+}
+
+/* float kernel: W rows [a, b), 4 at a time (a row past b repeats the last one, unstored);
+ * x rows 4 at a time, the last 1 to 3 with a tile of their own size */
 LB_INLINE void qlb_float_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
     const int64_t K = c->K, M = c->M;
     float* w = (float*)aligned_alloc(64, (size_t)(4 * K) * sizeof(float));
@@ -125,26 +148,58 @@ LB_INLINE void qlb_float_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
         const int nr = b - n0 < 4 ? (int)(b - n0) : 4;
         for (int r = 0; r < nr; ++r) qlb_dequant_row(L, c, n0 + r, w + r * K);
         for (int r = nr; r < 4; ++r) memcpy(w + r * K, w + (nr - 1) * K, (size_t)K * sizeof(float));
-        for (int64_t m0 = 0; m0 < M; m0 += 4) {
-            const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-            const float* xr[4];
-            __m256 acc[4][4];
-            for (int i = 0; i < 4; ++i) xr[i] = c->xf + (m0 + (i < mr ? i : mr - 1)) * K;
-            for (int i = 0; i < 4; ++i)
-                for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
-            for (int64_t k = 0; k < K; k += 8) {
-                __m256 wv[4];
-                for (int r = 0; r < 4; ++r) wv[r] = _mm256_load_ps(w + r * K + k);
-                for (int i = 0; i < 4; ++i) {
-                    const __m256 xv = _mm256_loadu_ps(xr[i] + k);
-                    for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
-                }
-            }
-            for (int i = 0; i < mr; ++i)
-                for (int r = 0; r < nr; ++r) qlb_store(c, m0 + i, n0 + r, qlb_hsum(acc[i][r]));
+        int64_t m0 = 0;
+        for (; m0 + 4 <= M; m0 += 4) qlb_ftile(4, c, w, m0, n0, nr);
+        switch (M - m0) {
+        case 3: qlb_ftile(3, c, w, m0, n0, nr); break;
+        case 2: qlb_ftile(2, c, w, m0, n0, nr); break;
+        case 1: qlb_ftile(1, c, w, m0, n0, nr); break;
+        default: break;
         }
     }
     free(w);
+}
+
+/* res[v0 .. v0+R) of one W row (its |q| in qa[0, K), q in qa[K, 2K), S / C per half) for R
+ * virtual activation rows. The types whose q is never negative dot q itself with x8. */
+LB_INLINE void qlb_itile(int L, int R, const qlb_ctx* c, const uint8_t* qa, const float* S,
+                         const float* C, int64_t v0, float* res) {
+    const int64_t K = c->K, KB = c->KB;
+    const int sgn = !QLB_HAS_C(L); /* the asymmetric types' q >= 0 */
+    const int8_t* xr[4];
+    const float* dr[4];
+    __m256 acc[4];
+    for (int i = 0; i < R; ++i) {
+        xr[i] = c->x8 + (v0 + i) * K;
+        dr[i] = c->xd + (v0 + i) * KB;
+        acc[i] = _mm256_setzero_ps();
+    }
+    for (int64_t kb = 0; kb < KB; ++kb) {
+        const __m256i ua = qlb_ld(qa + kb * 32);
+        const __m256i sg = sgn ? qlb_ld(qa + K + kb * 32) : ua;
+        const __m256 sv = _mm256_set_m128(_mm_set1_ps(S[2 * kb + 1]), _mm_set1_ps(S[2 * kb]));
+        for (int i = 0; i < R; ++i) {
+            __m256i sx = qlb_ld((const uint8_t*)xr[i] + kb * 32);
+            if (sgn) sx = _mm256_sign_epi8(sx, sg);
+            const __m256i d = qlb_dot(_mm256_setzero_si256(), ua, sx);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
+                                     _mm256_mul_ps(sv, _mm256_set1_ps(dr[i][kb])), acc[i]);
+        }
+    }
+    for (int i = 0; i < R; ++i) {
+        float r = qlb_hsum(acc[i]);
+        if (QLB_HAS_C(L)) {
+            const float* xs = c->xsd + (v0 + i) * 2 * KB;
+            __m256 cs = _mm256_setzero_ps();
+            int64_t j = 0;
+            float t = 0.0f;
+            for (; j + 8 <= 2 * KB; j += 8)
+                cs = _mm256_fmadd_ps(_mm256_loadu_ps(C + j), _mm256_loadu_ps(xs + j), cs);
+            for (; j < 2 * KB; ++j) t += C[j] * xs[j]; /* K = 32 .. 96 */
+            r += qlb_hsum(cs) + t;
+        }
+        res[v0 + i] = r;
+    }
 }
 
 /* integer kernel: W rows [a, b), one at a time; activation rows 4 at a time */
@@ -170,45 +225,17 @@ LB_INLINE void qlb_int_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
             for (int j = 0; j < cpb; ++j) {
                 const __m256i q = qlb_q32(L, blk, 32 * j);
                 const int64_t k = (ib * cpb + j) * 32;
-                _mm256_storeu_si256((__m256i*)(qa + k), _mm256_abs_epi8(q));
-                _mm256_storeu_si256((__m256i*)(qs + k), q);
+                _mm256_storeu_si256((__m256i*)(qa + k), QLB_HAS_C(L) ? q : _mm256_abs_epi8(q));
+                if (!QLB_HAS_C(L)) _mm256_storeu_si256((__m256i*)(qs + k), q);
             }
         }
-        for (int64_t v0 = 0; v0 < V; v0 += 4) {
-            const int vr = V - v0 < 4 ? (int)(V - v0) : 4;
-            const int8_t* xr[4];
-            const float* dr[4];
-            __m256 acc[4];
-            for (int i = 0; i < 4; ++i) {
-                const int64_t v = v0 + (i < vr ? i : vr - 1);
-                xr[i] = c->x8 + v * K;
-                dr[i] = c->xd + v * KB;
-                acc[i] = _mm256_setzero_ps();
-            }
-            for (int64_t kb = 0; kb < KB; ++kb) {
-                const __m256i ua = qlb_ld(qa + kb * 32), sg = qlb_ld((const uint8_t*)qs + kb * 32);
-                const __m256 sv = _mm256_set_m128(_mm_set1_ps(S[2 * kb + 1]), _mm_set1_ps(S[2 * kb]));
-                for (int i = 0; i < 4; ++i) {
-                    const __m256i sx = _mm256_sign_epi8(qlb_ld((const uint8_t*)xr[i] + kb * 32), sg);
-                    const __m256i d = qlb_dot(_mm256_setzero_si256(), ua, sx);
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
-                                             _mm256_mul_ps(sv, _mm256_set1_ps(dr[i][kb])), acc[i]);
-                }
-            }
-            for (int i = 0; i < vr; ++i) {
-                float r = qlb_hsum(acc[i]);
-                if (QLB_HAS_C(L)) {
-                    const float* xs = c->xsd + (v0 + i) * 2 * KB;
-                    __m256 cs = _mm256_setzero_ps();
-                    int64_t j = 0;
-                    float t = 0.0f;
-                    for (; j + 8 <= 2 * KB; j += 8)
-                        cs = _mm256_fmadd_ps(_mm256_loadu_ps(C + j), _mm256_loadu_ps(xs + j), cs);
-                    for (; j < 2 * KB; ++j) t += C[j] * xs[j]; /* K = 32 .. 96 */
-                    r += qlb_hsum(cs) + t;
-                }
-                res[v0 + i] = r;
-            }
+        int64_t v0 = 0;
+        for (; v0 + 4 <= V; v0 += 4) qlb_itile(L, 4, c, qa, S, C, v0, res);
+        switch (V - v0) {
+        case 3: qlb_itile(L, 3, c, qa, S, C, v0, res); break;
+        case 2: qlb_itile(L, 2, c, qa, S, C, v0, res); break;
+        case 1: qlb_itile(L, 1, c, qa, S, C, v0, res); break;
+        default: break;
         }
         for (int64_t m = 0; m < M; ++m)
             qlb_store(c, m, n, c->passes == 2 ? res[m] + res[M + m] : res[m]);
