@@ -9,6 +9,13 @@ dequantized weight, on Gaussian and heavy-tailed activations: FORMATS.md 4).
 
     python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--big] [--threads N]
                                        [--json PATH]
+    python benchmarks/bench_qlinear.py --ggml [--isa ISA] [--threads N] [--quick] [--json PATH]
+
+--ggml: llama.cpp's block types instead (q4_k, q2_k, q3_k, q6_k, q8_0, q4_0 at 4096 -> 4096 and
+4096 -> 11008, M = 1 and 16; CPU), each mode against torch's float32 F.linear of the same
+process, timed interleaved (median of 3 alternating rounds: the machine may be shared); the
+errors against float64 F.linear of gguf-py's dequantize of the blocks. --isa forces lowbit's CPU
+ISA (as LOWBIT_CPU_ISA does).
 
 --big adds 16384 -> 28672 (a weight larger than the last-level cache; needs ~12 GB of memory).
 CPU baselines: F.linear float32, F.linear bfloat16, and for int4
@@ -82,17 +89,68 @@ def read_bw(nbytes, device, quick):
     return buf.numel() * 4 / (t * 1e-3) / 1e9
 
 
+GGML_TYPES = ["q4_k", "q2_k", "q3_k", "q6_k", "q8_0", "q4_0"]
+GGML_SHAPES = [(4096, 4096), (4096, 11008)]
+
+
+def gguf_w64(qw):
+    """W of a block type as gguf-py dequantizes its blocks, float64 (independent of lowbit)."""
+    import gguf
+    import numpy as np
+
+    n, k = qw.shape
+    t = gguf.GGMLQuantizationType[qw.spec.format.upper()]
+    return torch.from_numpy(gguf.quants.dequantize(qw.codes.numpy(), t).reshape(n, k)
+                            .astype(np.float64))
+
+
+def bench_ggml(args):
+    """--ggml: the block types' CPU kernels in each mode against float32 F.linear."""
+    if args.isa:
+        lowbit.set_cpu_isa(args.isa)
+    rep = H.Report(f"bench_qlinear --ggml device=cpu isa={lowbit.get_cpu_isa()}", args)
+    t = rep.table([("K->N", "{}"), ("M", "{}"), ("type", "{}"), ("mode", "{}"),
+                   ("bits/w", "{:.3f}"), ("f32 ms", "{:.3f}"), ("lowbit ms", "{:.3f}"),
+                   ("vs f32", "{:.2f}x"), ("err gauss", "{:.1e}"), ("err heavy", "{:.1e}")])
+    gen = torch.Generator().manual_seed(0)
+    min_run = 0.05 if args.quick else 0.15
+    for K, N in GGML_SHAPES[:1] if args.quick else GGML_SHAPES:
+        w = torch.randn(N, K, generator=gen) * 0.02
+        for name in GGML_TYPES:
+            qw = lowbit.quantize(w, lowbit.QuantSpec(name))
+            w64 = gguf_w64(qw)
+            f, b, g, sym = qw.spec.op_args(K)
+            for M in (1, 16):
+                xg, xh = torch.randn(M, K, generator=gen), heavy_tailed(M, K, gen)
+                fns = [lambda: F.linear(xg, w)] + [
+                    (lambda a: lambda: lowbit.quant_linear(xg, qw, act=a))(a) for a in MODES]
+                times = H.interleaved(fns, "cpu", min_run)
+                for mode, tq in zip(MODES, times[1:]):
+                    sch = _ops._C.ql_scheme(C.QL_ACT_CODES[mode], f, b, sym, M, 0)
+                    ran = f"{mode}={C.QL_SCHEMES[sch]}" if mode == "auto" else mode
+                    t.row(f"{K}->{N}", M, name, ran, qw.bits_per_weight, times[0] * 1e3,
+                          tq * 1e3, times[0] / tq,
+                          rel_err(lowbit.quant_linear(xg, qw, act=mode), xg, w64),
+                          rel_err(lowbit.quant_linear(xh, qw, act=mode), xh, w64))
+    rep.save()
+
+
 def main():
     ap = H.parser(__doc__)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="add 16384 -> 28672 (beyond the LLC)")
+    ap.add_argument("--ggml", action="store_true", help="llama.cpp's block types (CPU)")
+    ap.add_argument("--isa", default=None, help="--ggml: force lowbit's CPU ISA")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.ggml:
+        bench_ggml(args)
+        return
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         print("no CUDA device; skipped")
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     shapes = (SHAPES[:1] if args.quick else SHAPES) + (BIG if args.big else [])
     ms = ([1, 16] if args.quick else [1, 4, 16, 256]) if dev == "cpu" else \
         ([1, 16] if args.quick else [1, 2, 4, 8, 16, 256])

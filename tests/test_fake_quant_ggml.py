@@ -66,29 +66,26 @@ def test_in_features_not_a_multiple_of_the_block(fmt):
             lowbit.quantize_(model, lowbit.QATConfig(spec, indivisible=mode))
 
 
-def test_convert_refuses_block_types_by_name():
-    """convert_ of a QAT model on a block type raises NotImplementedError naming the layer and
-    the format (its QuantLinear is the ggmlkern kernels', not built yet) and leaves the model
-    as it was."""
+def test_convert_block_types_and_the_bare_errors():
+    """convert_ of a QAT model on a block type packs it (QuantLinear holding the GGUF blocks;
+    tests/test_qlinear_ggml.py in depth); a bare QATLinear, and not a module at all, get the
+    verbs' own errors, as for any format."""
     model = torch.nn.Sequential(torch.nn.Linear(256, 8), torch.nn.Linear(8, 4))
     lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("q4_k"),
                                              overrides={"1": None}))
-    with pytest.raises(NotImplementedError, match="^0: format q4_k"):
-        lowbit.convert_(model)
-    assert isinstance(model[0], lowbit.nn.QATLinear)
-    assert type(model[1]) is torch.nn.Linear  # nothing converted, not even the other layers
-    # a bare QATLinear, and not a module at all: the verbs' own errors, as for any format
     with pytest.raises(ValueError, match="^model: is itself a QATLinear"):
         lowbit.convert_(model[0])
     with pytest.raises(TypeError, match="^model: expected an nn.Module"):
         lowbit.convert_(5)
+    lowbit.convert_(model)
+    assert isinstance(model[0], lowbit.nn.QuantLinear) and model[0].spec.format == "q4_k"
+    assert type(model[1]) is torch.nn.Linear
 
 
 @pytest.mark.parametrize("fmt", TYPES)
-def test_convert_names_every_block_type(fmt):
-    """Every block type, in a model that also holds a convertible int layer: the error names the
-    block-type layer and its format, and no layer is converted (the check runs before the swap).
-    Remove together with the refusal in qat.convert_ once ggmlkern's QuantLinear lands."""
+def test_convert_every_block_type(fmt):
+    """Every block type, in a model that also holds an int layer: convert_ packs both, and the
+    outputs equal the QAT model's within act="float"'s bound (FORMATS.md 4)."""
     gen = torch.Generator().manual_seed(19)
     K = lowbit.QuantSpec(fmt).group_size
     model = torch.nn.Sequential(torch.nn.Linear(128, K), torch.nn.Linear(K, 4))
@@ -98,27 +95,30 @@ def test_convert_names_every_block_type(fmt):
     lowbit.quantize_(model, lowbit.QATConfig(lowbit.QuantSpec("int", 4, 128),
                                              overrides={"1": lowbit.QuantSpec(fmt)}))
     x = torch.randn(2, 128, generator=gen)
-    y = model(x)
-    with pytest.raises(NotImplementedError, match=f"^1: format {fmt} .*no QuantLinear"):
-        lowbit.convert_(model)
-    assert all(type(m) is lowbit.nn.QATLinear for m in model)
-    assert torch.equal(model(x), y)
+    y = model(x).detach().double()
+    lowbit.convert_(model, act="float")
+    assert all(type(m) is lowbit.nn.QuantLinear for m in model)
+    assert model[1].spec.format == fmt
+    assert ((model(x).double() - y).norm() / y.norm()).item() <= 1e-5
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_quant_linear_op_refuses_block_types_by_name(device):
-    """The quant_linear op (its C glue on the CPU, its fake on meta) refuses a block type by
-    format name rather than reading GGUF blocks as lowbit codes."""
+def test_quant_linear_op_takes_block_types(device):
+    """The quant_linear op (its C glue on the CPU, its fake on meta) reads a block type's GGUF
+    blocks (tests/test_qlinear_ggml.py in depth): F.linear of the dequantized weight."""
     spec = lowbit.QuantSpec("q4_k")
     qw = lowbit.quantize(torch.randn(8, 256, generator=torch.Generator().manual_seed(3)), spec)
     fmt, bits, g, sym = spec.op_args(256)
-    x = torch.randn(2, 256, device=device)
-    with pytest.raises(RuntimeError, match="format q4_k: quant_linear does not take"):
-        torch.ops.lowbit.quant_linear(
-            x, qw.codes.to(device), qw.scales.to(device),
-            torch.empty((8, 0), dtype=torch.uint8, device=device),
-            torch.empty((0, 0), dtype=torch.int32, device=device),
-            torch.empty((0,), device=device), fmt, bits, g, sym, 0)
+    x = torch.randn(2, 256)
+    y = torch.ops.lowbit.quant_linear(
+        x.to(device), qw.codes.to(device), qw.scales.to(device),
+        torch.empty((8, 0), dtype=torch.uint8, device=device),
+        torch.empty((0, 0), dtype=torch.int32, device=device),
+        torch.empty((0,), device=device), fmt, bits, g, sym, 0)
+    assert y.shape == (2, 8) and y.device.type == device
+    if device == "cpu":
+        ref = torch.nn.functional.linear(x.double(), lowbit.dequantize(qw).double())
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5
 
 
 # ---- weights: one row per kind of block content ----

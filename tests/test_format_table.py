@@ -131,6 +131,7 @@ def test_block_rows_reach_every_op(fmt, gen):
     qw = calls["quantize"]()
     assert torch.equal(qw.codes, RG.pack(RG.params_and_codes(w, fmt), fmt))
     assert torch.equal(calls["dequantize"](), torch.zeros_like(w))
+    assert torch.equal(calls["quant_linear"](), torch.zeros(2, 4))  # zero blocks: W = 0
     assert RG.same_bits(lowbit.dequantize(qw), RG.fake_quant(w, fmt))
     lo, hi = calls["clip_search"]()  # tests/test_clip_search.py: against a brute force
     ws = w.reshape(4, -1, f.sub_block)
@@ -141,7 +142,7 @@ def test_block_rows_reach_every_op(fmt, gen):
 
 # ops without a path for the block rows yet (each refuses them by name); quant_linear: by
 # ggmlkern (csrc/cpu/qlinear_ggml*)
-NOT_YET = ("quant_linear",)
+NOT_YET = ()
 
 
 @pytest.mark.parametrize("fmt,bits,sym", SPECS, ids=IDS)

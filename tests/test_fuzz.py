@@ -26,7 +26,8 @@ kind and reduction, fused_linear_kl_loss, sparse24_linear with float and int4 ke
 quant_linear in every accuracy mode), run the same way. llama.cpp's block types (FORMATS.md 1.8)
 are PUBLIC entries too (fake_quantize forward and both STEs' backward, quantize, dequantize of
 arbitrary blocks: non-contiguous and 16-bit weights, fp16-clamped and vanishing scales, NaN/Inf
-blocks) against tests/reference_ggml.py and gguf-py, plus test_block_types_edges for every type.
+blocks; quant_linear in every mode, as the raw op's "quant_linear.blocks" entry too) against
+tests/reference_ggml.py and gguf-py, plus test_block_types_edges for every type.
 
 Short profile: the suite (derandomized, 60 examples per op). Long: ``-m slow`` (500 per op;
 HYPOTHESIS_PROFILE=lowbit-long draws new ones), also under scripts/sanitize.sh."""
@@ -147,10 +148,18 @@ SCALE_DTYPES = ["float32", "bfloat16", "float16"]  # by code: FORMATS.md 1.6's s
 
 
 def quant_ref(w, fmt, bits, g, sym, sdt=0):
-    """(reference fake-quant of w in float64, bool mask of elements not at a rounding tie)."""
+    """(reference fake-quant of w in float64, bool mask of elements not at a rounding tie).
+    llama.cpp's block types (fmt >= 3): reference_ggml's fake-quant, which lowbit's blocks
+    dequantize to bit for bit (FORMATS.md 1.8; its rules have no tie to avoid)."""
     from _testutil import near_tie_masks
     from reference import ref_fake_quant
 
+    if fmt >= 3:
+        import reference_ggml as RG
+        from lowbit._constants import FORMAT_CODES
+
+        name = {c: f for f, c in FORMAT_CODES.items()}[fmt]
+        return RG.fake_quant(w.float(), name).double(), torch.ones(w.shape, dtype=torch.bool)
     name = ["int", "nf", "fp"][fmt]
     n, k = w.shape
     gg = k if g == -1 else g
@@ -693,6 +702,88 @@ OPS.update({
                                "kb0": ints(0, 1), "kb1": ints(1, 2, 0)}),
         _dequant_t_build),
 })
+
+
+# quant_linear on llama.cpp's block types (FORMATS.md 1.8): codes = the GGUF blocks of
+# lowbit.quantize, scales / zeros (N, 0), packed empty (sometimes not: an error); the spec
+# arguments the type's own (sometimes another value), K = whole blocks (sometimes 16 off: x and
+# the blocks disagree), hostile x values, every accuracy mode. Reference: act="float" F.linear
+# of gguf-py's dequantize of the blocks; the integer modes: rows with inf/nan/huge values as
+# float, the others within 1e-4 (auto) or within 1e-5 of the int8 emulation (FORMATS.md 4),
+# plus the rounding of a 16-bit output.
+def _ql_blk_weight(p, gen):
+    import lowbit
+    from lowbit import _constants as C
+
+    f = C.FORMATS[p["t"]]
+    k = f.block * p["kb"]
+    w = torch.randn(p["n"], k, generator=gen) * 0.1
+    qw = lowbit.quantize(w, lowbit.QuantSpec(p["t"]))
+    p["_codes"] = qw.codes
+    return f, k, qw
+
+
+def _ql_blk_build(p, gen):
+    f, k, qw = _ql_blk_weight(p, gen)
+    fmt, bits, g, sym = qw.spec.op_args(k)
+    if p["sv"] == "bits":
+        bits += 1
+    elif p["sv"] == "group":
+        g //= 2
+    elif p["sv"] == "sym":
+        sym = not sym
+    x = put_specials(make(tensor((p["m"], k + p["dk"]), p["xd"], p["xl"]), gen), p["xs"], gen)
+    bias = make(tensor((p["n"],), p["xd"]), gen) if p["bias"] else torch.empty(0)
+    packed = torch.zeros((1, 4) if p["pk"] else (0, 0), dtype=torch.int32)
+    empty = qw.codes.new_empty((p["n"], 0))
+    return (x, qw.codes, qw.scales, empty, packed, bias, fmt, bits, g, sym, p["act"])
+
+
+def _blk_linear_ref(t, codes, x, bias, act, out, what):
+    """The checks above, for y = out of x and the blocks codes of type t."""
+    import gguf
+    import numpy as np
+
+    n = codes.shape[0]
+    W = torch.from_numpy(gguf.quants.dequantize(codes.numpy(), gguf.GGMLQuantizationType[
+        t.upper()]).reshape(n, -1).astype(np.float64))
+    b = bias.double() if bias is not None and bias.numel() else 0.0
+    y = x.double() @ W.T + b
+    if act == 0:
+        close(out, y, what)
+        return
+    bad = special_rows(x)
+    close(out[bad], y[bad], f"{what}: rows with inf/nan/huge values")
+    x, y, got = x[~bad], y[~bad], out[~bad].double()
+    if not y.numel():
+        return
+    if act == 1:
+        xb = x.float().reshape(x.shape[0], -1, 32)
+        d = xb.abs().amax(-1, keepdim=True) / 127
+        q = torch.round(torch.where(d > 0, xb / d, torch.zeros_like(xb)))  # half to even
+        y = (q.double() * d.double()).reshape(x.shape) @ W.T + b
+    bound = {1: 1e-5, 2: 1e-4}[act] + {torch.bfloat16: 2 ** -8,
+                                        torch.float16: 2 ** -11}.get(x.dtype, 0.0)
+    err = float((got - y).norm() / y.norm().clamp_min(1e-30))
+    assert err <= bound, f"{what}: relative error {err:.3g} > {bound}"
+
+
+def _ql_blk_ref(p, args, out):
+    if p["sv"] != "type" or p["dk"] or p["pk"] or p["act"] not in (0, 1, 2):
+        return
+    _blk_linear_ref(p["t"], p["_codes"], args[0], args[5], p["act"], out[0],
+                    f"quant_linear {p['t']} act={p['act']}")
+
+
+_QL_BLK = dict(t=st.sampled_from(["q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q4_k",
+                                  "q5_k", "q6_k"]),
+               n=dims(3, 1, 5), kb=dims(1, 2), m=dims(1, 3, 17), xd=fdtypes(), xs=XS,
+               bias=st.booleans())
+OPS["quant_linear.blocks"] = Entry(
+    st.fixed_dictionaries({**_QL_BLK, "sv": _mix(["type"], ["bits", "group", "sym"]),
+                           "dk": _mix([0], [16, -16]), "pk": _mix([False], [True]),
+                           "xl": st.sampled_from(LAYOUTS), "act": ints(2, 0, 1)}),
+    _ql_blk_build, _ql_blk_ref, fn=lambda *a: torch.ops.lowbit.quant_linear(*a))
 # ---- end of the qlinear block
 
 
@@ -1100,6 +1191,26 @@ PUBLIC.update({
                                "mag": st.sampled_from([0.01, 1.0, 1e3, 6e4, 1e-7])}),
         _pub_blk_dq_build, _pub_blk_dq_ref, fn=_pub_blk_dq),
 })
+
+
+
+def _pub_blk_ql_build(p, gen):
+    _, k, qw = _ql_blk_weight(p, gen)
+    x = put_specials(make(tensor((p["m"], k), p["xd"], p["xl"]), gen), p["xs"], gen)
+    b = make(tensor((p["n"],), p["xd"]), gen) if p["bias"] else None
+    return x, qw, b, p["act"]
+
+
+def _pub_blk_ql_ref(p, args, out):
+    x, _, b, act = args
+    _blk_linear_ref(p["t"], p["_codes"], x, b, {"float": 0, "int8": 1, "auto": 2}[act], out[0],
+                    f"quant_linear {p['t']} act={act} xs={p['xs']}")
+
+
+PUBLIC["lowbit.quant_linear.blocks"] = Entry(
+    st.fixed_dictionaries({**_QL_BLK, "xl": st.sampled_from(LAYOUTS),
+                           "act": st.sampled_from(["float", "int8", "auto"])}),
+    _pub_blk_ql_build, _pub_blk_ql_ref, fn=_pub_ql)
 
 # ---------------------------------------------------------------------------------------------
 # the child

@@ -40,9 +40,9 @@ typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
 /* ---- the CPU dispatch ----
  * Each op family has one kernel table: a struct of its worker entry points, defined in the
  * family's csrc/cpu/<stem>_impl.h (struct lb_<fam>_kernels: fq = fake_quant, clip = clip_search,
- * kl = kl_loss, ql = qlinear, s24 = sparse24). Each ISA variant of the family fills one
- * instance: the scalar twin in csrc/cpu/<stem>.c (lb_<fam>_kernels_scalar), the others in their
- * arch file csrc/cpu/arch/<arch>/<stem>_<isa>.c (lb_<fam>_kernels_<isa>). The ISA rows of
+ * kl = kl_loss, ql = qlinear, s24 = sparse24, qlb = qlinear_blk). Each ISA variant of the
+ * family fills one instance: the scalar twin in csrc/cpu/<stem>.c (lb_<fam>_kernels_scalar),
+ * the others in their arch file csrc/cpu/arch/<arch>/<stem>_<isa>.c (lb_<fam>_kernels_<isa>). The ISA rows of
  * csrc/cpu/runtime.c say, per ISA code, which instance of every family it runs and how to test
  * for it; lb_isa_set picks one row for all families at once, and a kernel driver calls only
  * lb_rt.<fam>->worker. A family's drivers and shared helpers (csrc/cpu/<stem>.c,
@@ -50,7 +50,7 @@ typedef void (*lb_parallel_fn)(int64_t begin, int64_t end, void* ctx);
  * Adding an architecture (say NEON): one csrc/cpu/arch/arm/<stem>_neon.c per family defining
  * lb_<fam>_kernels_neon (from the family's bodies, as the x86 files do), an ISA code and name
  * above, and its row in runtime.c. */
-#define LB_CPU_FAMILIES(X) X(fq) X(clip) X(kl) X(ql) X(s24)
+#define LB_CPU_FAMILIES(X) X(fq) X(clip) X(kl) X(ql) X(s24) X(qlb)
 #define LB_CPU_DECLARE_TABLE(fam) struct lb_##fam##_kernels;
 LB_CPU_FAMILIES(LB_CPU_DECLARE_TABLE)
 #undef LB_CPU_DECLARE_TABLE

@@ -17,9 +17,11 @@
 #endif
 LB_CPU_FAMILIES(LB_DECLARE_TABLES)
 #if LB_X86
-/* the VNNI variants exist for the qlinear integer-dot kernels only */
+/* the VNNI variants exist for the integer-dot kernels of qlinear and qlinear_blk only */
 extern const struct lb_ql_kernels lb_ql_kernels_avxvnni;
 extern const struct lb_ql_kernels lb_ql_kernels_avx512vnni;
+extern const struct lb_qlb_kernels lb_qlb_kernels_avxvnni;
+extern const struct lb_qlb_kernels lb_qlb_kernels_avx512vnni;
 #endif
 
 typedef struct {
@@ -47,25 +49,29 @@ static int lb_cpu_avx512vnni(void) {
 #endif
 
 /* The dispatch table: per ISA code, its test and the kernel table of each family
- * (fake_quant, clip_search, kl_loss, qlinear, sparse24). */
+ * (fake_quant, clip_search, kl_loss, qlinear, sparse24, qlinear_blk). */
 static const lb_isa_row lb_isa_rows[LB_ISA_COUNT] = {
     [LB_ISA_SCALAR] = {lb_cpu_scalar, &lb_fq_kernels_scalar, &lb_clip_kernels_scalar,
-                       &lb_kl_kernels_scalar, &lb_ql_kernels_scalar, &lb_s24_kernels_scalar},
+                       &lb_kl_kernels_scalar, &lb_ql_kernels_scalar, &lb_s24_kernels_scalar,
+                       &lb_qlb_kernels_scalar},
 #if LB_X86
     [LB_ISA_AVX2] = {lb_cpu_avx2, &lb_fq_kernels_avx2, &lb_clip_kernels_avx2, &lb_kl_kernels_avx2,
-                     &lb_ql_kernels_avx2, &lb_s24_kernels_avx2},
+                     &lb_ql_kernels_avx2, &lb_s24_kernels_avx2, &lb_qlb_kernels_avx2},
     [LB_ISA_AVX512] = {lb_cpu_avx512, &lb_fq_kernels_avx512, &lb_clip_kernels_avx512,
-                       &lb_kl_kernels_avx512, &lb_ql_kernels_avx512, &lb_s24_kernels_avx512},
+                       &lb_kl_kernels_avx512, &lb_ql_kernels_avx512, &lb_s24_kernels_avx512,
+                       &lb_qlb_kernels_avx512},
     [LB_ISA_AVXVNNI] = {lb_cpu_avxvnni, &lb_fq_kernels_avx2, &lb_clip_kernels_avx2,
-                        &lb_kl_kernels_avx2, &lb_ql_kernels_avxvnni, &lb_s24_kernels_avx2},
+                        &lb_kl_kernels_avx2, &lb_ql_kernels_avxvnni, &lb_s24_kernels_avx2,
+                        &lb_qlb_kernels_avxvnni},
     [LB_ISA_AVX512VNNI] = {lb_cpu_avx512vnni, &lb_fq_kernels_avx512, &lb_clip_kernels_avx512,
                            &lb_kl_kernels_avx512, &lb_ql_kernels_avx512vnni,
-                           &lb_s24_kernels_avx512},
+                           &lb_s24_kernels_avx512, &lb_qlb_kernels_avx512vnni},
 #endif
 };
 
 lb_runtime lb_rt = {LB_ISA_SCALAR, NULL, NULL, &lb_fq_kernels_scalar, &lb_clip_kernels_scalar,
-                    &lb_kl_kernels_scalar, &lb_ql_kernels_scalar, &lb_s24_kernels_scalar};
+                    &lb_kl_kernels_scalar, &lb_ql_kernels_scalar, &lb_s24_kernels_scalar,
+                    &lb_qlb_kernels_scalar};
 
 int lb_isa_supported(int isa) {
     return isa >= 0 && isa < LB_ISA_COUNT && lb_isa_rows[isa].supported &&

@@ -11,12 +11,15 @@
  * x (..., K) float32/bf16/f16 contiguous; y (..., N) of x's dtype; bias: (N) of x's dtype or an
  * empty tensor for none; a weight is its canonical scales / zeros plus its codes either as the
  * CPU layout of csrc/layouts.h (packed; codes empty) or canonical (codes; packed empty); act:
- * the accuracy mode (LB_ACT_*, FORMATS.md 4; the CUDA kernels compute every mode in float). */
+ * the accuracy mode (LB_ACT_*, FORMATS.md 4; the CUDA kernels compute every mode in float).
+ * llama.cpp's block types (FORMATS.md 1.8): codes are the GGUF blocks, scales / zeros (N, 0),
+ * packed empty; the CPU runs csrc/cpu/qlinear_blk.h, CUDA lb_ql_forward_blk_cuda. */
 #include <stdio.h>
 
 #include "lb_check.h"
 
 #include "../cpu/qlinear.h"
+#include "../cpu/qlinear_blk.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "../../cuda/qlinear.cuh"
 #endif
@@ -151,7 +154,7 @@ LB_BOXED(lb_boxed_quant_linear) {
     const lb_tensor *codes = &t[QLL_CODES], *scales = &t[QLL_SCALES], *zeros = &t[QLL_ZEROS];
     const int64_t g = lb_iv_int(stack[QLL_GROUP_SIZE]), act = lb_iv_int(stack[QLL_ACT]);
     int64_t K, N = 0, M = 1;
-    int dt, hb, use_packed;
+    int dt, hb, use_packed, blk;
     void* po = NULL;
     lb_call_begin(&c, "lowbit::quant_linear", stack, QLL_NTENSORS);
     for (int i = 0; i < QLL_NTENSORS; ++i)
@@ -168,10 +171,15 @@ LB_BOXED(lb_boxed_quant_linear) {
     }
     if (lb_check_spec(lb_iv_int(stack[QLL_FMT]), lb_iv_int(stack[QLL_BITS]), g,
                       lb_iv_bool(stack[QLL_SYMMETRIC]), K, &f, c.err) ||
-        lb_check_not_blocks(&f, "quant_linear", c.err) ||
         lb_check_int(act, "act", 0, LB_ACT_COUNT - 1, c.err))
         goto fail;
+    blk = f.storage == LB_STORE_BLOCKS;
     use_packed = pk->numel != 0;
+    if (blk && use_packed) {
+        lb_fail(c.err, "packed: format %s has no packed CPU layout (the kernels read the GGUF "
+                "blocks in codes; pass an empty tensor)", lb_formats[f.fmt].name);
+        goto fail;
+    }
     if (use_packed) {
         int64_t shape[2] = {0, 0};
         if (codes->numel != 0) {
@@ -211,7 +219,13 @@ LB_BOXED(lb_boxed_quant_linear) {
     }
     if (M > 0) {
         if (lb_call_exec(&c, x)) goto fail;
-        if (!c.exec.cuda) {
+        if (!c.exec.cuda && blk) {
+            if (lb_qlb_forward_cpu(x->data, dt, M, N, K, &f, (const uint8_t*)codes->data,
+                                   hb ? b->data : NULL, (int)act, po)) {
+                lb_fail(c.err, "x: out of memory for quant_linear scratch");
+                goto fail;
+            }
+        } else if (!c.exec.cuda) {
             if (lb_ql_forward_cpu(x->data, dt, M, N, K, g, &f, (const uint8_t*)codes->data,
                                   (const float*)scales->data, (const uint8_t*)zeros->data,
                                   use_packed ? (const int32_t*)pk->data : NULL,
@@ -221,7 +235,14 @@ LB_BOXED(lb_boxed_quant_linear) {
             }
         }
 #ifdef LOWBIT_WITH_CUDA
-        else if (lb_cuda_status(lb_ql_forward_cuda(x->data, dt, M, N, K, g, &f,
+        else if (blk) {
+            if (lb_cuda_status(lb_ql_forward_blk_cuda(x->data, dt, M, N, K, &f,
+                                                      (const uint8_t*)codes->data,
+                                                      hb ? b->data : NULL, (int)act, po,
+                                                      c.exec.stream),
+                               "quant_linear", c.err))
+                goto fail;
+        } else if (lb_cuda_status(lb_ql_forward_cuda(x->data, dt, M, N, K, g, &f,
                                                    (const uint8_t*)codes->data,
                                                    (const float*)scales->data,
                                                    (const uint8_t*)zeros->data, hb ? b->data : NULL,
@@ -297,6 +318,7 @@ LB_BOXED(lb_boxed_qlinear_dequant_t) {
 int lb_ops_ql_scheme(int act, int64_t fmt, int64_t bits, int symmetric, int64_t M, int packable) {
     lb_fmt f;
     if (act < 0 || act >= LB_ACT_COUNT || lb_fmt_init(&f, fmt, bits, symmetric)) return -1;
+    if (f.storage == LB_STORE_BLOCKS) return lb_qlb_scheme(act, M); /* the GGUF-block kernels */
     return lb_ql_scheme(act, &f, M, packable && lb_ql_holds(&f));
 }
 

@@ -426,25 +426,35 @@ def _quantize_embeddings_(model, config):
         model.lowbit_gguf_ftype = config.ftype
 
 
+def _embedding_of(m):
+    with torch.no_grad():
+        w = m.quantized_weight().detach().clone()
+    e = nn.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx,
+                     scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse, device="meta",
+                     dtype=w.dtype)
+    e.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
+    return e
+
+
 def convert_(model, act="auto"):
-    """Replaces every QATLinear by the packed QuantLinear of its current weight, in place;
-    returns the model (a QATLinear used at several places becomes one QuantLinear). Outputs
+    """Replaces every QATLinear by the packed QuantLinear of its current weight (and every
+    QATEmbedding by the nn.Embedding of its quantized table), in place; returns the model (a QATLinear used at several places becomes one QuantLinear). Outputs
     equal the QAT model's up to float32 rounding with ``act="float"``, within 1e-4 (relative) with
     the default ``"auto"``; ``act`` is the layers' accuracy mode (lowbit.quant_linear)."""
     check_act(act)
-    for name, m in (model.named_modules() if isinstance(model, nn.Module) else ()):
-        # name "": the model is itself a QATLinear, swap_modules_'s error (use from_qat)
-        if name and isinstance(m, QATLinear) and m.spec.is_block_type:
-            # QuantLinear of the block types is the ggmlkern kernels' (csrc/cpu/qlinear_ggml*)
-            raise NotImplementedError(f"{name}: format {m.spec.format} (llama.cpp's block type, "
-                                      f"FORMATS.md 1.8) has no QuantLinear yet, so convert_ "
-                                      f"cannot pack it; lowbit.quantize gives its GGUF blocks")
     n = swap_modules_(model, Swap(
         verb="convert_", target=lambda m: isinstance(m, QATLinear), choose=lambda name, m: True,
         build=lambda m, _: QuantLinear.from_qat(m, act=act),
         bare_hint="lowbit.nn.QuantLinear.from_qat(qat_linear)"))
     if not n:
         raise ValueError("model: holds no QATLinear layers (run lowbit.quantize_ first)")
+    # a QATEmbedding (lowbit.gguf.recipe's token embedding) has no packed kernel: it becomes the
+    # nn.Embedding of its quantized table, so the converted model computes (and save_quantized
+    # stores) the values the QAT model used; a head it was tied to is a QuantLinear by now
+    swap_modules_(model, Swap(
+        verb="convert_", target=lambda m: isinstance(m, QATEmbedding), choose=lambda name, m: True,
+        build=lambda m, _: _embedding_of(m),
+        bare_hint="nn.Embedding.from_pretrained(qat_embedding.quantized_weight())"))
     for hook in _CONVERTED_HOOKS:
         hook(model)
     return model

@@ -42,7 +42,8 @@ def build_kernel_layout(codes, spec, K):
     """The packed CPU layout of canonical codes (csrc/layouts.h; returned on the codes' device),
     or None where the group size has none. Scales and zero points have no kernel copy."""
     fmt, bits, g, sym = spec.op_args(K)
-    if not C.ql_packable(K, g) or codes.device.type == "meta":
+    # llama.cpp's block types have none: their kernels read the GGUF blocks in place
+    if spec.is_block_type or not C.ql_packable(K, g) or codes.device.type == "meta":
         return None
     with torch.no_grad():
         packed = torch.ops.lowbit.qlinear_pack(codes.detach().cpu().contiguous(), bits, K)
@@ -125,7 +126,9 @@ class QuantLinear(nn.Module):
     """A frozen linear layer stored packed (``lowbit.nn.QuantLinear``).
 
     Buffers (so ``.to(device)`` and ``state_dict`` carry them): ``codes``, ``scales``, ``zeros``
-    (None unless INT asymmetric): exactly what save_quantized stores. ``bias`` is a Parameter (or
+    (None unless INT asymmetric): exactly what save_quantized stores. llama.cpp's block types
+    (FORMATS.md 1.8): ``codes`` holds the GGUF blocks (their kernels read them in place, no
+    kernel layout) and ``scales`` is an empty (N, 0) buffer outside the state. ``bias`` is a Parameter (or
     None). ``act``: quant_linear's accuracy mode. The CPU kernel layout ``packed`` is a derived
     attribute, not state: built on the first CPU forward and rebuilt whenever ``codes`` is
     replaced or edited in place; the kernels read ``scales``/``zeros`` directly. Casting the
@@ -154,7 +157,11 @@ class QuantLinear(nn.Module):
 
         row = C.FORMATS[spec.format]  # the stored form's sizes are the format row's
         self.register_buffer("codes", zeros((N, row.row_bytes(K, bits)), torch.uint8))
-        self.register_buffer("scales", zeros(C.scales_shape(N, G, fmt, sym), torch.float32))
+        # llama.cpp's block types keep their scales inside the GGUF blocks in codes: their
+        # scales buffer is (N, 0), carried but not state (a checkpoint stores the blocks only;
+        # zero-size tensors would all look like one shared storage to safetensors writers)
+        self.register_buffer("scales", zeros(C.scales_shape(N, G, fmt, sym), torch.float32),
+                             persistent=not spec.is_block_type)
         self.register_buffer("zeros", zeros((N, G), torch.uint8) if C.has_zeros(fmt, sym)
                              else None)
         self.packed = None
@@ -178,7 +185,7 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state dicts saved before the layout stopped being state carry it: it is derived, drop it
-        for b in ("packed", "params"):
+        for b in ("packed", "params") + (("scales",) if self.spec.is_block_type else ()):
             state_dict.pop(prefix + b, None)
         # the values a checkpoint holds are checked against the spec (zero points <= qmax,
         # scales finite, > 0, exact in scale_dtype) before they are copied in; shapes and
