@@ -1418,7 +1418,8 @@ def test_fake_group_size_zero(name, on):
 def test_every_op_has_an_entry():
     names = {s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas()
              if s.name.startswith("lowbit::")}
-    assert names == set(OPS), names ^ set(OPS)
+    ops = {k.split(".", 1)[0] for k in OPS}  # "op.variant": a second entry of the same op
+    assert names == ops, names ^ ops
 
 
 def test_a_crash_fails_the_test_not_pytest(child):
