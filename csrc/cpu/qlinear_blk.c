@@ -60,13 +60,13 @@ static LB_SCALAR_ATTR void qlb_int_rows_scalar(int64_t a, int64_t b, void* ctx) 
             float S[2], C[2];
             nh = lb_blk_codes32(f, row + (kb / cpb) * f->type_size, (int)(kb % cpb) * 32, q, S, C);
             for (int64_t v = 0; v < c->V; ++v)
-                acc[v] += c->xd[v * c->KB + kb] * lb_blk_dot32(q, S, C, nh, c->x8 + v * K + kb * 32);
+                acc[v] += c->xd[v * c->KB + kb] *
+                          lb_blk_dot32(q, S, C, nh, c->x8 + v * K + kb * 32);
         }
         for (int64_t m = 0; m < M; ++m)
             qlb_store(c, m, n, c->passes == 2 ? acc[m] + acc[M + m] : acc[m]);
     }
     free(acc);
-    (void)K;
 }
 
 const struct lb_qlb_kernels lb_qlb_kernels_scalar = {qlb_float_rows_scalar, qlb_int_rows_scalar};

@@ -1,6 +1,7 @@
-/* csrc/cpu/arch/x86/qlinear_blk_avx2.c: the AVX2 variant: vpmaddubsw + vpmaddwd integer dots (what an AVX2-only CPU such as AMD Zen 3 has), of the
- * qlinear_blk kernels (W in GGUF blocks): the body csrc/cpu/arch/x86/qlinear_blk_x86.h as
- * lb_qlb_kernels_avx2 (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
+/* csrc/cpu/arch/x86/qlinear_blk_avx2.c: the AVX2 variant of the qlinear_blk kernels (W in GGUF
+ * blocks): integer dots with vpmaddubsw + vpmaddwd (what an AVX2-only CPU such as AMD Zen 3 has);
+ * the body csrc/cpu/arch/x86/qlinear_blk_x86.h as lb_qlb_kernels_avx2
+ * (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
 #include "../../lb_cpu.h"
 
 #if LB_X86

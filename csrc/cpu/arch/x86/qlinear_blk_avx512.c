@@ -1,6 +1,7 @@
-/* csrc/cpu/arch/x86/qlinear_blk_avx512.c: the AVX-512 variant: the 256-bit body compiled for AVX-512 (EVEX, 32 registers), vpmaddubsw + vpmaddwd integer dots, of the
- * qlinear_blk kernels (W in GGUF blocks): the body csrc/cpu/arch/x86/qlinear_blk_x86.h as
- * lb_qlb_kernels_avx512 (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
+/* csrc/cpu/arch/x86/qlinear_blk_avx512.c: the AVX-512 variant of the qlinear_blk kernels (W in
+ * GGUF blocks): the 256-bit body compiled for AVX-512 (EVEX, 32 registers), integer dots with
+ * vpmaddubsw + vpmaddwd; the body csrc/cpu/arch/x86/qlinear_blk_x86.h as lb_qlb_kernels_avx512
+ * (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
 #include "../../lb_cpu.h"
 
 #if LB_X86
@@ -15,6 +16,7 @@
 #define QLB_DOT 0
 #include "qlinear_blk_x86.h"
 
-const struct lb_qlb_kernels lb_qlb_kernels_avx512 = {lb_qlb_float_rows_avx512, lb_qlb_int_rows_avx512};
+const struct lb_qlb_kernels lb_qlb_kernels_avx512 = {lb_qlb_float_rows_avx512,
+                                                      lb_qlb_int_rows_avx512};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -1,6 +1,7 @@
-/* csrc/cpu/arch/x86/qlinear_blk_avx512vnni.c: the AVX-512 VNNI variant: the integer dots one vpdpbusd (AVX512VL encoding on ymm), of the
- * qlinear_blk kernels (W in GGUF blocks): the body csrc/cpu/arch/x86/qlinear_blk_x86.h as
- * lb_qlb_kernels_avx512vnni (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
+/* csrc/cpu/arch/x86/qlinear_blk_avx512vnni.c: the AVX-512 VNNI variant of the qlinear_blk kernels
+ * (W in GGUF blocks): the integer dots one vpdpbusd (the AVX512VL encoding, on ymm); the body
+ * csrc/cpu/arch/x86/qlinear_blk_x86.h as lb_qlb_kernels_avx512vnni (csrc/cpu/qlinear_blk_impl.h).
+ * x86 only: elsewhere the file is empty. */
 #include "../../lb_cpu.h"
 
 #if LB_X86
@@ -15,6 +16,7 @@
 #define QLB_DOT 2
 #include "qlinear_blk_x86.h"
 
-const struct lb_qlb_kernels lb_qlb_kernels_avx512vnni = {lb_qlb_float_rows_avx512vnni, lb_qlb_int_rows_avx512vnni};
+const struct lb_qlb_kernels lb_qlb_kernels_avx512vnni = {lb_qlb_float_rows_avx512vnni,
+                                                      lb_qlb_int_rows_avx512vnni};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -1,6 +1,7 @@
-/* csrc/cpu/arch/x86/qlinear_blk_avxvnni.c: the AVX-VNNI variant: the integer dots one vpdpbusd (ymm), of the
- * qlinear_blk kernels (W in GGUF blocks): the body csrc/cpu/arch/x86/qlinear_blk_x86.h as
- * lb_qlb_kernels_avxvnni (csrc/cpu/qlinear_blk_impl.h). x86 only: elsewhere the file is empty. */
+/* csrc/cpu/arch/x86/qlinear_blk_avxvnni.c: the AVX-VNNI variant of the qlinear_blk kernels (W in
+ * GGUF blocks): the integer dots one vpdpbusd on ymm; the body
+ * csrc/cpu/arch/x86/qlinear_blk_x86.h as lb_qlb_kernels_avxvnni (csrc/cpu/qlinear_blk_impl.h).
+ * x86 only: elsewhere the file is empty. */
 #include "../../lb_cpu.h"
 
 #if LB_X86
@@ -15,6 +16,7 @@
 #define QLB_DOT 1
 #include "qlinear_blk_x86.h"
 
-const struct lb_qlb_kernels lb_qlb_kernels_avxvnni = {lb_qlb_float_rows_avxvnni, lb_qlb_int_rows_avxvnni};
+const struct lb_qlb_kernels lb_qlb_kernels_avxvnni = {lb_qlb_float_rows_avxvnni,
+                                                      lb_qlb_int_rows_avxvnni};
 #pragma GCC pop_options
 #endif /* LB_X86 */

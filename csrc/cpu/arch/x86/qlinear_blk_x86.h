@@ -89,6 +89,14 @@ LB_INLINE float qlb_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* Asks for W row n's bytes ahead of their decode (the rows are one sequential stream per
+ * worker, but the hardware prefetchers left the decode waiting on memory; measured). */
+LB_INLINE void qlb_prefetch_row(const qlb_ctx* c, int64_t n) {
+    if (n >= c->N) return;
+    const char* p = (const char*)(c->blocks + n * c->rb);
+    for (int64_t o = 0; o < c->rb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
 /* W row n dequantized into w (K floats), exactly. S/C: scratch of 16 floats each. */
 LB_INLINE void qlb_dequant_row(int L, const qlb_ctx* c, int64_t n, float* w) {
     const lb_fmt* f = c->f;
@@ -146,6 +154,7 @@ LB_INLINE void qlb_float_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
     }
     for (int64_t n0 = a; n0 < b; n0 += 4) {
         const int nr = b - n0 < 4 ? (int)(b - n0) : 4;
+        for (int r = 0; r < 4; ++r) qlb_prefetch_row(c, n0 + 4 + r);
         for (int r = 0; r < nr; ++r) qlb_dequant_row(L, c, n0 + r, w + r * K);
         for (int r = nr; r < 4; ++r) memcpy(w + r * K, w + (nr - 1) * K, (size_t)K * sizeof(float));
         int64_t m0 = 0;
@@ -160,34 +169,45 @@ LB_INLINE void qlb_float_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
     free(w);
 }
 
+/* chunk kb of one W row (|q| at qa, q at qa + K, S per half) for R activation rows into acc */
+LB_INLINE void qlb_ichunk(int L, int R, const qlb_ctx* c, const uint8_t* qa, const float* S,
+                          const int8_t* const* xr, const float* const* dr, int64_t kb,
+                          __m256* acc) {
+    const int sgn = !QLB_HAS_C(L); /* the asymmetric types' q >= 0 */
+    const __m256i ua = qlb_ld(qa + kb * 32);
+    const __m256i sg = sgn ? qlb_ld(qa + c->K + kb * 32) : ua;
+    const __m256 sv = _mm256_set_m128(_mm_set1_ps(S[2 * kb + 1]), _mm_set1_ps(S[2 * kb]));
+    for (int i = 0; i < R; ++i) {
+        __m256i sx = qlb_ld((const uint8_t*)xr[i] + kb * 32);
+        if (sgn) sx = _mm256_sign_epi8(sx, sg);
+        const __m256i d = qlb_dot(_mm256_setzero_si256(), ua, sx);
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
+                                 _mm256_mul_ps(sv, _mm256_set1_ps(dr[i][kb])), acc[i]);
+    }
+}
+
 /* res[v0 .. v0+R) of one W row (its |q| in qa[0, K), q in qa[K, 2K), S / C per half) for R
- * virtual activation rows. The types whose q is never negative dot q itself with x8. */
+ * virtual activation rows. Two accumulator chains per row (even / odd chunks): at few rows
+ * the FMA latency of one chain, not its throughput, would bound the loop. */
 LB_INLINE void qlb_itile(int L, int R, const qlb_ctx* c, const uint8_t* qa, const float* S,
                          const float* C, int64_t v0, float* res) {
     const int64_t K = c->K, KB = c->KB;
-    const int sgn = !QLB_HAS_C(L); /* the asymmetric types' q >= 0 */
     const int8_t* xr[4];
     const float* dr[4];
-    __m256 acc[4];
+    __m256 acc[2][4];
+    int64_t kb = 0;
     for (int i = 0; i < R; ++i) {
         xr[i] = c->x8 + (v0 + i) * K;
         dr[i] = c->xd + (v0 + i) * KB;
-        acc[i] = _mm256_setzero_ps();
+        acc[0][i] = acc[1][i] = _mm256_setzero_ps();
     }
-    for (int64_t kb = 0; kb < KB; ++kb) {
-        const __m256i ua = qlb_ld(qa + kb * 32);
-        const __m256i sg = sgn ? qlb_ld(qa + K + kb * 32) : ua;
-        const __m256 sv = _mm256_set_m128(_mm_set1_ps(S[2 * kb + 1]), _mm_set1_ps(S[2 * kb]));
-        for (int i = 0; i < R; ++i) {
-            __m256i sx = qlb_ld((const uint8_t*)xr[i] + kb * 32);
-            if (sgn) sx = _mm256_sign_epi8(sx, sg);
-            const __m256i d = qlb_dot(_mm256_setzero_si256(), ua, sx);
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
-                                     _mm256_mul_ps(sv, _mm256_set1_ps(dr[i][kb])), acc[i]);
-        }
+    for (; kb + 2 <= KB; kb += 2) {
+        qlb_ichunk(L, R, c, qa, S, xr, dr, kb, acc[0]);
+        qlb_ichunk(L, R, c, qa, S, xr, dr, kb + 1, acc[1]);
     }
+    if (kb < KB) qlb_ichunk(L, R, c, qa, S, xr, dr, kb, acc[0]);
     for (int i = 0; i < R; ++i) {
-        float r = qlb_hsum(acc[i]);
+        float r = qlb_hsum(_mm256_add_ps(acc[0][i], acc[1][i]));
         if (QLB_HAS_C(L)) {
             const float* xs = c->xsd + (v0 + i) * 2 * KB;
             __m256 cs = _mm256_setzero_ps();
@@ -219,6 +239,7 @@ LB_INLINE void qlb_int_rows_L(int L, qlb_ctx* c, int64_t a, int64_t b) {
     float *S = SC, *C = SC + 2 * KB;
     for (int64_t n = a; n < b; ++n) {
         const uint8_t* row = c->blocks + n * c->rb;
+        qlb_prefetch_row(c, n + 2);
         for (int64_t ib = 0; ib < nb; ++ib) {
             const uint8_t* blk = row + ib * f->type_size;
             qlb_block_params(L, blk, S + ib * 2 * cpb, C + ib * 2 * cpb);
