@@ -36,6 +36,8 @@ LB_INLINE __m256i q2_dot8(__m256i acc, __m256i w, int32_t x) {
 #define QVL 8
 #define QI_MB_OFF 4
 #define QI_MB_PN 2
+#define QI_MB_OFF_BIG 6
+#define QI_MB_PN_BIG 3
 #define ql_qv __m256i
 #define ql_qg __m256
 #define ql_qt __m256i

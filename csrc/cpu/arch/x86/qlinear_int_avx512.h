@@ -35,6 +35,8 @@ LB_INLINE __m512i q5_dot8(__m512i acc, __m512i w, int32_t x) {
 #define QVL 16
 #define QI_MB_OFF 8
 #define QI_MB_PN 4
+#define QI_MB_OFF_BIG 12
+#define QI_MB_PN_BIG 6
 #define ql_qv __m512i
 #define ql_qg __m512
 #define ql_qt __m512i
