@@ -23,6 +23,9 @@
  * (p0 * (sum_b d_b sum u q - p1 * sum_b d_b sum q)), never per weight. */
 
 #define QI_MB_BIG 16 /* the array bound of the per-row accumulators */
+#ifndef QV_ZACC
+#define QV_ZACC QV_ZERO /* a fresh zero accumulator (x86: a zeroing idiom, see the variants) */
+#endif
 
 /* The u8 codes of step t of the K-block at wb (lane h*QVL.. of each word). */
 #define QI_CODES(BITS, wb, t, out)                                                          \
@@ -79,8 +82,8 @@ LB_INLINE void QI(tile)
                 ql_qv ia[QI_MB_BIG], ib[QI_MB_BIG];
                 (void)hw;
                 for (int v = 0; v < MB; ++v) {
-                    ia[v] = QV_ZERO();
-                    ib[v] = QV_ZERO();
+                    ia[v] = QV_ZACC();
+                    ib[v] = QV_ZACC();
                 }
                 QI_UNROLL8 for (int t = 0; t < LB_QL_STEPS; ++t) {
                     ql_qv u, ua, ub;
