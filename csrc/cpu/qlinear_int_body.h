@@ -2,9 +2,10 @@
  * act="auto"'s int8 x2, every M), written once over a vector of QVL 32-bit lanes and
  * included by csrc/cpu/qlinear.c (scalar twin, 16 lanes) and csrc/cpu/arch/x86/qlinear_avx2.c,
  * qlinear_avxvnni.c (8 lanes), qlinear_avx512.c, qlinear_avx512vnni.c (16 lanes), each time with
- * QI(name), QI_ATTR, QVL, QI_MB_OFF / QI_MB_PN (the most activation rows one pass over a tile
- * holds three accumulators each of in registers), QI_MB_OFF_BIG / QI_MB_PN_BIG (the rows of a
- * batched pass: two register accumulators per row, the outputs in memory), the types ql_qv
+ * QI(name), QI_ATTR, QVL, QI_MB_OFF / QI_MB_PN (the most activation rows of a pass whose three
+ * accumulators each -- block int32, group float, output -- stay in registers), QI_MB_OFF_BIG /
+ * QI_MB_PN_BIG (the rows of a batched pass: two register accumulators per row, the outputs
+ * summed in memory), the types ql_qv
  * (int32 lanes), ql_qg (float lanes), ql_qt (a 16-byte table) and the QV_ / QG_ / QT_ operations
  * defined. Defines lb_ql_int_tiles_<isa> (csrc/cpu/qlinear_impl.h). Not a standalone header.
  *
@@ -55,8 +56,8 @@ LB_INLINE void QI(tile)
 #endif
 (const ql_ctx* c, const int32_t* W, const float* tp, int64_t v0,
                         float* acc, const int BITS, const int SCH, const int MB) {
-    /* more rows than registers hold three accumulators of (the batched chunks): their outputs
-     * are summed in acc, one load and store per row and group */
+    /* a batched pass (more rows than QI_MB_OFF / QI_MB_PN): the outputs are summed in acc, one
+     * load and store per row and group */
     const int OUTM = MB > (SCH == QI_PN ? QI_MB_PN : QI_MB_OFF);
     const int64_t KB = c->KB, G = c->G, kbpg = c->kbpg;
     /* rows v0 .. v0+MB-1 lie in one chunk (ql_xblock): one pointer for all of them */
