@@ -17,6 +17,16 @@ process, timed interleaved (median of 3 alternating rounds: the machine may be s
 errors against float64 F.linear of gguf-py's dequantize of the blocks. --isa forces lowbit's CPU
 ISA (as LOWBIT_CPU_ISA does).
 
+    python benchmarks/bench_qlinear.py --prefill [--isa ISA] [--threads N] [--quick] [--json PATH]
+
+--prefill: the batched path (M = 16 and 256, CPU) against torch's bfloat16 and float32 F.linear,
+every implementation cycling through copies of its layer totalling 1.5x the last-level cache
+(as a model's layers do), timed interleaved (median of 3 alternating rounds: the machine may be
+shared); lowbit with float32 x in each mode and bfloat16 x in auto (a bf16-cast model's
+prefill). "vs bf16" / "vs f32": torch's time / lowbit's. --isa forces lowbit's CPU ISA (as
+LOWBIT_CPU_ISA does; torch keeps its own: on this class of Xeon its bf16 F.linear is oneDNN's
+AMX kernel).
+
 --big adds 16384 -> 28672 (a weight larger than the last-level cache; needs ~12 GB of memory).
 CPU baselines: F.linear float32, F.linear bfloat16, and for int4
 torch.ops.aten._weight_int4pack_mm_for_cpu after _convert_weight_to_int4pack_for_cpu (group 128,
@@ -140,12 +150,18 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="add 16384 -> 28672 (beyond the LLC)")
     ap.add_argument("--ggml", action="store_true", help="llama.cpp's block types (CPU)")
-    ap.add_argument("--isa", default=None, help="--ggml: force lowbit's CPU ISA")
+    ap.add_argument("--prefill", action="store_true", help="the batched rows (M = 16, 256; CPU)")
+    ap.add_argument("--isa", "--prefill-isa", dest="isa", default=None,
+                    help="--ggml / --prefill: force lowbit's CPU ISA")
     args = ap.parse_args()
+    args.prefill_isa = args.isa
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ggml:
         bench_ggml(args)
+        return
+    if args.prefill:
+        bench_prefill(args)
         return
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
@@ -229,6 +245,97 @@ def main():
                       ti4 / tm if ti4 else None, gbs,
                       100 * gbs / read_bw(int(nbytes), dev, args.quick) if M == 1 else None,
                       eg, eh)
+    rep.save()
+
+
+PREFILL_SPECS = [("int", 4, 128, False), ("int", 2, 64, False), ("nf", 4, 128, False),
+                 ("fp", 4, 128, False)]
+
+
+def llc_bytes():
+    """The largest cache's size (sysfs: the LLC), else 512 MiB."""
+    import glob
+
+    best = 0
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(d + "/size") as f:
+                v = f.read().strip()
+            best = max(best, int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20}.get(v[-1], 1))
+        except (OSError, ValueError):
+            pass
+    return best or 512 << 20
+
+
+def cycled(make, nbytes, llc):
+    """Enough distinct copies (make(i)) of one layer that together they exceed 1.5x the LLC, and
+    a callable factory cycling through them: cyc(f)() runs f(copy) on the next copy each call."""
+    n = max(2, -(-3 * llc // max(1, int(2 * nbytes))))
+    copies = [make(i) for i in range(n)]
+    state = [0]
+
+    def cyc(f):
+        def run():
+            state[0] = (state[0] + 1) % n
+            return f(copies[state[0]])
+        return run
+    return copies, cyc
+
+
+def bench_prefill(args):
+    """--prefill: M = 16 / 256 against torch's bf16 and f32 F.linear, weights cycled past the
+    LLC."""
+    if args.prefill_isa:
+        lowbit.set_cpu_isa(args.prefill_isa)
+    isa = lowbit.get_cpu_isa()
+    rep = H.Report(f"bench_qlinear --prefill device=cpu isa={isa}", args)
+    t = rep.table([("K->N", "{}"), ("M", "{}"), ("impl", "{}"), ("x", "{}"), ("mode", "{}"),
+                   ("copies", "{}"), ("ms", "{:.2f}"), ("vs bf16", "{:.2f}x"),
+                   ("vs f32", "{:.2f}x"), ("err gauss", "{:.1e}"), ("err heavy", "{:.1e}")])
+    llc = llc_bytes()
+    rep.note(f"<!-- LLC {llc >> 20} MiB; every implementation cycles through copies of its "
+             "layer totalling > 1.5x that -->")
+    gen = torch.Generator().manual_seed(0)
+    min_run = 0.1 if args.quick else 0.25
+    specs = PREFILL_SPECS[:1] if args.quick else PREFILL_SPECS
+    for K, N in SHAPES[:1] if args.quick else SHAPES:
+        w = torch.randn(N, K, generator=gen) * 0.02
+        w32s, cyc32 = cycled(lambda i: w.clone(), w.numel() * 4, llc)
+        w16s, cyc16 = cycled(lambda i: w.to(torch.bfloat16), w.numel() * 2, llc)
+        xs = {M: (torch.randn(M, K, generator=gen), heavy_tailed(M, K, gen)) for M in (16, 256)}
+        for s in specs:  # one spec's copies at a time (each set is > 1.5x the LLC)
+            qw = ensure_kernel_layout(lowbit.quantize(w, lowbit.QuantSpec(*s)))
+            w64 = lowbit.dequantize(qw).double()
+            f, b, g, sym = qw.spec.op_args(K)
+
+            def copy(i, qw=qw):
+                c = lowbit.QuantizedWeight(qw.codes.clone(), qw.scales.clone(),
+                                           None if qw.zeros is None else qw.zeros.clone(),
+                                           qw.spec, qw.shape, qw.dtype)
+                return ensure_kernel_layout(c)
+            copies, cyc = cycled(copy, qw.bits_per_weight * N * K / 8, llc)
+            for M, (xg, xh) in xs.items():
+                xg16 = xg.to(torch.bfloat16)
+                rows = [("torch F.linear", "bf16", "-", len(w16s), None),
+                        ("torch F.linear", "f32", "-", len(w32s), None)]
+                fns = [cyc16(lambda ww: F.linear(xg16, ww)), cyc32(lambda ww: F.linear(xg, ww))]
+                for xdt, mode in [("f32", m) for m in MODES] + [("bf16", "auto")]:
+                    xx = xg if xdt == "f32" else xg16
+                    sch = _ops._C.ql_scheme(C.QL_ACT_CODES[mode], f, b, sym, M,
+                                            C.ql_packable(K, g))
+                    ran = f"auto={C.QL_SCHEMES[sch]}" if mode == "auto" else mode
+                    rows.append((f"lowbit {qw.spec.name}", xdt, ran, len(copies), mode))
+                    fns.append(cyc(lambda q, xx=xx, mode=mode: lowbit.quant_linear(xx, q, act=mode)))
+                times = H.interleaved(fns, "cpu", min_run)
+                for (name, xdt, ran, n, mode), tm in zip(rows, times):
+                    eg = eh = None
+                    if mode is not None:
+                        dt = torch.float32 if xdt == "f32" else torch.bfloat16
+                        eg, eh = (rel_err(lowbit.quant_linear(v.to(dt), qw, act=mode).float(),
+                                          v.to(dt).float(), w64) for v in (xg, xh))
+                    t.row(f"{K}->{N}", M, name, xdt, ran, n, tm * 1e3, times[0] / tm,
+                          times[1] / tm, eg, eh)
+            del copies, cyc
     rep.save()
 
 

@@ -105,7 +105,8 @@ LB_HD int lb_ql_words_checked(int64_t N, int64_t K, int64_t bits, int64_t* words
 
 /* Accuracy modes of quant_linear (FORMATS.md 4; the `act` int of the op). */
 enum { LB_ACT_FLOAT = 0, LB_ACT_INT8 = 1, LB_ACT_AUTO = 2, LB_ACT_COUNT = 3 };
-/* The integer kernels serve M <= LB_QL_INT_MAX_M rows; larger M runs the float GEMM. */
+/* CUDA's integer kernels serve M <= LB_QL_INT_MAX_M rows (larger M runs its float path); the CPU
+ * integer kernels serve every M (batched passes, csrc/cpu/qlinear_int_body.h). */
 #define LB_QL_INT_MAX_M 16
 
 /* ---- lowbit's compressed 2:4 layout (the "lb24" layout) of a pruned W (N, K), K % 4 == 0 ----

@@ -207,3 +207,17 @@ def describe_mismatch(got, expected, max_items=5):
 def grad_scale(t: torch.Tensor) -> float:
     m = t.detach().float().abs().max().item() if t.numel() else 0.0
     return m if m > 0 and math.isfinite(m) else 1.0
+
+
+def heavy_tailed(M: int, K: int, gen: torch.Generator) -> torch.Tensor:
+    """FORMATS.md 4's heavy-tailed activations: Student-t with 3 degrees of freedom, every 128th
+    channel (from 5) times 30."""
+    chi2 = (torch.randn(M, K, 3, generator=gen) ** 2).sum(-1) / 3
+    x = torch.randn(M, K, generator=gen) / chi2.clamp_min(1e-6).sqrt()
+    x[:, 5::128] *= 30
+    return x
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """||y - ref||_F / ||ref||_F in float64 (FORMATS.md 4's error)."""
+    return ((y.double() - ref).norm() / ref.norm()).item()

@@ -3,17 +3,18 @@
  *   - lb_ql_pack_cpu / lb_ql_unpack_cpu: the canonical codes <-> the lane-per-row layout of
  *     csrc/layouts.h (the CPU's one stored form of the codes; scales and zero points stay
  *     canonical and the kernels read them there);
- *   - integer modes (act "int8", and "auto" where an integer scheme is within 1e-4), M <= 16:
- *     activations quantized here per row and 32-block to int8 (d = max|x|/127, round half to
- *     even; "auto" adds an int8 quantized residual), then integer dot products over the packed
- *     codes (csrc/cpu/qlinear_int_body.h);
+ *   - integer modes (act "int8", and "auto" where an integer scheme is within 1e-4), every M:
+ *     activations quantized once per call per row and 32-block to int8 (d = max|x|/127, round
+ *     half to even; "auto" adds an int8 quantized residual; ql_act_rows_body, vectorised per
+ *     variant), then integer dot products over the packed codes, up to 12 activation rows per
+ *     decoded weight vector (csrc/cpu/qlinear_int_body.h);
  *   - float GEMV (act "float", M <= 4): codes -> exact table values in registers, FMA with
  *     broadcast x (csrc/cpu/qlinear_body.h);
- *   - float GEMM (M > 4 in float, M > 16 in every mode): a 256 x 32 panel of W is dequantised
- *     exactly into an L1-resident float buffer, then an MR x 32 register-blocked FMA micro-kernel;
- *     it is also the exact path of every row an integer mode or the GEMV cannot represent
- *     (inf, nan, |x| > 2^64, integer modes also 0 < max|x| < 2^-100): those rows are redone
- *     with per-weight decoding, so they propagate inf/nan as F.linear does;
+ *   - float GEMM (act "float" with M > 4, and NF weights in "auto"): a 256 x 32 panel of W is
+ *     dequantised exactly into an L1-resident float buffer, then an MR x 32 register-blocked FMA
+ *     micro-kernel; it is also the exact path of every row an integer mode or the GEMV cannot
+ *     represent (inf, nan, |x| > 2^64, integer modes also 0 < max|x| < 2^-100): those rows are
+ *     redone with per-weight decoding, so they propagate inf/nan as F.linear does;
  *   - group sizes that are neither a multiple of 32 nor the whole row take a plain path over the
  *     canonical codes (decode a row, dot it with each x row) in every mode.
  * x of any float dtype is converted to float32 first; the result is rounded once to x's dtype.
@@ -119,6 +120,8 @@ LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
 #define QVL 16
 #define QI_MB_OFF 8
 #define QI_MB_PN 4
+#define QI_MB_OFF_BIG 12
+#define QI_MB_PN_BIG 6
 #define ql_qv ql_si
 #define ql_qg ql_sf
 #define ql_qt ql_sb
@@ -142,10 +145,14 @@ LB_INLINE ql_si sc_dot(ql_si acc, ql_si w, int32_t x) {
 #define QG_FNMA sc_fnma
 #include "qlinear_int_body.h"
 
+/* ql_act_rows_body (csrc/cpu/qlinear_impl.h) in the scalar twin */
+void lb_ql_act_rows_scalar(int64_t a, int64_t b, void* ctx) { ql_act_rows_body(a, b, ctx); }
+
 const struct lb_ql_kernels lb_ql_kernels_scalar = {lb_ql_gemv_worker_scalar,
                                                    lb_ql_gemm_worker_scalar,
                                                    lb_ql_deqt_worker_scalar,
-                                                   lb_ql_int_tiles_scalar};
+                                                   lb_ql_int_tiles_scalar,
+                                                   lb_ql_act_rows_scalar};
 
 
 /* ================================ layout: pack / unpack ================================ */
@@ -260,8 +267,13 @@ static float ql_exact_level_scale(const lb_fmt* f) {
 }
 
 int lb_ql_scheme(int act, const lb_fmt* f, int64_t M, int packable) {
-    if (!packable || act == LB_ACT_FLOAT || M > LB_QL_INT_MAX_M) return LB_QS_FLOAT;
+    if (!packable || act == LB_ACT_FLOAT) return LB_QS_FLOAT;
     if (act == LB_ACT_INT8) return LB_QS_INT8;
+    /* auto past LB_QL_INT_MAX_M rows without vpdpbusd: the two int8 passes (vpmaddubsw +
+     * vpmaddwd, 3 instructions per 4-way dot) cost more than the float GEMM's one FMA pass
+     * (measured 1.7x slower at M = 256 on AVX2), so batches run the exact float path there */
+    if (M > LB_QL_INT_MAX_M && lb_rt.isa != LB_ISA_AVX512VNNI && lb_rt.isa != LB_ISA_AVXVNNI)
+        return LB_QS_FLOAT;
     /* auto: an int8 activation plus an int8 quantized residual is within 1e-4 when the weights
      * are exact integers (INT codes, FP levels times S); NF levels are not, so NF runs float */
     if (f->nlev == 0 || ql_exact_level_scale(f) > 0.0f) return LB_QS_INT8X2;
@@ -287,73 +299,6 @@ static void ql_int_tables(ql_ctx* c, const lb_fmt* f) {
         const float l = t < f->nlev ? f->lev[t] : 0.0f;
         c->lta[t] = (uint8_t)(c->sch == QI_LOFF ? rintf(S * l) + S : rintf(S * (l > 0.0f ? l : 0.0f)));
         c->ltb[t] = (uint8_t)rintf(S * (l < 0.0f ? -l : 0.0f));
-    }
-}
-
-/* ================================ activations ================================ */
-#define QL_XMAX 0x1p64f    /* larger |x| takes the exact path (sums may overflow otherwise) */
-#define QL_XMIN_INT 0x1p-100f /* integer modes: a smaller nonzero max|x| takes it too */
-
-typedef struct {
-    ql_ctx* c;
-    const void* x;
-    int8_t* xq;
-    float *xd, *xz, *xrow; /* xrow: (M, Kp) float copy of every row */
-    uint8_t* bad;
-    int integer;
-} ql_act_ctx;
-
-/* Row m of x as float32 (zero padded), whether it is representable, and for the integer modes
- * its int8 blocks (FORMATS.md 4: d = max|x| / 127 in float32, q = rne(x / d)) in step order,
- * the block scales and per group sum_b d_b * sum q; pass 2 the same of the residual x - d q. */
-static void ql_act_rows(int64_t a, int64_t b, void* ctx) {
-    const ql_act_ctx* p = (const ql_act_ctx*)ctx;
-    ql_ctx* c = p->c;
-    const int64_t K = c->K, Kp = c->Kp, KB = c->KB, M = c->M, G = c->G;
-    int perm[32];
-    for (int t = 0; t < 8; ++t)
-        for (int i = 0; i < 4; ++i) perm[lb_ql_step_k(c->bits == 3 ? 2 : c->bits, t, i)] = 4 * t + i;
-    for (int64_t m = a; m < b; ++m) {
-        float* xr = p->xrow + m * Kp;
-        float amax = 0.0f;
-        int finite = 1;
-        lb_load_row(p->x, c->dt, m * K, K, 1.0f, xr);
-        for (int64_t k = K; k < Kp; ++k) xr[k] = 0.0f;
-        for (int64_t k = 0; k < K; ++k) {
-            const float v = fabsf(xr[k]);
-            finite &= v <= 3.4028235e38f; /* false for inf and nan */
-            amax = v > amax ? v : amax;
-        }
-        p->bad[m] = !finite || amax > QL_XMAX ||
-                    (p->integer && amax != 0.0f && amax < QL_XMIN_INT);
-        if (!p->integer) continue;
-        for (int ps = 0; ps < c->passes; ++ps) {
-            const int64_t v = ps * M + m;
-            int8_t* q8 = p->xq + v * Kp;
-            float* d8 = p->xd + v * KB;
-            float* z8 = p->xz + v * G;
-            for (int64_t gi = 0; gi < G; ++gi) z8[gi] = 0.0f;
-            if (p->bad[m]) {
-                memset(q8, 0, (size_t)Kp);
-                memset(d8, 0, (size_t)KB * sizeof(float));
-                continue;
-            }
-            for (int64_t kb = 0; kb < KB; ++kb) {
-                float* xb = xr + kb * 32;
-                float am = 0.0f, d;
-                int32_t qs = 0;
-                for (int i = 0; i < 32; ++i) am = fabsf(xb[i]) > am ? fabsf(xb[i]) : am;
-                d = am / 127.0f;
-                for (int i = 0; i < 32; ++i) {
-                    const float q = am > 0.0f ? rintf(xb[i] / d) : 0.0f;
-                    q8[kb * 32 + perm[i]] = (int8_t)q;
-                    qs += (int32_t)q;
-                    if (c->passes == 2 && ps == 0) xb[i] = xb[i] - d * q; /* the residual */
-                }
-                d8[kb] = d;
-                z8[c->G == 1 ? 0 : kb / c->kbpg] += d * (float)qs;
-            }
-        }
     }
 }
 
@@ -406,8 +351,9 @@ void lb_ql_dequant_t_cpu(const int32_t* packed, const float* scales, const uint8
     lb_parallel(kb1, 1, lb_rt.ql->deqt, &c); /* [0, kb1): workers skip blocks below kb0 */
 }
 
-/* The float GEMM over the rows of x flagged bad (their float copies in xrow): the exact path. */
-static int ql_redo_bad_rows(const ql_ctx* c, const float* xrow, const uint8_t* bad) {
+/* The float GEMM over the rows of x flagged bad (their float copies in xrow, or x itself when
+ * xrow is NULL): the exact path. */
+static int ql_redo_bad_rows(const ql_ctx* c, const void* x, const float* xrow, const uint8_t* bad) {
     ql_ctx e = *c;
     int64_t nbad = 0;
     float* xb;
@@ -424,7 +370,13 @@ static int ql_redo_bad_rows(const ql_ctx* c, const float* xrow, const uint8_t* b
     nbad = 0;
     for (int64_t m = 0; m < c->M; ++m)
         if (bad[m]) {
-            memcpy(xb + nbad * c->Kp, xrow + m * c->Kp, (size_t)c->Kp * sizeof(float));
+            float* r = xb + nbad * c->Kp;
+            if (xrow) {
+                memcpy(r, xrow + m * c->Kp, (size_t)c->Kp * sizeof(float));
+            } else {
+                lb_load_row(x, c->dt, m * c->K, c->K, 1.0f, r);
+                memset(r + c->K, 0, (size_t)(c->Kp - c->K) * sizeof(float));
+            }
             map[nbad++] = m;
         }
     e.M = nbad; e.xf = xb; e.ymap = map; e.oom = 0;
@@ -456,15 +408,16 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
         c.passes = sch == LB_QS_INT8X2 ? 2 : 1;
         c.V = c.passes * M;
     }
-    xrow = (float*)aligned_alloc(64, (size_t)(((M * c.Kp * (int64_t)sizeof(float)) + 63) / 64 * 64));
+    if (!integer) /* the integer modes read x a row at a time (ql_act_rows_body) */
+        xrow = (float*)aligned_alloc(64, (size_t)(((M * c.Kp * (int64_t)sizeof(float)) + 63) / 64 * 64));
     bad = (uint8_t*)calloc((size_t)M, 1);
     bf = bias ? (float*)malloc((size_t)N * sizeof(float)) : NULL;
     if (integer) {
-        xq = (int8_t*)aligned_alloc(64, (size_t)((c.V * c.Kp + 63) / 64 * 64));
-        xd = (float*)malloc((size_t)(c.V * c.KB) * sizeof(float));
+        xq = (int8_t*)aligned_alloc(64, (size_t)((ql_xrows(c.V) * c.Kp + 63) / 64 * 64));
+        xd = (float*)malloc((size_t)(ql_xrows(c.V) * c.KB) * sizeof(float));
         xz = (float*)malloc((size_t)(c.V * c.G) * sizeof(float));
     }
-    if (!xrow || !bad || (bias && !bf) || (integer && (!xq || !xd || !xz))) {
+    if ((!integer && !xrow) || !bad || (bias && !bf) || (integer && (!xq || !xd || !xz))) {
         rc = -1;
         goto done;
     }
@@ -473,7 +426,7 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
     c.bias = bf;
     a.c = &c; a.x = x; a.xq = xq; a.xd = xd; a.xz = xz; a.xrow = xrow; a.bad = bad;
     a.integer = integer;
-    lb_parallel(M, 1, ql_act_rows, &a); /* integer: rows stay finite copies for the redo below */
+    lb_parallel(M, 1, lb_rt.ql->act_rows, &a); /* integer: rows stay finite copies for the redo below */
     c.xf = xrow;
     if (!fast) {
         lb_parallel(N, K >= 4096 ? 1 : 4096 / K, ql_generic_rows, &c);
@@ -489,9 +442,8 @@ int lb_ql_forward_cpu(const void* x, int dt, int64_t M, int64_t N, int64_t K, in
     }
     if (c.oom) rc = -1;
     if (!rc && fast && (integer || gemv)) {
-        /* integer rows had their residual written over xrow: reload the bad ones (they were
-         * left untouched, see ql_act_rows) */
-        rc = ql_redo_bad_rows(&c, xrow, bad);
+        /* the rows the integer kernels or the GEMV could not represent (ql_act_rows_body) */
+        rc = ql_redo_bad_rows(&c, x, xrow, bad);
     }
 done:
     free(xrow); free(bad); free(bf); free(xq); free(xd); free(xz);

@@ -103,10 +103,11 @@ def quant_linear(x, qw, bias=None, act="auto"):
     mode of FORMATS.md 4 on the CPU — "float" (float32 products), "auto" (default: the fastest
     kernel within 1e-4 relative error of float; integer dot products with an int8 activation
     plus an int8 residual for INT/FP weights, float for NF), "int8" (int8 activations per
-    32-block, llama.cpp's accuracy, within 2e-2). Integer modes serve M <= 16 rows; larger
-    batches and CUDA compute in float. llama.cpp's block types (q8_0 .. q6_k): the CPU kernels
-    read the GGUF blocks in place; "int8" is integer at every M, "auto" is int8 + residual up
-    to 3 rows and float beyond (csrc/cpu/qlinear_blk.h). The first eager call on a CPU weight builds its kernel
+    32-block, llama.cpp's accuracy, within 2e-2). On the CPU the integer modes serve every M
+    (the activations quantized once per call); on CUDA they serve M <= 16 and larger batches
+    compute in float. llama.cpp's block types (q8_0 .. q6_k): the CPU kernels read the GGUF
+    blocks in place; "int8" is integer at every M, "auto" is int8 + residual up to 3 rows and
+    float beyond (csrc/cpu/qlinear_blk.h). The first eager call on a CPU weight builds its kernel
     layout (rebuilt if the codes change)."""
     _check_args(x, qw, bias)
     check_act(act)

@@ -80,8 +80,11 @@ LB_INLINE ql_af a2_look(ql_ai c, ql_at t) { ql_af r = {a2_look8(c.a, t), a2_look
 #define QI_VNNI 0
 #include "qlinear_int_avx2.h"
 
+/* ql_act_rows_body (csrc/cpu/qlinear_impl.h) vectorised for this ISA */
+void lb_ql_act_rows_avx2(int64_t a, int64_t b, void* ctx) { ql_act_rows_body(a, b, ctx); }
+
 const struct lb_ql_kernels lb_ql_kernels_avx2 = {
     lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2, lb_ql_deqt_worker_avx2,
-    lb_ql_int_tiles_avx2};
+    lb_ql_int_tiles_avx2, lb_ql_act_rows_avx2};
 #pragma GCC pop_options
 #endif /* LB_X86 */

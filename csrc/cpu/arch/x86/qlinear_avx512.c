@@ -57,8 +57,11 @@ LB_INLINE __m512i z5_slli(__m512i a, int n) { return _mm512_slli_epi32(a, (unsig
 #define QI_VNNI 0
 #include "qlinear_int_avx512.h"
 
+/* ql_act_rows_body (csrc/cpu/qlinear_impl.h) vectorised for this ISA */
+void lb_ql_act_rows_avx512(int64_t a, int64_t b, void* ctx) { ql_act_rows_body(a, b, ctx); }
+
 const struct lb_ql_kernels lb_ql_kernels_avx512 = {
     lb_ql_gemv_worker_avx512, lb_ql_gemm_worker_avx512, lb_ql_deqt_worker_avx512,
-    lb_ql_int_tiles_avx512};
+    lb_ql_int_tiles_avx512, lb_ql_act_rows_avx512};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -17,6 +17,6 @@
 /* the integer-dot kernels with vpdpbusd; the float kernels are avx512's */
 const struct lb_ql_kernels lb_ql_kernels_avx512vnni = {
     lb_ql_gemv_worker_avx512, lb_ql_gemm_worker_avx512, lb_ql_deqt_worker_avx512,
-    lb_ql_int_tiles_avx512vnni};
+    lb_ql_int_tiles_avx512vnni, lb_ql_act_rows_avx512};
 #pragma GCC pop_options
 #endif /* LB_X86 */

@@ -16,6 +16,6 @@
 /* the integer-dot kernels with vpdpbusd; the float kernels are avx2's */
 const struct lb_ql_kernels lb_ql_kernels_avxvnni = {
     lb_ql_gemv_worker_avx2, lb_ql_gemm_worker_avx2, lb_ql_deqt_worker_avx2,
-    lb_ql_int_tiles_avxvnni};
+    lb_ql_int_tiles_avxvnni, lb_ql_act_rows_avx2};
 #pragma GCC pop_options
 #endif /* LB_X86 */

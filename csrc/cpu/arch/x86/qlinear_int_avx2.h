@@ -31,11 +31,20 @@ LB_INLINE __m256i q2_dot8(__m256i acc, __m256i w, int32_t x) {
 }
 #endif
 
+/* A zero accumulator per K-block and row: a vpxor zeroing idiom (see qlinear_int_avx512.h). */
+LB_INLINE __m256i q2_zacc(void) {
+    __m256i z;
+    __asm__ volatile("vpxor %0, %0, %0" : "=x"(z));
+    return z;
+}
+#define QV_ZACC q2_zacc
 #define QI_ATTR
 #define QI_UNROLL8 _Pragma("GCC unroll 8")
 #define QVL 8
 #define QI_MB_OFF 4
 #define QI_MB_PN 2
+#define QI_MB_OFF_BIG 6
+#define QI_MB_PN_BIG 3
 #define ql_qv __m256i
 #define ql_qg __m256
 #define ql_qt __m256i

@@ -30,11 +30,21 @@ LB_INLINE __m512i q5_dot8(__m512i acc, __m512i w, int32_t x) {
 }
 #endif
 
+/* A zero accumulator per K-block and row: a vpxord zeroing idiom (no execution port), where a
+ * hoisted zero costs a register copy (1 of 12 vector ops of a batched pass) per block. */
+LB_INLINE __m512i q5_zacc(void) {
+    __m512i z;
+    __asm__ volatile("vpxord %0, %0, %0" : "=v"(z)); /* volatile: never CSEd into a copy */
+    return z;
+}
+#define QV_ZACC q5_zacc
 #define QI_ATTR
 #define QI_UNROLL8 _Pragma("GCC unroll 8")
 #define QVL 16
 #define QI_MB_OFF 8
 #define QI_MB_PN 4
+#define QI_MB_OFF_BIG 12
+#define QI_MB_PN_BIG 6
 #define ql_qv __m512i
 #define ql_qg __m512
 #define ql_qt __m512i
