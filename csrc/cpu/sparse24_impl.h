@@ -15,7 +15,8 @@
 #ifndef LB24_SMALL_M
 #define LB24_SMALL_M 8   /* M at or below this takes the gather path */
 #endif
-LB_STATIC_ASSERT(LB24_GRAD_X_MAX_M <= LB24_SMALL_M, "the backward-to-x kernels size rows by LB24_SMALL_M");
+LB_STATIC_ASSERT(LB24_GRAD_X_MAX_M <= LB24_SMALL_M,
+                 "the backward-to-x kernels size rows by LB24_SMALL_M");
 #ifndef LB24_NB
 #define LB24_NB 64       /* output rows per task in the large-M path */
 #endif
@@ -193,10 +194,20 @@ LB_INLINE void s24_lut16(const s24_ctx* c, int64_t gidx, float* lut) {
     }
 }
 
-/* Output rows per step for M rows of x: 4 at M = 1 (four weight streams in flight, each chunk
- * of x loaded once for the four), 2 at M = 2, else 1 (M accumulators already). */
-#define LB24_R(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1)
-LB_STATIC_ASSERT(LB24_ROWS_SMALL % 4 == 0, "a task holds whole steps of 4 rows");
+/* Output rows per step for M rows of x: LB24_R1 = 4 at M = 1 (four weight streams in flight,
+ * each chunk of x loaded once for the four), 2 at M = 2, else 1 (M accumulators already); the
+ * kernels prefetch LB24_PFD steps of rows ahead. Measured on the dev VM (M = 1, cycled past the
+ * LLC, thread CPU time): 4 rows 1.65-1.9x dense fp32, 8 rows and 2 steps ahead no better within
+ * the shared machine's noise, no prefetch ~5% slower. */
+#ifndef LB24_R1
+#define LB24_R1 4
+#endif
+#ifndef LB24_PFD
+#define LB24_PFD 1
+#endif
+#define LB24_R(M) ((M) == 1 ? LB24_R1 : (M) == 2 ? 2 : 1)
+LB_STATIC_ASSERT(LB24_ROWS_SMALL % LB24_R1 == 0 && LB24_R1 >= 2,
+                 "a task holds whole steps of rows; no step is wider than LB24_R1 rows");
 
 /* Scalar tail: kept values [j0, K/2) of row n (a float source: the weight, or buf) into acc. */
 LB_INLINE void tail_row(const s24_ctx* c, int64_t n, const float* buf, int64_t j0, const float* x,
@@ -223,7 +234,7 @@ LB_INLINE void tail_row(const s24_ctx* c, int64_t n, const float* buf, int64_t j
 #define LB24_SMALL_TASK_M(ROWS, OK, M, SRC)                                           \
     do {                                                                              \
         const int R_ = (SRC) == S24_BUF ? 1 : LB24_R(M);                              \
-        float o_[4 * (M)];                                                            \
+        float o_[LB24_R1 * (M)];                                                      \
         for (int64_t b0 = n0; b0 < n1; b0 += LB24_ROWS_SMALL) {                       \
             const int64_t b1 = b0 + LB24_ROWS_SMALL < n1 ? b0 + LB24_ROWS_SMALL : n1; \
             int64_t n = b0;                                                           \

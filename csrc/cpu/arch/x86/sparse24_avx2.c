@@ -69,7 +69,7 @@ LB_AVX2_ATTR LB_INLINE void rows_avx2(const s24_ctx* c, int64_t n, const int R, 
     const __m256i sh1 = _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30);
     const __m256i off = _mm256_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12);
     const __m256i three = _mm256_set1_epi32(3);
-    __m256 acc[4 * LB24_SMALL_M], ta[4], tb[4];
+    __m256 acc[LB24_R1 * LB24_SMALL_M], ta[LB24_R1], tb[LB24_R1];
     for (int i = 0; i < R * M; ++i) acc[i] = _mm256_setzero_ps();
     for (int r = 0; r < R; ++r) ta[r] = tb[r] = _mm256_setzero_ps();
     for (int64_t t0 = 0; t0 < nb; t0 += gt) {
@@ -92,10 +92,11 @@ LB_AVX2_ATTR LB_INLINE void rows_avx2(const s24_ctx* c, int64_t n, const int R, 
             if (src != S24_BUF) {
                 if (((t * step) & 63) == 0)
                     for (int r = 0; r < R; ++r)
-                        _mm_prefetch(v + (r + R) * rowb + t * step, _MM_HINT_T0);
+                        _mm_prefetch(v + (r + LB24_PFD * R) * rowb + t * step, _MM_HINT_T0);
                 if ((t & 15) == 0)
                     for (int r = 0; r < R; ++r)
-                        _mm_prefetch((const char*)mr + (r + R) * mbytes + 4 * t, _MM_HINT_T0);
+                        _mm_prefetch((const char*)mr + (r + LB24_PFD * R) * mbytes + 4 * t,
+                                     _MM_HINT_T0);
             }
             for (int r = 0; r < R; ++r) {
                 int32_t w;

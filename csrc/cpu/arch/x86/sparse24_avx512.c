@@ -60,7 +60,7 @@ LB_AVX512_ATTR LB_INLINE void rows_avx512(const s24_ctx* c, int64_t n, const int
     const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i off = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
     const __m512i three = _mm512_set1_epi32(3);
-    __m512 acc[4 * LB24_SMALL_M], lut[4];
+    __m512 acc[LB24_R1 * LB24_SMALL_M], lut[LB24_R1];
     for (int i = 0; i < R * M; ++i) acc[i] = _mm512_setzero_ps();
     for (int r = 0; r < R; ++r) lut[r] = _mm512_setzero_ps();
     for (int64_t t0 = 0; t0 < nb; t0 += gt) {
@@ -75,10 +75,11 @@ LB_AVX512_ATTR LB_INLINE void rows_avx512(const s24_ctx* c, int64_t n, const int
             if (src != S24_BUF) {
                 if (((t * step) & 63) == 0)
                     for (int r = 0; r < R; ++r)
-                        _mm_prefetch(v + (r + R) * rowb + t * step, _MM_HINT_T0);
+                        _mm_prefetch(v + (r + LB24_PFD * R) * rowb + t * step, _MM_HINT_T0);
                 if ((t & 15) == 0)
                     for (int r = 0; r < R; ++r)
-                        _mm_prefetch((const char*)mr + (r + R) * mbytes + 4 * t, _MM_HINT_T0);
+                        _mm_prefetch((const char*)mr + (r + LB24_PFD * R) * mbytes + 4 * t,
+                                     _MM_HINT_T0);
             }
             for (int r = 0; r < R; ++r) {
                 uint32_t w;
