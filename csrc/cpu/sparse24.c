@@ -7,11 +7,12 @@
  *     k = 4*(j/2) + idx(j). AVX-512: 16 kept values (32 K-elements) per step, the 16 2-bit
  *     indices of one 32-bit meta word expanded with one variable shift and one ternary-logic op
  *     into lane offsets and the x elements picked with vpermt2ps from the two registers of that
- *     x chunk (no memory gathers); AVX2: 8 kept values per step with two vpermps and an
- *     immediate blend. 4 output rows per step at M = 1 (2 at M = 2): four weight streams in
- *     flight and each x chunk loaded once for them, the next 4 rows prefetched. The kept
- *     values are read in place and widened in registers (bfloat16 / float16), 4-bit codes are
- *     decoded in registers through a 16-entry table per quant group (vpermps); other codes go
+ *     x chunk (no memory gathers); AVX2: the same step in two halves of 8, each with two
+ *     vpermps and an immediate blend. 4 output rows per step at M = 1 (2 at M = 2): four
+ *     weight streams in flight and each x chunk loaded once for them, the next 4 rows
+ *     prefetched. The kept values are read in place and widened in registers (bfloat16 /
+ *     float16); 4-bit codes are decoded in registers per quant group (AVX-512: a 16-entry table
+ *     and vpermps; AVX2: the INT formula, or a table for the level formats); other codes go
  *     through a float32 row buffer. No padding of the batch. Memory-bound at M = 1.
  *   large M: x is transposed once into blocks xt[m-block][k][mblk] (mblk = 16, 32 or 64 rows,
  *     the smallest that holds M, zero-padded past M); for each chunk of NB output rows, each

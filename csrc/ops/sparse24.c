@@ -27,11 +27,11 @@ static int meta_bad_fail(int64_t row, char* err) {
                    "must be strictly increasing, padding nibbles zero)", (long long)row);
 }
 
-/* meta uint8 (N, meta_bytes(K)) on like's device; on CPU also its content (unless `content` is
- * 0: the CPU forward kernels check the rows as they read them, saving a pass over meta, and
- * return -2): every group's two
+/* meta uint8 (N, meta_bytes(K)) on like's device; on CPU also its content: every group's two
  * indices strictly increasing and padding nibbles zero, so that no two kernels can read one
- * meta differently (sparse24_linear and sparse24_decompress agree by construction). A CUDA
+ * meta differently (sparse24_linear and sparse24_decompress agree by construction). With
+ * `content` 0 the caller's CPU kernel checks the rows as it reads them instead (one pass over
+ * meta, not two) and returns -2 (cpu_forward_status names the row). A CUDA
  * meta is not read here (that would cost a device sync per call): lowbit.sparse checks it
  * wherever a Sparse24Weight is built or a SparseLinear24 is loaded; nor is a check-only call's
  * description (it has no data: a fake kernel cannot see the content). */
