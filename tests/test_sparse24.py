@@ -248,7 +248,7 @@ def check_nonfinite(y, ref, dtype, K, what):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("M", [1, 4, 8, 9, 70])
+@pytest.mark.parametrize("M", [1, 2, 4, 8, 9, 70])
 def test_linear_nonfinite_x_matches_f_linear(M, dtype, gen, restore_isa):
     """A NaN or inf in x that meets a pruned weight makes the output NaN (0 * inf), as F.linear of
     the pruned weight does: the gather path (M <= 8), the transposed-x path, the low-bit kept
@@ -351,6 +351,103 @@ def test_linear_bad_inputs(gen):
     with pytest.raises(RuntimeError, match=r"values: expected"):
         torch.ops.lowbit.sparse24_linear(torch.randn(2, 16), sw.values.double(), sw.meta,
                                          torch.empty(0))
+
+
+# ---- the small-M kernels, path by path (csrc/cpu/sparse24_impl.h: 4 output rows per step at
+# M = 1, 2 at M = 2, 1 above; kept values read in place, 4-bit codes decoded in registers, other
+# codes through a row buffer) against the float64 product of the reference's pruned weight ----
+KEPT_KINDS = [None, ("int", 4, 128, False), ("int", 4, 32, True), ("nf", 4, 64, False),
+              ("fp", 4, 16, False), ("nf", 4, -1, True), ("int", 3, 64, False)]
+KEPT_IDS = ["float", "int4-g128", "int4-sym-g32", "nf4-g64", "fp4-g16", "nf4-sym-row", "int3-g64"]
+
+
+def unpack_codes(packed, bits, k):
+    """(N, k) int64 codes of the per-row LSB-first bitstream of FORMATS.md 1.7."""
+    n = packed.shape[0]
+    bitv = (packed.long().unsqueeze(-1) >> torch.arange(8)) & 1  # (N, bytes, 8), LSB first
+    bitv = bitv.reshape(n, -1)[:, : k * bits].reshape(n, k, bits)
+    return (bitv << torch.arange(bits)).sum(-1)
+
+
+def ref_kept_dense(w, sw):
+    """The dense float32 weight a (possibly quantized) 2:4 weight stands for, from the references:
+    the reference mask, and the kept values or, when quantized, the stored codes decoded by
+    tests/reference.py (FORMATS.md 1), scattered back in order."""
+    p, m = ref_prune_24(w)
+    if sw.qvalues is None:
+        return p.float()
+    from reference import ref_decode
+    q = sw.qvalues
+    n, k = w.shape
+    sp = q.spec
+    codes = unpack_codes(q.codes, sp.bits, k // 2)
+    kept = ref_decode(codes, {"scales": q.scales, "zeros": q.zeros}, sp.format, sp.bits,
+                      sp.group_size, sp.symmetric)
+    out = torch.zeros(n, k)
+    out[m] = kept.reshape(-1)
+    return out
+
+
+@pytest.mark.parametrize("kind", KEPT_KINDS, ids=KEPT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_small_m_kernels_every_isa(kind, dtype, gen, restore_isa):
+    """M in {1, 2, 5, 17} (17: the large-M path), odd N (steps of 4 rows, then single rows, and
+    a 16-row task cut short), K a multiple of the 32-element step and K with a tail, bias or
+    not, 16-bit x, non-contiguous and 3-D x, every ISA this CPU has, each kept-value source."""
+    shapes = [(37, 512), (21, 1056), (5, 96)] if kind is None or kind[2] != 128 else [(37, 512)]
+    if kind is None:
+        shapes.append((19, 100))  # K/2 = 50: a tail of 2 kept values past the 16-value steps
+    for (N, K) in shapes:
+        w = torch.randn(N, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        sw = compress_24(prune_24(w)[0])
+        if kind is not None:
+            g = kind[2] if kind[2] == -1 or (K // 2) % kind[2] == 0 else -1
+            spec = (kind[0], kind[1], g, kind[3])
+            sw = sw.quantize(lowbit.QuantSpec(*spec))
+        wd = ref_kept_dense(w, sw)
+        for M in (1, 2, 5, 17):
+            x = torch.randn(K, M, generator=gen).to(dtype).t()  # non-contiguous
+            for isa in lowbit.available_cpu_isas():
+                lowbit.set_cpu_isa(isa)
+                for bias in (None, b):
+                    y = sparse24_linear(x, sw, bias)
+                    assert y.shape == (M, N) and y.dtype == dtype
+                    check_close(y, ref_linear(x, wd, bias), dtype, K,
+                                f"{isa} {kind} M={M} {N}x{K} bias={bias is not None}")
+                y3 = sparse24_linear(x.reshape(1, M, K), sw)
+                check_close(y3[0], ref_linear(x, wd), dtype, K, f"{isa} 3-D M={M}")
+
+
+@pytest.mark.parametrize("K", [4096 + 64, 36], ids=["K%8==0", "K%8==4"])
+def test_forward_kernels_name_the_first_bad_meta_row(K, gen, restore_isa):
+    """The CPU forward kernels check meta as they read it (no pass of its own): a bad group deep
+    in a row of a middle task -- near the end of a long row (the vector check's tail) or, for
+    K % 8 == 4, a non-zero padding nibble -- is reported with its row, on every ISA and path
+    (the float sources, 4-bit codes, the row buffer; small and large M; M = 0)."""
+    N = 40
+    sw = compress_24(prune_24(torch.randn(N, K, generator=gen))[0])
+    q4 = lowbit.quantize(sw.values, lowbit.QuantSpec("int", 4, -1))
+    q3 = lowbit.quantize(sw.values, lowbit.QuantSpec("int", 3, -1))
+    empty = torch.empty(0)
+    for row in (21, 39):
+        bad = sw.meta.clone()
+        if K % 8:
+            bad[row, -1] |= 0x30  # the padding nibble
+        else:
+            bad[row, -2] = (bad[row, -2] & 0xF0) | 0x05  # a group keeping index 1 twice
+        bad[row + 1:, 0] = 0x00 if row + 1 < N else bad[row + 1:, 0]  # later bad rows too
+        for isa in lowbit.available_cpu_isas():
+            lowbit.set_cpu_isa(isa)
+            for M in (0, 1, 2, 5, 17):
+                x = torch.randn(M, K, generator=gen)
+                calls = [lambda: torch.ops.lowbit.sparse24_linear(x, sw.values, bad, empty)]
+                calls += [lambda q=q: torch.ops.lowbit.sparse24_qlinear(
+                    x, q.codes, q.scales, q.zeros, bad, empty, 0, q.spec.bits, K // 2, False)
+                    for q in (q4, q3)]
+                for call in calls:
+                    with pytest.raises(RuntimeError, match=rf"meta: row {row} holds an invalid"):
+                        call()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,18 +5,24 @@
  * Two forward paths, both split over N on the runtime's thread pool (lb_parallel):
  *   small M (M <= LB24_SMALL_M = 8): for each output row n, walk its kept values and gather x at
  *     k = 4*(j/2) + idx(j). AVX-512: 16 kept values (32 K-elements) per step, the 16 2-bit
- *     indices of one 32-bit meta word expanded with one variable shift into lane offsets and
- *     the x elements picked with vpermt2ps from two registers of x; AVX2: 8 kept values per
- *     step with two vpermps and a blend. No padding of the batch. Memory-bound at M = 1.
+ *     indices of one 32-bit meta word expanded with one variable shift and one ternary-logic op
+ *     into lane offsets and the x elements picked with vpermt2ps from the two registers of that
+ *     x chunk (no memory gathers); AVX2: the same step in two halves of 8, each with two
+ *     vpermps and an immediate blend. 4 output rows per step at M = 1 (2 at M = 2): four
+ *     weight streams in flight and each x chunk loaded once for them, the next 4 rows
+ *     prefetched. The kept values are read in place and widened in registers (bfloat16 /
+ *     float16); 4-bit codes are decoded in registers per quant group (AVX-512: a 16-entry table
+ *     and vpermps; AVX2: the INT formula, or a table for the level formats); other codes go
+ *     through a float32 row buffer. No padding of the batch. Memory-bound at M = 1.
  *   large M: x is transposed once into blocks xt[m-block][k][mblk] (mblk = 16, 32 or 64 rows,
  *     the smallest that holds M, zero-padded past M); for each chunk of NB output rows, each
  *     m-block and each block of 4*QB K-elements (the xt tile stays in L1) every kept value v at
  *     k does acc[0..mblk) += v * xt[k][0..mblk): half the multiply-adds of a dense GEMM, but one
  *     load of x per FMA (rows of W keep different columns, so loads are not shared across rows).
- * Kept values that are not float32 (bf16/f16 weights, or low-bit codes) are first expanded
- * into a float32 row buffer (per row in the small path, per chunk in the large path): the
- * low-bit path thus reads ~3 bits per original weight from memory (AVX-512: 4-bit codes go
- * through a 16-entry table with vpermps, 32 codes per step).
+ * The large path (and the scalar twin's small path) expands kept values that are not float32
+ * (bf16/f16 weights, or low-bit codes) into a float32 buffer first (per chunk, per row), the
+ * low-bit codes through a table per quant group (AVX-512: 4-bit codes with vpermps, 32 a step).
+ * Meta is checked where the kernels read it (LB24_CHECK_ROWS; -2 when a row is bad).
  * Inf/NaN in x: both paths read x at kept positions only, so a pass after them sets to NaN
  * the outputs F.linear of the pruned weight makes NaN through a pruned zero (0 * inf), and the
  * backward to x does the same for non-finite gradients (nonfinite_at_pruned below).
@@ -145,7 +151,8 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
     float* xf = NULL;
     float* bf = NULL;
     int rc = 0;
-    if (M == 0 || N == 0) return 0;
+    if (N == 0) return 0;
+    if (M == 0) return lb24_meta_bad_row(c->meta, N, K) >= 0 ? -2 : 0;
     if (bias) {
         if (!(bf = (float*)malloc((size_t)N * sizeof(float)))) return -1;
         lb_load_row(bias, xdt, 0, N, 1.0f, bf);
@@ -194,7 +201,7 @@ static int run_linear(s24_ctx* c, const void* x, int xdt, const void* bias) {
         c->mblk = mblk;
         lb_parallel((N + LB24_NB - 1) / LB24_NB, 1, lb_rt.s24->large, c);
     }
-    rc = c->oom || nonfinite_at_pruned(c, x, xdt) ? -1 : 0;
+    rc = c->oom || nonfinite_at_pruned(c, x, xdt) ? -1 : c->bad ? -2 : 0;
 done:
     free(xf);
     free(bf);

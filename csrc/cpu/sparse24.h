@@ -1,6 +1,7 @@
 /* csrc/cpu/sparse24.h: the CPU kernels of the sparse24 family (2:4 structured sparsity on the
  * lb24 layout of csrc/layouts.h; csrc/cpu/sparse24.c and its x86 variants under
- * csrc/cpu/arch/x86/). All return 0, or -1 when scratch memory ran out. */
+ * csrc/cpu/arch/x86/). All return 0, or -1 when scratch memory ran out; the two forward kernels
+ * also check meta as they read it and return -2 when a row is bad (lb24_meta_bad_row names it). */
 #ifndef LOWBIT_CPU_SPARSE24_H
 #define LOWBIT_CPU_SPARSE24_H
 

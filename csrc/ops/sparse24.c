@@ -22,24 +22,38 @@ static int check_x(const lb_tensor* x, char* err) {
     return 0;
 }
 
+static int meta_bad_fail(int64_t row, char* err) {
+    return lb_fail(err, "meta: row %lld holds an invalid 2:4 group (its two 2-bit indices "
+                   "must be strictly increasing, padding nibbles zero)", (long long)row);
+}
+
 /* meta uint8 (N, meta_bytes(K)) on like's device; on CPU also its content: every group's two
  * indices strictly increasing and padding nibbles zero, so that no two kernels can read one
- * meta differently (sparse24_linear and sparse24_decompress agree by construction). A CUDA
+ * meta differently (sparse24_linear and sparse24_decompress agree by construction). With
+ * `content` 0 the caller's CPU kernel checks the rows as it reads them instead (one pass over
+ * meta, not two) and returns -2 (cpu_forward_status names the row). A CUDA
  * meta is not read here (that would cost a device sync per call): lowbit.sparse checks it
  * wherever a Sparse24Weight is built or a SparseLinear24 is loaded; nor is a check-only call's
  * description (it has no data: a fake kernel cannot see the content). */
 static int check_meta(const lb_tensor* meta, const lb_tensor* like, const char* likename,
-                      int64_t N, int64_t K, char* err) {
+                      int64_t N, int64_t K, int content, char* err) {
     int64_t bad;
     if (meta->dtype != lb_t.dt_u8 || meta->dim != 2 || !meta->contiguous ||
         meta->sizes[0] != N || meta->sizes[1] != lb24_meta_bytes(K))
         return lb_fail(err, "meta: expected contiguous uint8 (%lld, %lld)", (long long)N,
                        (long long)lb24_meta_bytes(K));
     if (lb_check_same_device(meta, "meta", like, likename, err)) return -1;
-    if (meta->device_type == lb_t.dev_cpu && meta->data && N > 0 &&
+    if (content && meta->device_type == lb_t.dev_cpu && meta->data && N > 0 &&
         (bad = lb24_meta_bad_row((const uint8_t*)meta->data, N, K)) >= 0)
-        return lb_fail(err, "meta: row %lld holds an invalid 2:4 group (its two 2-bit indices "
-                       "must be strictly increasing, padding nibbles zero)", (long long)bad);
+        return meta_bad_fail(bad, err);
+    return 0;
+}
+
+/* A CPU forward kernel's status: 0, -1 (out of memory) or -2 (meta holds a bad row). */
+static int cpu_forward_status(int rc, const lb_tensor* meta, int64_t N, int64_t K,
+                              const char* op, char* err) {
+    if (rc == -2) return meta_bad_fail(lb24_meta_bad_row((const uint8_t*)meta->data, N, K), err);
+    if (rc) return lb_fail(err, "x: out of memory for %s scratch", op);
     return 0;
 }
 
@@ -70,7 +84,7 @@ LB_BOXED(lb_boxed_sparse24_linear) {
         goto fail;
     }
     N = v.sizes[0];
-    if (check_meta(&m, &x, "x", N, K, c.err) || (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
+    if (check_meta(&m, &x, "x", N, K, 0, c.err) || (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
         goto fail;
     {
         const int64_t osz[2] = {M, N};
@@ -79,12 +93,11 @@ LB_BOXED(lb_boxed_sparse24_linear) {
             goto fail;
     }
     if (!c.exec.cuda) {
-        if (lb24_linear_cpu(x.data, lb_float_dtype(x.dtype), M, K, v.data,
-                            lb_float_dtype(v.dtype), (const uint8_t*)m.data, N,
-                            hb ? b.data : NULL, po)) {
-            lb_fail(c.err, "x: out of memory for sparse24_linear scratch");
+        const int rc = lb24_linear_cpu(x.data, lb_float_dtype(x.dtype), M, K, v.data,
+                                       lb_float_dtype(v.dtype), (const uint8_t*)m.data, N,
+                                       hb ? b.data : NULL, po);
+        if (cpu_forward_status(rc, &m, N, K, "sparse24_linear", c.err))
             goto fail;
-        }
     }
 #ifdef LOWBIT_WITH_CUDA
     else if (lb_cuda_status(lb24_linear_cuda(x.data, lb_float_dtype(x.dtype), M, K, v.data,
@@ -125,7 +138,7 @@ LB_BOXED(lb_boxed_sparse24_qlinear) {
         lb_check_not_blocks(&f, "sparse24_qlinear", c.err) ||
         lb_check_qweight(&t[0], &t[1], &t[2], names, &f, K / 2, g, &N, c.err) ||
         lb_check_same_device(&t[0], "codes", &x, "x", c.err) ||
-        check_meta(&m, &x, "x", N, K, c.err) || (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
+        check_meta(&m, &x, "x", N, K, 0, c.err) || (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
         goto fail;
     {
         const int64_t osz[2] = {M, N};
@@ -133,12 +146,12 @@ LB_BOXED(lb_boxed_sparse24_qlinear) {
             lb_call_exec(&c, &x))
             goto fail;
     }
-    if (lb24_qlinear_cpu(x.data, lb_float_dtype(x.dtype), M, K, (const uint8_t*)t[0].data,
-                         (const float*)t[1].data,
-                         f.zeros ? (const uint8_t*)t[2].data : NULL, &f, g,
-                         (const uint8_t*)m.data, N, hb ? b.data : NULL, po)) {
-        lb_fail(c.err, "x: out of memory for sparse24_qlinear scratch");
-        goto fail;
+    {
+        const int rc = lb24_qlinear_cpu(x.data, lb_float_dtype(x.dtype), M, K,
+                                        (const uint8_t*)t[0].data, (const float*)t[1].data,
+                                        f.zeros ? (const uint8_t*)t[2].data : NULL, &f, g,
+                                        (const uint8_t*)m.data, N, hb ? b.data : NULL, po);
+        if (cpu_forward_status(rc, &m, N, K, "sparse24_qlinear", c.err)) goto fail;
     }
     LB_CALL_END(c);
 }
@@ -156,7 +169,7 @@ LB_BOXED(lb_boxed_sparse24_decompress) {
         goto fail;
     }
     N = v.sizes[0];
-    if (kept_to_k(&v, &K, c.err) || check_meta(&m, &v, "values", N, K, c.err)) goto fail;
+    if (kept_to_k(&v, &K, c.err) || check_meta(&m, &v, "values", N, K, 1, c.err)) goto fail;
     {
         const int64_t osz[2] = {N, K};
         if (lb_check_numel(osz, 2, 4, "values", c.err) ||
@@ -234,7 +247,7 @@ LB_BOXED(lb_boxed_sparse24_cslt_linear) {
         lb_fail(c.err, "N: must be positive, got %lld", (long long)N);
         goto fail;
     }
-    if (check_meta(&m, &x, "x", N, x.sizes[1], c.err) ||
+    if (check_meta(&m, &x, "x", N, x.sizes[1], 1, c.err) ||
         (hb = lb_check_bias(&b, &x, N, c.err)) < 0)
         goto fail;
 #ifdef LOWBIT_WITH_CUDA
@@ -300,7 +313,7 @@ LB_BOXED(lb_boxed_sparse24_grad_x) {
         lb_fail(c.err, "g: at most %d rows (got %lld)", LB24_GRAD_X_MAX_M, (long long)M);
         goto fail;
     }
-    if (check_meta(&m, &g, "g", N, K, c.err)) goto fail;
+    if (check_meta(&m, &g, "g", N, K, 1, c.err)) goto fail;
     {
         const int64_t osz[2] = {M, K};
         if (lb_check_numel(osz, 2, 4, "values", c.err) ||

@@ -28,57 +28,102 @@ LB_AVX512_ATTR __attribute__((noinline)) static void lb24_decode4_avx512(const u
 }
 
 /* ================= small M: AVX-512 ================= */
-LB_AVX512_ATTR LB_INLINE void dot16_avx512(const float* v, const uint8_t* mrow, const float* x,
-                                          int64_t K, const int M, float* out) {
-    const int64_t nb = (K / 2) / 16;
+/* Kept values [16t, 16t + 16) of a row v of source src as float32; lut: the row's table of the
+ * current quant group (S24_Q4). */
+LB_AVX512_ATTR LB_INLINE __m512 kept16_avx512(const char* v, int64_t t, __m512 lut, const int src) {
+    if (src == S24_F32 || src == S24_BUF) return _mm512_loadu_ps((const float*)v + 16 * t);
+    if (src == S24_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + 32 * t))), 16));
+    if (src == S24_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(v + 32 * t)));
+    {   /* 8 bytes, 16 codes (low nibble first); vpermps reads only bits 0-3 of each lane */
+        const __m128i by = _mm_loadl_epi64((const __m128i*)(v + 8 * t));
+        const __m128i u = _mm_unpacklo_epi8(by, _mm_srli_epi16(by, 4));
+        return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(u), lut);
+    }
+}
+
+/* Output rows n .. n+R-1 for M rows of x: out[r * M + m]. Per step of 16 kept values (32
+ * K-elements, one 32-bit meta word per row) the 16 2-bit indices become lane offsets (one
+ * variable shift and one ternary-logic op) and vpermt2ps picks the x elements from the two
+ * registers of that x chunk: no memory gathers. The next R rows are prefetched at the same
+ * position, one line per step of each stream. */
+LB_AVX512_ATTR LB_INLINE void rows_avx512(const s24_ctx* c, int64_t n, const int R, const int M,
+                                          const int src, float* buf, float* out) {
+    const int64_t K = c->K, K2 = K / 2, nb = K2 / 16, mbytes = c->mbytes;
+    const int64_t step = src == S24_Q4 ? 8 : (src == S24_BF16 || src == S24_F16) ? 32 : 64;
+    const int64_t rowb = s24_row_bytes(c, src);
+    const int64_t gt = src == S24_Q4 ? c->g / 16 : (nb > 0 ? nb : 1); /* steps per table */
+    const float* x = c->x;
+    const uint8_t* mr = c->meta + n * mbytes;
+    const char* v = s24_row(c, src, n, buf);
     const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i off = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
     const __m512i three = _mm512_set1_epi32(3);
-    __m512 acc[LB24_SMALL_M], acc2[LB24_SMALL_M];
-    float tail[LB24_SMALL_M] = {0};
-    for (int m = 0; m < M; ++m) acc[m] = acc2[m] = _mm512_setzero_ps();
-    int64_t t = 0;
-    for (; t + 2 <= nb; t += 2) { /* two independent chains per row of x */
-        uint32_t w0, w1;
-        memcpy(&w0, mrow + 4 * t, 4);
-        memcpy(&w1, mrow + 4 * t + 4, 4);
-        const __m512i i0 = _mm512_add_epi32(
-            _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w0), sh), three), off);
-        const __m512i i1 = _mm512_add_epi32(
-            _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w1), sh), three), off);
-        const __m512 v0 = _mm512_loadu_ps(v + 16 * t), v1 = _mm512_loadu_ps(v + 16 * t + 16);
-        /* measured on the dev VM: ~25% faster at M = 1 than the hardware prefetcher alone */
-        _mm_prefetch((const char*)(v + 16 * t) + LB24_PF, _MM_HINT_T0);
-        for (int m = 0; m < M; ++m) {
-            const float* xr = x + m * K + 32 * t;
-            const __m512 g0 = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), i0,
-                                                     _mm512_loadu_ps(xr + 16));
-            const __m512 g1 = _mm512_permutex2var_ps(_mm512_loadu_ps(xr + 32), i1,
-                                                     _mm512_loadu_ps(xr + 48));
-            acc[m] = _mm512_fmadd_ps(v0, g0, acc[m]);
-            acc2[m] = _mm512_fmadd_ps(v1, g1, acc2[m]);
+    __m512 acc[LB24_R1 * LB24_SMALL_M], lut[LB24_R1];
+    for (int i = 0; i < R * M; ++i) acc[i] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) lut[r] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < nb; t0 += gt) {
+        const int64_t t1 = t0 + gt < nb ? t0 + gt : nb;
+        if (src == S24_Q4)
+            for (int r = 0; r < R; ++r) {
+                float tab[16];
+                s24_lut16(c, (n + r) * (K2 / c->g) + t0 / gt, tab);
+                lut[r] = _mm512_loadu_ps(tab);
+            }
+        for (int64_t t = t0; t < t1; ++t) {
+            if (src != S24_BUF) {
+                if (((t * step) & 63) == 0)
+                    for (int r = 0; r < R; ++r)
+                        _mm_prefetch(v + (r + LB24_PFD * R) * rowb + t * step, _MM_HINT_T0);
+                if ((t & 15) == 0)
+                    for (int r = 0; r < R; ++r)
+                        _mm_prefetch((const char*)mr + (r + LB24_PFD * R) * mbytes + 4 * t,
+                                     _MM_HINT_T0);
+            }
+            for (int r = 0; r < R; ++r) {
+                uint32_t w;
+                memcpy(&w, mr + r * mbytes + 4 * t, 4);
+                /* (w >> 2l & 3) | off: 0xEA = A & B | C */
+                const __m512i iv = _mm512_ternarylogic_epi32(
+                    _mm512_srlv_epi32(_mm512_set1_epi32((int)w), sh), three, off, 0xEA);
+                const __m512 vv = kept16_avx512(v + r * rowb, t, lut[r], src);
+                for (int m = 0; m < M; ++m) {
+                    const float* xr = x + m * K + 32 * t;
+                    acc[r * M + m] = _mm512_fmadd_ps(
+                        vv,
+                        _mm512_permutex2var_ps(_mm512_loadu_ps(xr), iv, _mm512_loadu_ps(xr + 16)),
+                        acc[r * M + m]);
+                }
+            }
         }
     }
-    for (; t < nb; ++t) {
-        uint32_t w0;
-        memcpy(&w0, mrow + 4 * t, 4);
-        const __m512i i0 = _mm512_add_epi32(
-            _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w0), sh), three), off);
-        const __m512 v0 = _mm512_loadu_ps(v + 16 * t);
-        for (int m = 0; m < M; ++m) {
-            const float* xr = x + m * K + 32 * t;
-            const __m512 g0 = _mm512_permutex2var_ps(_mm512_loadu_ps(xr), i0,
-                                                     _mm512_loadu_ps(xr + 16));
-            acc[m] = _mm512_fmadd_ps(v0, g0, acc[m]);
-        }
-    }
-    dot_tail(v, mrow, x, K, M, nb * 8, tail);
-    for (int m = 0; m < M; ++m)
-        out[m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc2[m])) + tail[m];
+    for (int i = 0; i < R * M; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+    if (16 * nb < K2) /* float sources only: a group of 4-bit codes holds whole steps */
+        for (int r = 0; r < R; ++r)
+            tail_row(c, n + r, src == S24_BUF ? (const float*)v : NULL, 16 * nb, x, M, out + r * M);
 }
 
+/* 1 when every nibble of meta bytes [0, nb) is a valid group (LB24_CHECK_ROWS_VEC). */
+LB_AVX512_ATTR static int meta_ok_avx512(const uint8_t* p, int64_t nb) {
+    const __m512i m33 = _mm512_set1_epi8(0x33), m44 = _mm512_set1_epi8(0x44);
+    const __m512i m11 = _mm512_set1_epi8(0x11);
+    __m512i bad = _mm512_setzero_si512();
+    for (int64_t i = 0; i < nb; i += 64) {
+        const __mmask64 k = nb - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nb - i)) - 1);
+        const __m512i w = _mm512_mask_loadu_epi8(m44, k, p + i);
+        /* (w >> 2 & 0x33) | 0x44: 0xEA = A & B | C */
+        const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 2), m33, m44, 0xEA);
+        const __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(hi, _mm512_and_si512(w, m33)), m11);
+        bad = _mm512_ternarylogic_epi32(bad, d, m44, 0xF2); /* bad | (~d & 0x44) */
+    }
+    return _mm512_test_epi32_mask(bad, bad) == 0;
+}
+
+#define LB24_ROWS_AVX512(n, R, M, SRC, o) rows_avx512(c, n, R, M, SRC, buf, o)
+
 LB_AVX512_ATTR static void lb24_small_avx512(int64_t r0, int64_t r1, void* ctx) {
-    LB24_SMALL_BODY(LB24_SWITCH_M(dot16_avx512, M, v, mrow, c->x, K))
+    LB24_SMALL_TASK(LB24_ROWS_AVX512, meta_ok_avx512)
 }
 
 /* ================= large M: AVX-512 ================= */
