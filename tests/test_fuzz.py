@@ -779,7 +779,8 @@ _QL_BLK = dict(t=st.sampled_from(["q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "q2_k"
                                   "q5_k", "q6_k"]),
                n=dims(3, 1, 5), kb=dims(1, 2), m=dims(1, 3, 17), xd=fdtypes(), xs=XS,
                bias=st.booleans())
-OPS["quant_linear.blocks"] = Entry(
+# a PUBLIC entry (OPS holds one entry per op name) calling the raw op
+_QL_BLK_OP = Entry(
     st.fixed_dictionaries({**_QL_BLK, "sv": _mix(["type"], ["bits", "group", "sym"]),
                            "dk": _mix([0], [16, -16]), "pk": _mix([False], [True]),
                            "xl": st.sampled_from(LAYOUTS), "act": ints(2, 0, 1)}),
@@ -1207,6 +1208,7 @@ def _pub_blk_ql_ref(p, args, out):
                     f"quant_linear {p['t']} act={act} xs={p['xs']}")
 
 
+PUBLIC["quant_linear.blocks"] = _QL_BLK_OP
 PUBLIC["lowbit.quant_linear.blocks"] = Entry(
     st.fixed_dictionaries({**_QL_BLK, "xl": st.sampled_from(LAYOUTS),
                            "act": st.sampled_from(["float", "int8", "auto"])}),
