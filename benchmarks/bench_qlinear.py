@@ -10,13 +10,14 @@ dequantized weight, on Gaussian and heavy-tailed activations: FORMATS.md 4).
     python benchmarks/bench_qlinear.py [--device cpu|cuda] [--quick] [--big] [--threads N]
                                        [--json PATH]
 
-    python benchmarks/bench_qlinear.py --prefill [--isa ISA] [--threads N] [--quick] [--json PATH]
+    python benchmarks/bench_qlinear.py --prefill [--prefill-isa ISA] [--threads N] [--quick]
+                                       [--json PATH]
 
 --prefill: the batched path (M = 16 and 256, CPU) against torch's bfloat16 and float32 F.linear,
 every implementation cycling through copies of its layer totalling 1.5x the last-level cache
 (as a model's layers do), timed interleaved (median of 3 alternating rounds: the machine may be
 shared); lowbit with float32 x in each mode and bfloat16 x in auto (a bf16-cast model's
-prefill). "vs bf16" / "vs f32": torch's time / lowbit's. --isa forces lowbit's CPU ISA (as
+prefill). "vs bf16" / "vs f32": torch's time / lowbit's. --prefill-isa forces lowbit's CPU ISA (as
 LOWBIT_CPU_ISA does; torch keeps its own: on this class of Xeon its bf16 F.linear is oneDNN's
 AMX kernel).
 
@@ -97,8 +98,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--big", action="store_true", help="add 16384 -> 28672 (beyond the LLC)")
     ap.add_argument("--prefill", action="store_true", help="the batched rows (M = 16, 256; CPU)")
-    ap.add_argument("--prefill-isa", "--isa", dest="prefill_isa", default=None,
-                    help="--prefill: force lowbit's CPU ISA")
+    ap.add_argument("--prefill-isa", default=None, help="--prefill: force lowbit's CPU ISA")
     args = ap.parse_args()
     if args.prefill:
         if args.threads:
@@ -269,7 +269,8 @@ def bench_prefill(args):
                                             C.ql_packable(K, g))
                     ran = f"auto={C.QL_SCHEMES[sch]}" if mode == "auto" else mode
                     rows.append((f"lowbit {qw.spec.name}", xdt, ran, len(copies), mode))
-                    fns.append(cyc(lambda q, xx=xx, mode=mode: lowbit.quant_linear(xx, q, act=mode)))
+                    fns.append(cyc(lambda q, xx=xx, mode=mode:
+                                   lowbit.quant_linear(xx, q, act=mode)))
                 times = H.interleaved(fns, "cpu", min_run)
                 for (name, xdt, ran, n, mode), tm in zip(rows, times):
                     eg = eh = None
