@@ -19,11 +19,13 @@ ISA (as LOWBIT_CPU_ISA does).
 
     python benchmarks/bench_qlinear.py --prefill [--isa ISA] [--threads N] [--quick] [--json PATH]
 
+(--prefill-isa is the same flag as --isa.)
+
 --prefill: the batched path (M = 16 and 256, CPU) against torch's bfloat16 and float32 F.linear,
 every implementation cycling through copies of its layer totalling 1.5x the last-level cache
 (as a model's layers do), timed interleaved (median of 3 alternating rounds: the machine may be
 shared); lowbit with float32 x in each mode and bfloat16 x in auto (a bf16-cast model's
-prefill). "vs bf16" / "vs f32": torch's time / lowbit's. --isa forces lowbit's CPU ISA (as
+prefill). "vs bf16" / "vs f32": torch's time / lowbit's. --prefill-isa forces lowbit's CPU ISA (as
 LOWBIT_CPU_ISA does; torch keeps its own: on this class of Xeon its bf16 F.linear is oneDNN's
 AMX kernel).
 
@@ -325,7 +327,8 @@ def bench_prefill(args):
                                             C.ql_packable(K, g))
                     ran = f"auto={C.QL_SCHEMES[sch]}" if mode == "auto" else mode
                     rows.append((f"lowbit {qw.spec.name}", xdt, ran, len(copies), mode))
-                    fns.append(cyc(lambda q, xx=xx, mode=mode: lowbit.quant_linear(xx, q, act=mode)))
+                    fns.append(cyc(lambda q, xx=xx, mode=mode:
+                                   lowbit.quant_linear(xx, q, act=mode)))
                 times = H.interleaved(fns, "cpu", min_run)
                 for (name, xdt, ran, n, mode), tm in zip(rows, times):
                     eg = eh = None
